@@ -1,0 +1,79 @@
+"""Hydra launcher plugin ``hydra/launcher=torchrun``: every sweep point is its own
+torchrun, several at a time, each on its own port; every result goes back to Hydra.
+
+This module is what Hydra imports when it discovers plugins, so it stays thin and
+light: the dataclass config and a Launcher shell. The scheduling lives in
+:mod:`runner.launcher`, imported only when a sweep is launched; neither imports torch.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class TorchrunLauncherConf:
+    _target_: str = "hydra_plugins.torchrun_launcher.torchrun_launcher.TorchrunLauncher"
+    # torchrun's options, under torchrun's names.
+    nproc_per_node: int = 1
+    nnodes: str = "1"
+    node_rank: int = 0
+    rdzv_backend: str = "static"
+    rdzv_endpoint: str = ""
+    rdzv_id: str = "none"
+    master_addr: str = "127.0.0.1"
+    master_port: Any = None
+    max_restarts: int = 0
+    monitor_interval: float = 0.1
+    # Rank output goes to files under log_dir (default: <job dir>/torchrun);
+    # tee "0:3" also copies rank 0's to the agent's output (console or torchrun.log).
+    redirects: str = "3"
+    tee: str = "0:3"
+    log_dir: Any = None
+    # Extra environment for every point's agent and workers.
+    env: dict[str, str] = field(default_factory=dict)
+    # Seconds a point may run before it is stopped; null for no limit.
+    timeout: Any = None
+    # Points running at once; null: as many as fit (GPUs / nproc_per_node, or CPU cores).
+    max_parallel: Any = None
+    # Stop the sweep at the first failed point instead of finishing the batch.
+    fail_fast: bool = False
+    # How accelerators are shared by concurrent points: "auto" (disjoint
+    # CUDA_VISIBLE_DEVICES slices when CUDA exists), "none", or a list like "0,1,2,3".
+    devices: str = "auto"
+    # Seconds between SIGTERM and SIGKILL when points are stopped.
+    stop_grace: float = 10.0
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="torchrun", node=TorchrunLauncherConf, provider="runner"
+)
+
+
+class TorchrunLauncher(Launcher):
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        from runner.launcher import check_launcher_params
+
+        check_launcher_params(self.params)
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        from runner.launcher import launch_sweep
+
+        return launch_sweep(self, job_overrides, initial_job_idx)

@@ -1,0 +1,13 @@
+"""``python -m runner``: compose the experiment from conf/ and run it (``-m`` sweeps)."""
+
+from pathlib import Path
+
+import hydra
+
+import runner.config  # noqa: F401  (stores the schemas before Hydra composes)
+from runner.app import main
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+if __name__ == "__main__":
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()

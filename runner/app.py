@@ -1,0 +1,86 @@
+"""runner's task function: check the config, then train in-process or hand the job
+to torchrun.
+
+A run that wants one process trains here. A run that wants more (``nproc_per_node``
+or ``nnodes`` above 1) and is not yet inside a torchrun worker is handed, whole, to
+the launch core, which starts one torchrun whose every rank calls this same function
+and lands in :func:`runner.train.train`. Nothing here imports torch until training
+starts, so composing, printing and scheduling stay light.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.dist import wanted_world_size
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix: {fix}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would fail (or silently misbehave) deep inside training."""
+    t = cfg.trainer
+    _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
+    _require(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1",
+             "trainer.batch_size=64")
+    _require(t.grad_accum_steps >= 1, "trainer.grad_accum_steps", t.grad_accum_steps,
+             "must be >= 1", "trainer.grad_accum_steps=1")
+    _require(t.nproc_per_node >= 1, "trainer.nproc_per_node", t.nproc_per_node,
+             "must be >= 1", "trainer.nproc_per_node=2")
+    _require(t.objective_mode in ("min", "max"), "trainer.objective_mode", t.objective_mode,
+             "must be 'min' or 'max'", "trainer.objective_mode=min")
+    _require(t.progress in ("auto", "bar", "lines", "off"), "trainer.progress", t.progress,
+             "must be one of auto, bar, lines, off", "trainer.progress=auto")
+    _require(t.device in ("auto", "cpu", "cuda"), "trainer.device", t.device,
+             "must be one of auto, cpu, cuda", "trainer.device=auto")
+    _require(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0",
+             "trainer.num_threads=0 (torch's default)")
+    lr = cfg.optim.get("lr")
+    if lr is not None:
+        _require(lr > 0, "optim.lr", lr, "must be > 0", "optim.lr=0.01")
+    world = wanted_world_size(default=t.nproc_per_node)
+    per_step = world * t.grad_accum_steps
+    _require(t.batch_size % per_step == 0, "trainer.batch_size", t.batch_size,
+             f"must split evenly over {world} rank(s) x {t.grad_accum_steps} accumulation "
+             f"step(s) = {per_step}", f"trainer.batch_size={max(per_step, t.batch_size // per_step * per_step)}")
+    data = cfg.data
+    if "n_samples" in data and "val_fraction" in data:
+        _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
+                 "must be between 0 and 1", "data.val_fraction=0.2")
+        n_train = data.n_samples - max(1, round(data.n_samples * data.val_fraction))
+        batches = n_train // t.batch_size
+        _require(batches >= 1, "trainer.batch_size", t.batch_size,
+                 f"is larger than the {n_train} training samples",
+                 f"trainer.batch_size={max(per_step, n_train // 4 // per_step * per_step)}")
+        micro_batches = n_train // world // (t.batch_size // per_step)
+        _require(micro_batches >= t.grad_accum_steps, "trainer.grad_accum_steps",
+                 t.grad_accum_steps,
+                 f"is more than the {micro_batches} micro-batches each rank has per epoch",
+                 "a smaller trainer.grad_accum_steps or trainer.batch_size")
+
+
+def inside_torchrun() -> bool:
+    """True in a worker started by torchrun (its agent sets TORCHELASTIC_RUN_ID)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def main(cfg: DictConfig) -> float:
+    """Hydra task: train ``cfg`` and return the objective (a float for sweepers)."""
+    check_config(cfg)
+    if not inside_torchrun() and wanted_world_size(default=cfg.trainer.nproc_per_node) > 1:
+        from runner.dist import launch_current_job
+
+        return launch_current_job(main, cfg)
+    from runner.train import train
+
+    return train(cfg)

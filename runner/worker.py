@@ -1,0 +1,122 @@
+"""What every rank of a torchrun job runs, called by the job's entry script.
+
+It rebuilds the job exactly as the parent saw it: the resolved config (data, never
+code), ``HydraConfig`` answering as it would in the parent, logging set up the way
+Hydra's job logging is (rank 0 into the job's log file, rank N into
+``<job name>_rankN.log`` beside it), ``hydra.job.chdir`` and ``hydra.job.env_set``
+honoured. Then it calls the task with the task config (no ``hydra`` node) and, on
+rank 0, stores the return value for the parent. An exception is recorded in the
+rank's torchelastic error file (``@record``), which the agent reports to the parent.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from runner.dist import RESULT_FILE, TASK_FILE, die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+def restore_config(data: dict) -> DictConfig:
+    """The job config from its resolved data, with the ``hydra`` node typed HydraConf
+    (HydraConfig requires it; the composed node has keys the dataclass lacks)."""
+    from hydra.conf import HydraConf
+
+    data = dict(data)
+    hydra_data = data.pop("hydra", None)
+    config = OmegaConf.create(data)
+    if hydra_data is not None:
+        hydra_node = OmegaConf.structured(HydraConf)
+        with open_dict(hydra_node):
+            hydra_node.merge_with(hydra_data)
+        with open_dict(config):
+            config.hydra = hydra_node
+    OmegaConf.set_struct(config, True)
+    return config
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The config the task sees: everything but the ``hydra`` node."""
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        task_cfg.pop("hydra", None)
+    return task_cfg
+
+
+def configure_rank_logging(config: DictConfig, rank: int) -> None:
+    """Hydra's job logging, with every file handler of rank N renamed ``*_rankN``."""
+    from hydra.core.utils import configure_log
+
+    hydra_cfg = config.hydra
+    job_logging = hydra_cfg.job_logging
+    if job_logging is not None and rank > 0:
+        spec = OmegaConf.to_container(job_logging, resolve=True)
+        for handler in (spec.get("handlers") or {}).values():
+            if isinstance(handler, dict) and handler.get("filename"):
+                path = Path(handler["filename"])
+                handler["filename"] = str(path.with_name(f"{path.stem}_rank{rank}{path.suffix}"))
+        job_logging = OmegaConf.create(spec)
+    configure_log(job_logging, hydra_cfg.verbose)
+
+
+def load_task(job: dict, entry_dir: Path) -> Callable:
+    """The task function: imported by ``module:qualname`` or unpickled by value."""
+    if job["task"]:
+        import importlib
+
+        module, _, qualname = job["task"].partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    import cloudpickle
+
+    return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
+
+
+def _write_result(value: Any, entry_dir: Path) -> None:
+    import cloudpickle
+
+    tmp = entry_dir / f".{RESULT_FILE}.tmp"
+    tmp.write_bytes(cloudpickle.dumps(value))
+    os.replace(tmp, entry_dir / RESULT_FILE)
+
+
+def run(job: dict, entry_dir: Path) -> Any:
+    """Rebuild the job's Hydra state in this rank and call its task."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import env_override
+
+    die_with_parent(signal.SIGKILL)  # an agent killed outright takes its workers along
+    if os.getppid() == 1:
+        raise SystemExit("runner worker: the torchrun agent is already gone")
+    rank = int(os.environ.get("RANK", "0"))
+    config = restore_config(job["config"])
+    HydraConfig.instance().set_config(config)
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    os.chdir(output_dir if hydra_cfg.job.chdir else job["cwd"])
+    configure_rank_logging(config, rank)
+    task = load_task(job, entry_dir)
+    with env_override(hydra_cfg.job.env_set):
+        value = task(task_config(config))
+    if rank == 0:
+        _write_result(value, entry_dir)
+    return value
+
+
+def main(job: dict, entry_dir: Path) -> None:
+    """Entry point of every rank; failures go to torchelastic's error file."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(run)(job, entry_dir)
