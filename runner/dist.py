@@ -474,18 +474,8 @@ class TorchrunJob:
         return code
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the agent (it stops its workers), then SIGKILL after ``grace`` s.
-        Workers that outlive their agent get SIGKILL from the kernel (see worker)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """Stop this job's agent and workers (see :func:`stop_jobs`)."""
+        stop_jobs([self], grace)
 
     def result(self) -> Any:
         """Rank 0's return value; raises LaunchError if the job failed."""
@@ -557,6 +547,24 @@ class TorchrunJob:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def stop_jobs(jobs: list[TorchrunJob], grace: float = 10.0) -> None:
+    """SIGTERM every agent (each stops its own workers), wait up to ``grace`` seconds in
+    all, then SIGKILL what is left. Workers outliving their agent get SIGKILL from the
+    kernel (they ask for it at start, see runner.worker)."""
+    procs = [j.proc for j in jobs if j.proc is not None and j.proc.poll() is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,297 @@
+"""The sweep scheduler behind ``hydra/launcher=torchrun``.
+
+For every point of a batch it does what Hydra's basic launcher does (load the sweep
+config, set the job's num and id, fix its output dir, write ``.hydra/``), resolves the
+config once, and hands it to the launch core as one torchrun. Up to ``max_parallel``
+points run at once, each on its own loopback port, with its own slice of the GPUs (or
+its share of the CPU threads); their output goes to files in their job dirs. Results
+come back as ``JobReturn``s in the order of the input, with rank 0's return value, so
+optimising sweepers work over distributed trials. A failed point does not stop the
+others; Ctrl-C or SIGTERM stops every running point and removes its entry files.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from runner.dist import (
+    LaunchConfig,
+    LaunchError,
+    TorchrunJob,
+    remove_stale_entry_dirs,
+    sigterm_as_exit,
+    stop_jobs,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace")
+
+
+class LauncherConfigError(ValueError):
+    """A ``hydra.launcher`` value that cannot work."""
+
+
+def _bad(key: str, value: Any, rule: str, fix: str) -> LauncherConfigError:
+    return LauncherConfigError(f"hydra.launcher.{key}={value!r} is invalid: {rule}. Fix: {fix}")
+
+
+def check_launcher_params(params: Mapping[str, Any]) -> None:
+    """Validate the launcher's own keys and the torchrun options, before anything starts."""
+    max_parallel = params.get("max_parallel")
+    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
+        raise _bad("max_parallel", max_parallel, "must be an integer >= 1, or null for "
+                   "as many as fit", "hydra.launcher.max_parallel=2")
+    devices = str(params.get("devices", "auto"))
+    if devices not in ("auto", "none") and not all(d.strip().isdigit() for d in devices.split(",")):
+        raise _bad("devices", devices, "must be auto, none, or GPU ids like 0,1,2,3",
+                   "hydra.launcher.devices=auto")
+    if params.get("stop_grace", 10.0) < 0:
+        raise _bad("stop_grace", params["stop_grace"], "must be >= 0 seconds",
+                   "hydra.launcher.stop_grace=10")
+    try:
+        LaunchConfig.from_config({k: v for k, v in params.items() if k not in SCHEDULER_KEYS})
+    except ValueError as error:
+        raise LauncherConfigError(str(error)) from None
+
+
+def visible_gpus(devices: str) -> list[str]:
+    """GPU ids concurrent points may share out, found without importing torch."""
+    if devices == "none":
+        return []
+    if devices != "auto":
+        return [d.strip() for d in devices.split(",")]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
+@dataclass
+class Point:
+    """One sweep point: its overrides, its config, and its torchrun while it runs."""
+
+    idx: int
+    overrides: list[str]
+    config: DictConfig | None = None
+    job: TorchrunJob | None = None
+    gpus: list[str] = field(default_factory=list)
+    result: JobReturn | None = None
+
+    @property
+    def label(self) -> str:
+        return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
+
+
+class SweepScheduler:
+    """Runs the points of one batch, ``max_parallel`` at a time."""
+
+    def __init__(self, launcher: Any, job_overrides: Sequence[Sequence[str]],
+                 initial_job_idx: int) -> None:
+        self.launcher = launcher
+        self.config: DictConfig = launcher.config
+        self.params = dict(launcher.params)
+        self.points = [Point(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        self.gpus_free = visible_gpus(str(self.params.get("devices", "auto")))
+        self.has_gpus = bool(self.gpus_free)
+        self.nproc = int(self.params.get("nproc_per_node", 1))
+        self.max_parallel = self.params.get("max_parallel") or self._what_fits(self.nproc)
+        self.fail_fast = bool(self.params.get("fail_fast", False))
+        self.grace = float(self.params.get("stop_grace", 10.0))
+        self.running: list[Point] = []
+        self.done = self.failed = 0
+
+    def _what_fits(self, nproc: int) -> int:
+        if self.gpus_free:
+            return max(1, len(self.gpus_free) // nproc)
+        return max(1, (os.cpu_count() or 1) // nproc)
+
+    # ------------------------------------------------------------------ per point
+
+    def _prepare(self, point: Point) -> None:
+        """Compose the point's config, fix its ids and output dir, write .hydra/."""
+        hydra_context = self.launcher.hydra_context
+        sweep_config = hydra_context.config_loader.load_sweep_config(self.config, point.overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = point.idx
+            sweep_config.hydra.job.num = point.idx
+        HydraConfig.instance().set_config(sweep_config)
+        output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = str(output_dir.absolute())
+        HydraConfig.instance().set_config(sweep_config)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if sweep_config.hydra.output_subdir is not None:
+            hydra_dir = output_dir / str(sweep_config.hydra.output_subdir)
+            hydra_dir.mkdir(parents=True, exist_ok=True)
+            task_cfg = copy.deepcopy(sweep_config)
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            OmegaConf.save(task_cfg, hydra_dir / "config.yaml")
+            OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
+            OmegaConf.save(sweep_config.hydra.overrides.task, hydra_dir / "overrides.yaml")
+        point.config = sweep_config
+
+    def _launch_config(self, point: Point) -> LaunchConfig:
+        assert point.config is not None
+        node = {k: v for k, v in OmegaConf.to_container(
+            point.config.hydra.launcher, resolve=True).items() if k not in SCHEDULER_KEYS}
+        try:
+            return LaunchConfig.from_config(node)
+        except ValueError as error:
+            raise LauncherConfigError(f"sweep point #{point.idx} ({point.label}): {error}") from None
+
+    def _start(self, point: Point) -> None:
+        self._prepare(point)
+        assert point.config is not None
+        launch_config = self._launch_config(point)
+        extra_env: dict[str, str] = {}
+        if self.has_gpus:
+            point.gpus = self.gpus_free[: launch_config.nproc_per_node]
+            del self.gpus_free[: len(point.gpus)]
+            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(point.gpus)
+        elif "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in launch_config.env:
+            share = (os.cpu_count() or 1) // (self.max_parallel * launch_config.nproc_per_node)
+            extra_env["OMP_NUM_THREADS"] = str(max(1, share))
+        self.launcher.hydra_context.callbacks.on_job_start(
+            config=point.config, task_function=self.launcher.task_function)
+        point.job = TorchrunJob(point.config, self.launcher.task_function, launch_config,
+                                point.config.hydra.runtime.output_dir, console=False)
+        point.job.start(extra_env=extra_env)
+        self.running.append(point)
+        log.info("#%d start  %s  (%d rank%s, port %s%s)", point.idx, point.label,
+                 launch_config.nproc_per_node, "s" if launch_config.nproc_per_node > 1 else "",
+                 point.job.port, f", GPUs {','.join(point.gpus)}" if point.gpus else "")
+
+    def _finish(self, point: Point, error: BaseException | None = None) -> None:
+        """Turn an ended torchrun into the point's JobReturn; record how it ran."""
+        job, config = point.job, point.config
+        assert job is not None and config is not None
+        ret = JobReturn()
+        ret.overrides = list(point.overrides)
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        ret.cfg = task_cfg
+        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
+        ret.working_dir = str(config.hydra.runtime.output_dir)
+        ret.task_name = str(config.hydra.job.name)
+        try:
+            if error is not None:
+                raise error
+            ret.return_value = job.result()
+            ret.status = JobStatus.COMPLETED
+            self.done += 1
+        except LaunchError as failure:
+            ret.return_value = failure
+            ret.status = JobStatus.FAILED
+            self.failed += 1
+        finally:
+            job.cleanup()
+            self.gpus_free.extend(point.gpus)
+            if point in self.running:
+                self.running.remove(point)
+        (Path(ret.working_dir) / "launch.json").write_text(
+            json.dumps({**job.launch_record(), "overrides": point.overrides,
+                        "status": ret.status.name}, indent=2) + "\n")
+        point.result = ret
+        self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+        record = job.launch_record()
+        outcome = (f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED
+                   else "FAILED")
+        log.info("#%d %s  %s  in %.1fs %s  %s", point.idx,
+                 "done  " if ret.status == JobStatus.COMPLETED else "failed", point.label,
+                 record["duration_s"] or 0.0, outcome, self.progress())
+        if ret.status != JobStatus.COMPLETED:
+            log.error("#%d %s", point.idx, ret._return_value)
+
+    def progress(self) -> str:
+        return (f"[{self.done + self.failed}/{len(self.points)} ended: {self.done} done, "
+                f"{len(self.running)} running, {self.failed} failed]")
+
+    def _cancelled(self, point: Point, reason: str) -> JobReturn:
+        ret = JobReturn()
+        ret.overrides = list(point.overrides)
+        ret.status = JobStatus.FAILED
+        ret.return_value = LaunchError(f"sweep point #{point.idx} ({point.label}) {reason}")
+        ret.task_name = str(self.config.hydra.job.name)
+        ret.working_dir = ""
+        return ret
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> list[JobReturn]:
+        pending = deque(self.points)
+        stopping = False
+        with sigterm_as_exit():
+            try:
+                while pending or self.running:
+                    while pending and not stopping and len(self.running) < self.max_parallel \
+                            and (not self.has_gpus or len(self.gpus_free) >= self.nproc):
+                        self._start(pending.popleft())
+                    for point in list(self.running):
+                        assert point.job is not None
+                        if point.job.poll() is not None:
+                            self._finish(point)
+                            if self.fail_fast and point.result is not None and \
+                                    point.result.status == JobStatus.FAILED and not stopping:
+                                stopping = True
+                                self._stop_running("stopped: fail_fast after a failed point")
+                    if stopping:
+                        pending.clear()
+                    time.sleep(0.05)
+            finally:
+                if self.running:
+                    log.warning("stopping %d running point(s)", len(self.running))
+                    self._stop_running(None)
+                HydraConfig.instance().set_config(self.config)
+        for point in self.points:
+            if point.result is None:
+                point.result = self._cancelled(point, "was not started: fail_fast")
+        return [point.result for point in self.points if point.result is not None]
+
+    def _stop_running(self, reason: str | None) -> None:
+        points = list(self.running)
+        stop_jobs([p.job for p in points if p.job is not None], self.grace)
+        for point in points:
+            assert point.job is not None
+            point.job.poll()
+            self._finish(point, LaunchError(
+                f"sweep point #{point.idx} ({point.label}) {reason or 'was interrupted'}"))
+
+
+def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]],
+                 initial_job_idx: int) -> Sequence[JobReturn]:
+    """What ``TorchrunLauncher.launch`` does: run one batch of points, return JobReturns."""
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    remove_stale_entry_dirs()
+    scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx)
+    log.info("Launching %d job(s) with torchrun, %d at a time", len(scheduler.points),
+             scheduler.max_parallel)
+    return scheduler.run()
