@@ -50,6 +50,11 @@ def check_config(cfg: DictConfig) -> None:
         _require(lr > 0, "optim.lr", lr, "must be > 0", "optim.lr=0.01")
     world = wanted_world_size(default=t.nproc_per_node)
     per_step = world * t.grad_accum_steps
+    _require(t.grad_accum_steps <= t.batch_size // world, "trainer.grad_accum_steps",
+             t.grad_accum_steps,
+             f"is more than the {t.batch_size // world} sample(s) each of the {world} rank(s) "
+             f"gets per global batch of {t.batch_size}",
+             f"trainer.grad_accum_steps={max(1, t.batch_size // world)} or a larger batch")
     _require(t.batch_size % per_step == 0, "trainer.batch_size", t.batch_size,
              f"must split evenly over {world} rank(s) x {t.grad_accum_steps} accumulation "
              f"step(s) = {per_step}", f"trainer.batch_size={max(per_step, t.batch_size // per_step * per_step)}")
@@ -62,11 +67,6 @@ def check_config(cfg: DictConfig) -> None:
         _require(batches >= 1, "trainer.batch_size", t.batch_size,
                  f"is larger than the {n_train} training samples",
                  f"trainer.batch_size={max(per_step, n_train // 4 // per_step * per_step)}")
-        micro_batches = n_train // world // (t.batch_size // per_step)
-        _require(micro_batches >= t.grad_accum_steps, "trainer.grad_accum_steps",
-                 t.grad_accum_steps,
-                 f"is more than the {micro_batches} micro-batches each rank has per epoch",
-                 "a smaller trainer.grad_accum_steps or trainer.batch_size")
 
 
 def inside_torchrun() -> bool:

@@ -1,0 +1,67 @@
+"""A Hydra app that is not runner's: every rank writes down what it sees.
+
+Run as a script (``python tests/apps/probe_app.py``) its task lives in ``__main__``, so
+the launcher must ship it by value. Config knobs make a rank fail, hang or sleep.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import OmegaConf
+
+
+def probe(cfg) -> float:
+    hc = HydraConfig.get()
+    rank = int(os.environ.get("RANK", "0"))
+    started = time.time()
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    record = {
+        "rank": rank,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": hashlib.sha256(config_yaml.encode()).hexdigest(),
+        "job_name": hc.job.name,
+        "job_num": OmegaConf.select(hc, "job.num"),
+        "job_id": OmegaConf.select(hc, "job.id"),
+        "overrides": list(hc.overrides.task),
+        "output_dir": hc.runtime.output_dir,
+        "choices": dict(hc.runtime.choices),
+        "cwd": os.getcwd(),
+        "original_cwd": get_original_cwd(),
+        "master_addr": os.environ.get("MASTER_ADDR"),
+        "master_port": os.environ.get("MASTER_PORT"),
+        "probe_env": os.environ.get("PROBE_ENV"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+        "start": started,
+    }
+    time.sleep(cfg.sleep)
+    record["end"] = time.time()
+    Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
+    if rank == cfg.fail_rank:
+        raise ValueError(f"probe failure on rank {rank}")
+    if rank == cfg.hang_rank:
+        time.sleep(3600)
+    return float(cfg.value)
+
+
+@hydra.main(version_base="1.3", config_path="probe_conf", config_name="config")
+def main(cfg) -> float:
+    return probe(cfg)
+
+
+if __name__ == "__main__":
+    report = os.environ.get("PROBE_PARENT_MODULES")
+    try:
+        main()
+    finally:
+        if report:
+            Path(report).write_text(json.dumps(sorted(sys.modules)))

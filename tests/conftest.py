@@ -1,0 +1,82 @@
+"""Shared fixtures. Anything that starts torchrun is slow (every rank imports torch),
+so expensive runs are session fixtures that several tests read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APPS = Path(__file__).resolve().parent / "apps"
+PROBE_APP = APPS / "probe_app.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def entry_base(tmp_path_factory) -> Path:
+    """Entry dirs of every job in this session go here, so leftovers are easy to see."""
+    base = tmp_path_factory.mktemp("entries")
+    os.environ["RUNNER_TMPDIR"] = str(base)
+    return base
+
+
+def entry_dirs(base: Path) -> list[Path]:
+    return sorted(base.glob("runner-*"))
+
+
+def run(args: list[str], *, cwd: Path | str = REPO, env: dict | None = None,
+        timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the test's environment; fail with its output if ``check``."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+                    f"\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def runner_cli(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "runner", *overrides], **kwargs)
+
+
+def processes_of(parent_pid: int) -> list[int]:
+    """PIDs (agents and workers) started for jobs of runner parent ``parent_pid``."""
+    needle = f"RUNNER_PARENT_PID={parent_pid}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            status = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and status != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def probe_records(job_dir: Path) -> list[dict]:
+    return [read_json(p) for p in sorted(job_dir.glob("probe_rank*.json"))]
+
+
+# Small, fast training settings for tests that do not measure learning.
+FAST = ["trainer.epochs=2", "data.n_samples=400", "trainer.progress=lines"]
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """``python -m runner`` with no overrides but the run dir: the default experiment."""
+    run_dir = tmp_path_factory.mktemp("default") / "run"
+    proc = runner_cli(f"hydra.run.dir={run_dir}")
+    return run_dir, proc
