@@ -1,0 +1,233 @@
+"""The launch core with real torchrun processes (gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from runner.dist import LaunchConfig, LaunchError, free_port, launch, release_port
+from tests.conftest import APPS, REPO, entry_dirs, probe_records, processes_of, run, runner_cli
+
+ADVERSARIAL = {
+    "quotes": "it's \"quoted\" and '''triple''' and \"\"\"triple\"\"\"",
+    "newlines": "line one\nline two\r\n\tindented",
+    "backslashes": "C:\\temp\\new\\ end\\",
+    "python": "__import__('os').system('touch /tmp/runner_pwned')\nexit(3)",
+    "unicode": "naïve ☃ 日本",
+}
+# Values that read ${...} once resolved: the parent holds them escaped, the way a YAML
+# file writes them (OmegaConf's own escaping, checked in the test).
+LITERAL_INTERPOLATIONS = {
+    "interpolation": ("\\${oc.env:HOME} and \\${now:%Y}", "${oc.env:HOME} and ${now:%Y}"),
+    "backslash_interpolation": ("a\\\\\\${x.y}", "a\\${x.y}"),
+}
+
+
+def job_config(job_dir: Path, *overrides: str):
+    """A probe job config as Hydra's run mode would set it up, HydraConfig included."""
+    with initialize_config_dir(config_dir=str(APPS / "probe_conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(job_dir)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.id = "0"
+        cfg.hydra.job.name = "probe"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def two_ranks(**kwargs) -> LaunchConfig:
+    return LaunchConfig(nproc_per_node=2, **kwargs)
+
+
+@pytest.mark.slow
+def test_closure_task_and_adversarial_values_arrive_intact(tmp_path, entry_base):
+    cfg = job_config(tmp_path)
+    expected = {**ADVERSARIAL, **{k: v for k, (_, v) in LITERAL_INTERPOLATIONS.items()}}
+    with open_dict(cfg):
+        cfg.adversarial = {**ADVERSARIAL, **{k: e for k, (e, _) in LITERAL_INTERPOLATIONS.items()}}
+    assert OmegaConf.to_container(cfg.adversarial, resolve=True) == expected
+    captured = {"secret": 42}
+
+    def task(task_cfg):  # a closure: shipped by value
+        from tests.apps.probe_app import probe
+
+        probe(task_cfg)
+        assert "hydra" not in task_cfg
+        return {"values": OmegaConf.to_container(task_cfg.adversarial, resolve=True), **captured}
+
+    result = launch(cfg, task, two_ranks(), tmp_path, console=False)
+    assert result == {"values": expected, "secret": 42}
+    records = probe_records(tmp_path)
+    assert [r["rank"] for r in records] == [0, 1]
+    for record in records:
+        assert record["config"]["adversarial"] == expected
+    assert records[0]["config_hash"] == records[1]["config_hash"]
+    assert records[0]["config"]["stamp"] == records[1]["config"]["stamp"]
+    assert not Path("/tmp/runner_pwned").exists()
+    assert entry_dirs(entry_base) == []
+
+
+@pytest.mark.slow
+def test_rank_failure_names_rank_exception_and_log(tmp_path, entry_base):
+    cfg = job_config(tmp_path, "fail_rank=1")
+    from tests.apps.probe_app import probe
+
+    with pytest.raises(LaunchError) as err:
+        launch(cfg, probe, two_ranks(), tmp_path, console=False)
+    message = str(err.value)
+    assert err.value.rank == 1 and err.value.exitcode == 1
+    assert "rank 1 (local rank 1) exited with code 1" in message
+    assert "ValueError: probe failure on rank 1" in message
+    assert "Traceback" in err.value.log_tail
+    assert entry_dirs(entry_base) == []
+
+
+@pytest.mark.slow
+def test_timeout_stops_the_job(tmp_path, entry_base):
+    cfg = job_config(tmp_path, "hang_rank=0")
+    from tests.apps.probe_app import probe
+
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match="timed out after 8 s"):
+        launch(cfg, probe, two_ranks(timeout=8), tmp_path, console=False)
+    assert time.monotonic() - started < 60
+    assert processes_of(os.getpid()) == []
+    assert entry_dirs(entry_base) == []
+
+
+def test_free_ports_never_repeat_while_held():
+    socks = [free_port() for _ in range(200)]
+    ports = [s.getsockname()[1] for s in socks]
+    try:
+        assert len(set(ports)) == len(ports)
+        assert all(s.getsockname()[0] == "127.0.0.1" for s in socks)
+    finally:
+        for sock, port in zip(socks, ports):
+            sock.close()
+            release_port(port)
+
+
+def test_free_port_skips_ports_of_running_jobs(monkeypatch):
+    """A port given to a running job is not handed out again, even after its socket closed."""
+    first = free_port()
+    port = first.getsockname()[1]
+    first.close()  # the OS may now offer it again, but the job still has it
+    try:
+        for _ in range(50):
+            sock = free_port()
+            other = sock.getsockname()[1]
+            sock.close()
+            release_port(other)
+            assert other != port
+    finally:
+        release_port(port)
+
+
+LISTENING = "0A"
+
+
+def listeners(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net shows them) listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if int(hex_port, 16) == port and fields[3] == LISTENING:
+                found.append(address)
+    return found
+
+
+@pytest.mark.slow
+def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
+    from runner.dist import TorchrunJob
+
+    cfg = job_config(tmp_path, "sleep=4")
+    from tests.apps.probe_app import probe
+
+    job = TorchrunJob(cfg, probe, two_ranks(), tmp_path, console=False)
+    job.start()
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "probe_rank0.json").exists() and time.monotonic() < deadline:
+            seen = listeners(job.port) or seen
+            time.sleep(0.2)
+        seen = listeners(job.port) or seen
+        assert job.wait() == 0
+    finally:
+        job.stop()
+        job.cleanup()
+    assert seen and set(seen) == {"0100007F"}, seen  # 127.0.0.1, nothing else
+    records = probe_records(tmp_path)
+    assert {r["master_addr"] for r in records} == {"127.0.0.1"}
+    assert {r["master_port"] for r in records} == {str(job.port)}
+
+
+INTERRUPTIBLE = textwrap.dedent(
+    """
+    import sys
+    from tests.test_dist import job_config, two_ranks
+    from tests.apps.probe_app import probe
+    from runner.dist import launch
+    from pathlib import Path
+    job_dir = Path(sys.argv[1])
+    launch(job_config(job_dir, "sleep=600"), probe, two_ranks(), job_dir, console=False)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_parent_interrupted_or_killed_leaves_nothing(tmp_path, entry_base, sig):
+    parent = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    # Wait until both ranks run the task (their records are written after the sleep,
+    # so look for the ranks' processes instead).
+    while len(processes_of(parent.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(processes_of(parent.pid)) >= 3, "agent and two workers never started"
+    assert entry_dirs(entry_base)
+    time.sleep(1.0)
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(parent.pid) == []
+    assert entry_dirs(entry_base) == []
+    if sig != signal.SIGKILL:
+        assert parent.returncode != 0
+
+
+@pytest.mark.slow
+def test_ddp_is_exact_and_parent_stays_light(tmp_path):
+    """2 ranks with global batch B end with the weights of 1 process with batch B."""
+    import torch
+
+    common = ["optim=sgd", "optim.lr=0.05", "trainer.epochs=3", "trainer.batch_size=32",
+              "data.n_samples=640", "model.hidden=32", "trainer.progress=lines"]
+    runner_cli(*common, f"hydra.run.dir={tmp_path / 'one'}")
+    proc = run([sys.executable, "-X", "importtime", "-m", "runner", *common,
+                "trainer.nproc_per_node=2", f"hydra.run.dir={tmp_path / 'two'}"], cwd=REPO)
+    parent_imports = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert parent_imports and not [line for line in parent_imports if "| torch" in line]
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["model"]
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "two" / "runner_rank1.log").exists()
+    assert sorted(p.name for p in tmp_path.glob("*/.hydra")) == [".hydra", ".hydra"]
