@@ -1,0 +1,275 @@
+"""``hydra/launcher=torchrun``: Hydra's own launcher conformance suites, then what a
+sweep user sees: parallel points on distinct ports, results in order, failures,
+timeouts, signals, Optuna, and an app that is not runner's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import JobStatus
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+from omegaconf import OmegaConf
+
+from tests.conftest import (
+    FAST,
+    PROBE_APP,
+    REPO,
+    entry_dirs,
+    probe_records,
+    processes_of,
+    read_json,
+    run,
+    runner_cli,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("torchrun", [])])
+class TestTorchrunLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("torchrun", ["hydra.sweeper.max_batch_size=2", "hydra.launcher.max_parallel=2"])],
+)
+class TestTorchrunLauncherBatched(BatchedSweeperTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/launcher=torchrun"])],
+)
+class TestTorchrunLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+# --------------------------------------------------------------------------- the probe app
+
+
+@pytest.fixture(scope="module")
+def probe_sweep(tmp_path_factory, entry_base):
+    """The probe app, run as a script from another cwd: three 2-rank points at once,
+    with chdir, a custom subdir and env_set; every rank records what it sees."""
+    work = tmp_path_factory.mktemp("probe_cwd")
+    modules = work / "parent_modules.json"
+    proc = run([sys.executable, str(PROBE_APP), "-m", "value=1,2,3", "sleep=2",
+                "hydra.sweep.dir=sweep", "hydra.sweep.subdir=point_${hydra.job.num}",
+                "hydra.job.chdir=true", "+hydra.job.env_set.PROBE_ENV=from_env_set",
+                "hydra.launcher.max_parallel=3"],
+               cwd=work, env={"PROBE_PARENT_MODULES": str(modules)})
+    return work, work / "sweep", proc, read_json(modules)
+
+
+def test_sweep_parent_never_imports_torch(probe_sweep):
+    *_, modules = probe_sweep
+    assert "hydra" in modules and "torch" not in modules
+
+
+def test_every_rank_sees_the_parents_hydra_state(probe_sweep):
+    work, sweep, _, _ = probe_sweep
+    for num in range(3):
+        job_dir = sweep / f"point_{num}"
+        parent = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+        parent_cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        records = probe_records(job_dir)
+        assert [r["rank"] for r in records] == [0, 1]
+        assert len({r["config_hash"] for r in records}) == 1
+        assert len({r["config"]["stamp"] for r in records}) == 1
+        for r in records:
+            assert r["world_size"] == 2
+            assert r["job_name"] == parent.job.name == "probe_app"
+            assert r["job_num"] == num == parent.job.num
+            assert r["overrides"] == list(parent.overrides.task) == [f"value={num + 1}",
+                                                                      "sleep=2"]
+            assert r["output_dir"] == parent.runtime.output_dir == str(job_dir.resolve())
+            assert r["choices"] == dict(parent.runtime.choices)
+            assert r["cwd"] == str(job_dir.resolve())  # hydra.job.chdir=true
+            assert r["original_cwd"] == str(work.resolve())
+            assert r["probe_env"] == "from_env_set"
+            assert r["config"]["value"] == parent_cfg.value
+            assert r["master_addr"] == "127.0.0.1"
+        assert (job_dir / "probe_app.log").exists() and (job_dir / "probe_app_rank1.log").exists()
+
+
+def test_points_overlap_on_distinct_ports(probe_sweep):
+    _, sweep, _, _ = probe_sweep
+    launches = [read_json(sweep / f"point_{n}" / "launch.json") for n in range(3)]
+    ports = [record["port"] for record in launches]
+    assert len(set(ports)) == 3
+    for n, record in enumerate(launches):
+        assert {r["master_port"] for r in probe_records(sweep / f"point_{n}")} == {
+            str(record["port"])}
+        assert record["exit_code"] == 0 and record["status"] == "COMPLETED"
+        assert record["command"][:3] == [sys.executable, "-m", "runner.agent"]
+    spans = [(min(r["start"] for r in probe_records(sweep / f"point_{n}")),
+              max(r["end"] for r in probe_records(sweep / f"point_{n}"))) for n in range(3)]
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans
+    # CPU threads are shared out between concurrent ranks.
+    assert {r["omp_num_threads"] for n in range(3) for r in probe_records(sweep / f"point_{n}")
+            } == {"1"}
+
+
+def test_console_shows_points_not_rank_output(probe_sweep):
+    _, _, proc, _ = probe_sweep
+    console = proc.stdout + proc.stderr
+    for num in range(3):
+        assert f"#{num} start" in console and f"#{num} done" in console
+    assert "[3/3 ended: 3 done, 0 running, 0 failed]" in console
+    assert "probe_rank" not in console and "[default0]" not in console
+
+
+# --------------------------------------------------------------------------- in-process sweeps
+
+
+def sweep_probe(hydra_sweep_runner, tmp_path, *overrides, task=None):
+    from tests.apps.probe_app import probe
+
+    return hydra_sweep_runner(
+        calling_file=str(PROBE_APP), calling_module=None, task_function=task or probe,
+        config_path="probe_conf", config_name="config", overrides=list(overrides),
+        temp_dir=str(tmp_path),
+    )
+
+
+def slow_first(cfg) -> float:
+    """Sleeps ``value`` seconds: the first point (largest value) finishes last."""
+    time.sleep(float(cfg.value))
+    return float(cfg.value)
+
+
+def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
+    with sweep_probe(hydra_sweep_runner, tmp_path, "value=4,2,0", "hydra.launcher.max_parallel=3",
+                     "hydra.launcher.nproc_per_node=1", task=slow_first) as sweep:
+        returns = sweep.returns[0]
+    assert [r.return_value for r in returns] == [4.0, 2.0, 0.0]
+    assert [r.overrides for r in returns] == [["value=4"], ["value=2"], ["value=0"]]
+    ends = [read_json(Path(r.working_dir) / "launch.json")["end_time"] for r in returns]
+    assert ends[2] < ends[1] < ends[0]
+
+
+def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base):
+    with sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=-1,1,-1", "sleep=1",
+                     "hydra.launcher.max_parallel=3") as sweep:
+        returns = sweep.returns[0]
+    assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.FAILED,
+                                           JobStatus.COMPLETED]
+    error = returns[1]._return_value
+    assert "rank 1" in str(error) and "ValueError: probe failure on rank 1" in str(error)
+    assert read_json(Path(returns[1].working_dir) / "launch.json")["exit_code"] == 1
+    assert entry_dirs(entry_base) == []
+
+
+def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
+    with sweep_probe(hydra_sweep_runner, tmp_path, "hang_rank=-1,0",
+                     "hydra.launcher.timeout=10", "hydra.launcher.max_parallel=2") as sweep:
+        returns = sweep.returns[0]
+    assert returns[0].status == JobStatus.COMPLETED
+    assert returns[1].status == JobStatus.FAILED
+    assert "timed out after 10 s" in str(returns[1]._return_value)
+    assert read_json(Path(returns[1].working_dir) / "launch.json")["timed_out"] is True
+    assert processes_of(os.getpid()) == []
+    assert entry_dirs(entry_base) == []
+
+
+def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
+    with sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=0,-1,-1", "sleep=0,30,0",
+                     "hydra.launcher.max_parallel=2", "hydra.launcher.fail_fast=true") as sweep:
+        returns = sweep.returns[0]
+    assert all(r.status == JobStatus.FAILED for r in returns[:3])
+    assert "fail_fast" in str(returns[1]._return_value) + str(returns[2]._return_value)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_sweep_failure_exits_nonzero_like_basic_launcher(tmp_path):
+    proc = run([sys.executable, str(PROBE_APP), "-m", "fail_rank=-1,0",
+                f"hydra.sweep.dir={tmp_path}"], check=False)
+    assert proc.returncode != 0
+    assert "ValueError: probe failure on rank 0" in proc.stderr
+    assert (tmp_path / "0" / "probe_rank0.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
+    parent = subprocess.Popen(
+        [sys.executable, str(PROBE_APP), "-m", "sleep=0,600,600", "hydra.launcher.max_parallel=2",
+         f"hydra.sweep.dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists()):
+        assert time.monotonic() < deadline, "the sweep never got going"
+        time.sleep(0.2)
+    time.sleep(1)
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(parent.pid) == []
+    assert entry_dirs(entry_base) == []
+    assert parent.returncode != 0
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+    assert len(probe_records(tmp_path / "0")) == 2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hydra.launcher.max_parallel=0", "hydra.launcher.max_parallel=0 is invalid"),
+        ("hydra.launcher.nproc_per_node=0", "hydra.launcher.nproc_per_node=0 is invalid"),
+        ("hydra.launcher.timeout=-5", "hydra.launcher.timeout=-5"),
+        ("hydra.launcher.devices=gpu0", "hydra.launcher.devices='gpu0' is invalid"),
+        ("+hydra.launcher.procs=2", "Key 'procs' not in 'TorchrunLauncherConf'"),
+        ("hydra.launcher.max_parallel=many", "hydra.launcher.max_parallel"),
+    ],
+)
+def test_bad_launcher_config_fails_before_anything_starts(tmp_path, override, message):
+    proc = run([sys.executable, str(PROBE_APP), "-m", "value=1,2", override,
+                f"hydra.sweep.dir={tmp_path / 'sweep'}"], check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not list(tmp_path.glob("sweep/*/probe_rank*.json"))
+
+
+def test_world_size_is_read_per_point(tmp_path):
+    runner_cli("-m", "trainer.nproc_per_node=1,2", f"hydra.sweep.dir={tmp_path}", *FAST)
+    assert [read_json(tmp_path / str(n) / "metrics.json")["world_size"] for n in (0, 1)] == [1, 2]
+    assert [read_json(tmp_path / str(n) / "launch.json")["nproc_per_node"] for n in (0, 1)] == [1, 2]
+
+
+def test_optuna_sees_every_distributed_trial(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    runner_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+               "hydra.sweeper.study_name=runner", f"hydra.sweeper.storage={storage}",
+               "optim.lr=interval(0.001,0.1)", "trainer.nproc_per_node=2",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", *FAST)
+    study = optuna.load_study(study_name="runner", storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    metrics = [read_json(tmp_path / "sweep" / str(n) / "metrics.json") for n in range(6)]
+    assert all(m["world_size"] == 2 for m in metrics)
+    assert sorted(t.value for t in trials) == sorted(m["objective_value"] for m in metrics)
+    launches = [read_json(tmp_path / "sweep" / str(n) / "launch.json") for n in range(6)]
+    starts = sorted(record["start_time"] for record in launches)
+    ends = sorted(record["end_time"] for record in launches)
+    assert starts[1] < ends[0]  # two trials at a time
+
+
+def test_runner_sweep_default_launcher_is_torchrun():
+    out = runner_cli("--cfg", "hydra", "-m").stdout
+    assert "TorchrunLauncher" in out and "nproc_per_node: ${trainer.nproc_per_node}" in out
