@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -72,30 +73,38 @@ def _log_dir(argv: list[str]) -> Path | None:
     return None
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if _parent_gone():
-        return 1
-    import torch.distributed as dist
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun_main
-
+    # Until torchrun installs its own handlers, a SIGTERM (e.g. the parent died while
+    # torch was still importing) must still unwind through the clean-up below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     listen_fd = os.environ.pop("RUNNER_LISTEN_FD", None)
     failure_file = os.environ.pop("RUNNER_FAILURE_FILE", None)
     store = None
     try:
+        if _parent_gone():
+            return 1
+        import torch.distributed as dist
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import main as torchrun_main
+
         if listen_fd is not None:
             port = int(argv[argv.index("--master_port") + 1])
             # multi_tenant: torchrun's own TCPStore on this port reuses this server.
             store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(minutes=30),
                                   wait_for_workers=False, multi_tenant=True,
                                   master_listen_fd=int(listen_fd))
-        torchrun_main(argv)
+        try:
+            torchrun_main(argv)
+        except ChildFailedError as error:
+            if failure_file:
+                Path(failure_file).write_text(json.dumps(failure_report(error, _log_dir(argv))))
+            return 1
         return 0
-    except ChildFailedError as error:
-        if failure_file:
-            Path(failure_file).write_text(json.dumps(failure_report(error, _log_dir(argv))))
-        return 1
     except Exception as error:
         if failure_file:
             Path(failure_file).write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))

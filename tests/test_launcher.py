@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra.core.utils import JobStatus
 from hydra.test_utils.launcher_common_tests import (
     BatchedSweeperTestSuite,
     IntegrationTestSuite,
     LauncherTestSuite,
 )
 from omegaconf import OmegaConf
+
+from runner.dist import LaunchError, LaunchTimeout
 
 from tests.conftest import (
     FAST,
@@ -155,42 +156,49 @@ def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
     with sweep_probe(hydra_sweep_runner, tmp_path, "value=4,2,0", "hydra.launcher.max_parallel=3",
                      "hydra.launcher.nproc_per_node=1", task=slow_first) as sweep:
         returns = sweep.returns[0]
+        ends = [read_json(Path(r.working_dir) / "launch.json")["end_time"] for r in returns]
     assert [r.return_value for r in returns] == [4.0, 2.0, 0.0]
     assert [r.overrides for r in returns] == [["value=4"], ["value=2"], ["value=0"]]
-    ends = [read_json(Path(r.working_dir) / "launch.json")["end_time"] for r in returns]
     assert ends[2] < ends[1] < ends[0]
 
 
 def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base):
-    with sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=-1,1,-1", "sleep=1",
-                     "hydra.launcher.max_parallel=3") as sweep:
-        returns = sweep.returns[0]
-    assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.FAILED,
-                                           JobStatus.COMPLETED]
-    error = returns[1]._return_value
-    assert "rank 1" in str(error) and "ValueError: probe failure on rank 1" in str(error)
-    assert read_json(Path(returns[1].working_dir) / "launch.json")["exit_code"] == 1
+    """Like Hydra's basic launcher, the sweep raises the failure after the batch ends."""
+    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=-1,1,-1", "sleep=1",
+                        "hydra.launcher.max_parallel=3")
+    with pytest.raises(LaunchError, match="ValueError: probe failure on rank 1") as err:
+        with sweep:
+            pass
+    assert err.value.rank == 1
+    statuses = [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)]
+    assert statuses == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert read_json(tmp_path / "1" / "launch.json")["exit_code"] == 1
+    assert [len(probe_records(tmp_path / str(n))) for n in range(3)] == [2, 2, 2]
     assert entry_dirs(entry_base) == []
 
 
 def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
-    with sweep_probe(hydra_sweep_runner, tmp_path, "hang_rank=-1,0",
-                     "hydra.launcher.timeout=10", "hydra.launcher.max_parallel=2") as sweep:
-        returns = sweep.returns[0]
-    assert returns[0].status == JobStatus.COMPLETED
-    assert returns[1].status == JobStatus.FAILED
-    assert "timed out after 10 s" in str(returns[1]._return_value)
-    assert read_json(Path(returns[1].working_dir) / "launch.json")["timed_out"] is True
+    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "hang_rank=-1,0",
+                        "hydra.launcher.timeout=10", "hydra.launcher.max_parallel=2")
+    with pytest.raises(LaunchTimeout, match="timed out after 10 s"):
+        with sweep:
+            pass
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+    assert read_json(tmp_path / "1" / "launch.json")["timed_out"] is True
     assert processes_of(os.getpid()) == []
     assert entry_dirs(entry_base) == []
 
 
 def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
-    with sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=0,-1,-1", "sleep=0,30,0",
-                     "hydra.launcher.max_parallel=2", "hydra.launcher.fail_fast=true") as sweep:
-        returns = sweep.returns[0]
-    assert all(r.status == JobStatus.FAILED for r in returns[:3])
-    assert "fail_fast" in str(returns[1]._return_value) + str(returns[2]._return_value)
+    started = time.monotonic()
+    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=0,-1,-1", "sleep=0,120,0",
+                        "hydra.launcher.max_parallel=2", "hydra.launcher.fail_fast=true")
+    with pytest.raises(LaunchError, match="probe failure on rank 0"):
+        with sweep:
+            pass
+    assert time.monotonic() - started < 100
+    assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
+    assert not (tmp_path / "2").exists()
 
 
 # --------------------------------------------------------------------------- the CLI
