@@ -125,9 +125,12 @@ class SweepScheduler:
         self.done = self.failed = 0
 
     def _what_fits(self, nproc: int) -> int:
+        """GPUs: as many disjoint slices as exist. CPU: a core per rank, but at least two
+        points, so one point's start-up (importing torch, rendezvous) overlaps another's
+        work; OMP_NUM_THREADS is split so the ranks don't oversubscribe the cores."""
         if self.gpus_free:
             return max(1, len(self.gpus_free) // nproc)
-        return max(1, (os.cpu_count() or 1) // nproc)
+        return max(2, (os.cpu_count() or 1) // nproc)
 
     # ------------------------------------------------------------------ per point
 

@@ -241,7 +241,8 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         ("hydra.launcher.nproc_per_node=0", "hydra.launcher.nproc_per_node=0 is invalid"),
         ("hydra.launcher.timeout=-5", "hydra.launcher.timeout=-5"),
         ("hydra.launcher.devices=gpu0", "hydra.launcher.devices='gpu0' is invalid"),
-        ("+hydra.launcher.procs=2", "Key 'procs' not in 'TorchrunLauncherConf'"),
+        ("hydra.launcher.procs=2", "Key 'procs' not in 'TorchrunLauncherConf'"),
+        ("+hydra.launcher.procs=2", "unknown key(s) ['procs']"),
         ("hydra.launcher.max_parallel=many", "hydra.launcher.max_parallel"),
     ],
 )

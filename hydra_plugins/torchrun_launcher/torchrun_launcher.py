@@ -7,7 +7,7 @@ light: the dataclass config and a Launcher shell. The scheduling lives in
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -40,7 +40,8 @@ class TorchrunLauncherConf:
     env: dict[str, str] = field(default_factory=dict)
     # Seconds a point may run before it is stopped; null for no limit.
     timeout: Any = None
-    # Points running at once; null: as many as fit (GPUs / nproc_per_node, or CPU cores).
+    # Points running at once; null: as many as fit (GPUs // nproc_per_node; on CPU,
+    # cores // nproc_per_node but at least 2).
     max_parallel: Any = None
     # Stop the sweep at the first failed point instead of finishing the batch.
     fail_fast: bool = False
@@ -58,6 +59,13 @@ ConfigStore.instance().store(
 
 class TorchrunLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
+        known = {f.name for f in fields(TorchrunLauncherConf)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"hydra.launcher has unknown key(s) {unknown} for hydra/launcher=torchrun; "
+                f"known keys: {sorted(known - {'_target_'})}"
+            )
         self.params = params
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
