@@ -37,8 +37,11 @@ def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | N
     if error_file and os.path.isabs(error_file):
         candidates.append(Path(error_file).with_name("stderr.log"))
     if log_dir is not None:
-        candidates += sorted(log_dir.glob(f"*/attempt_*/{local_rank}/stderr.log"),
-                             key=lambda p: p.stat().st_mtime, reverse=True)
+        candidates += sorted(
+            log_dir.glob(f"*/attempt_*/{local_rank}/stderr.log"),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
     return next((str(p) for p in candidates if p.is_file()), None)
 
 
@@ -52,17 +55,19 @@ def failure_report(error, log_dir: Path | None) -> dict:
         if isinstance(message, dict):
             traceback = message.get("extraInfo", {}).get("py_callstack")
             message = message.get("message")
-        failures.append({
-            "rank": rank,
-            "local_rank": failure.local_rank,
-            "exitcode": failure.exitcode,
-            "signal": failure.signal_name() if failure.exitcode < 0 else None,
-            "pid": failure.pid,
-            "exception": message,
-            "traceback": traceback,
-            "timestamp": failure.timestamp,
-            "log_file": _rank_log(failure.error_file, log_dir, failure.local_rank),
-        })
+        failures.append(
+            {
+                "rank": rank,
+                "local_rank": failure.local_rank,
+                "exitcode": failure.exitcode,
+                "signal": failure.signal_name() if failure.exitcode < 0 else None,
+                "pid": failure.pid,
+                "exception": message,
+                "traceback": traceback,
+                "timestamp": failure.timestamp,
+                "log_file": _rank_log(failure.error_file, log_dir, failure.local_rank),
+            }
+        )
     return {"failures": failures}
 
 
@@ -95,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         if listen_fd is not None:
             port = int(argv[argv.index("--master_port") + 1])
             # multi_tenant: torchrun's own TCPStore on this port reuses this server.
-            store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(minutes=30),
-                                  wait_for_workers=False, multi_tenant=True,
-                                  master_listen_fd=int(listen_fd))
+            store = dist.TCPStore(
+                "127.0.0.1",
+                port,
+                None,
+                True,
+                timedelta(minutes=30),
+                wait_for_workers=False,
+                multi_tenant=True,
+                master_listen_fd=int(listen_fd),
+            )
         try:
             torchrun_main(argv)
         except ChildFailedError as error:

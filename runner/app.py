@@ -31,42 +31,94 @@ def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail (or silently misbehave) deep inside training."""
     t = cfg.trainer
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
-    _require(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1",
-             "trainer.batch_size=64")
-    _require(t.grad_accum_steps >= 1, "trainer.grad_accum_steps", t.grad_accum_steps,
-             "must be >= 1", "trainer.grad_accum_steps=1")
-    _require(t.nproc_per_node >= 1, "trainer.nproc_per_node", t.nproc_per_node,
-             "must be >= 1", "trainer.nproc_per_node=2")
-    _require(t.objective_mode in ("min", "max"), "trainer.objective_mode", t.objective_mode,
-             "must be 'min' or 'max'", "trainer.objective_mode=min")
-    _require(t.progress in ("auto", "bar", "lines", "off"), "trainer.progress", t.progress,
-             "must be one of auto, bar, lines, off", "trainer.progress=auto")
-    _require(t.device in ("auto", "cpu", "cuda"), "trainer.device", t.device,
-             "must be one of auto, cpu, cuda", "trainer.device=auto")
-    _require(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0",
-             "trainer.num_threads=0 (torch's default)")
+    _require(
+        t.batch_size >= 1,
+        "trainer.batch_size",
+        t.batch_size,
+        "must be >= 1",
+        "trainer.batch_size=64",
+    )
+    _require(
+        t.grad_accum_steps >= 1,
+        "trainer.grad_accum_steps",
+        t.grad_accum_steps,
+        "must be >= 1",
+        "trainer.grad_accum_steps=1",
+    )
+    _require(
+        t.nproc_per_node >= 1,
+        "trainer.nproc_per_node",
+        t.nproc_per_node,
+        "must be >= 1",
+        "trainer.nproc_per_node=2",
+    )
+    _require(
+        t.objective_mode in ("min", "max"),
+        "trainer.objective_mode",
+        t.objective_mode,
+        "must be 'min' or 'max'",
+        "trainer.objective_mode=min",
+    )
+    _require(
+        t.progress in ("auto", "bar", "lines", "off"),
+        "trainer.progress",
+        t.progress,
+        "must be one of auto, bar, lines, off",
+        "trainer.progress=auto",
+    )
+    _require(
+        t.device in ("auto", "cpu", "cuda"),
+        "trainer.device",
+        t.device,
+        "must be one of auto, cpu, cuda",
+        "trainer.device=auto",
+    )
+    _require(
+        t.num_threads >= 0,
+        "trainer.num_threads",
+        t.num_threads,
+        "must be >= 0",
+        "trainer.num_threads=0 (torch's default)",
+    )
     lr = cfg.optim.get("lr")
     if lr is not None:
         _require(lr > 0, "optim.lr", lr, "must be > 0", "optim.lr=0.01")
     world = wanted_world_size(default=t.nproc_per_node)
     per_step = world * t.grad_accum_steps
-    _require(t.grad_accum_steps <= t.batch_size // world, "trainer.grad_accum_steps",
-             t.grad_accum_steps,
-             f"is more than the {t.batch_size // world} sample(s) each of the {world} rank(s) "
-             f"gets per global batch of {t.batch_size}",
-             f"trainer.grad_accum_steps={max(1, t.batch_size // world)} or a larger batch")
-    _require(t.batch_size % per_step == 0, "trainer.batch_size", t.batch_size,
-             f"must split evenly over {world} rank(s) x {t.grad_accum_steps} accumulation "
-             f"step(s) = {per_step}", f"trainer.batch_size={max(per_step, t.batch_size // per_step * per_step)}")
+    _require(
+        t.grad_accum_steps <= t.batch_size // world,
+        "trainer.grad_accum_steps",
+        t.grad_accum_steps,
+        f"is more than the {t.batch_size // world} sample(s) each of the {world} rank(s) "
+        f"gets per global batch of {t.batch_size}",
+        f"trainer.grad_accum_steps={max(1, t.batch_size // world)} or a larger batch",
+    )
+    _require(
+        t.batch_size % per_step == 0,
+        "trainer.batch_size",
+        t.batch_size,
+        f"must split evenly over {world} rank(s) x {t.grad_accum_steps} accumulation "
+        f"step(s) = {per_step}",
+        f"trainer.batch_size={max(per_step, t.batch_size // per_step * per_step)}",
+    )
     data = cfg.data
     if "n_samples" in data and "val_fraction" in data:
-        _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
-                 "must be between 0 and 1", "data.val_fraction=0.2")
+        _require(
+            0 < data.val_fraction < 1,
+            "data.val_fraction",
+            data.val_fraction,
+            "must be between 0 and 1",
+            "data.val_fraction=0.2",
+        )
         n_train = data.n_samples - max(1, round(data.n_samples * data.val_fraction))
         batches = n_train // t.batch_size
-        _require(batches >= 1, "trainer.batch_size", t.batch_size,
-                 f"is larger than the {n_train} training samples",
-                 f"trainer.batch_size={max(per_step, n_train // 4 // per_step * per_step)}")
+        _require(
+            batches >= 1,
+            "trainer.batch_size",
+            t.batch_size,
+            f"is larger than the {n_train} training samples",
+            f"trainer.batch_size={max(per_step, n_train // 4 // per_step * per_step)}",
+        )
 
 
 def inside_torchrun() -> bool:

@@ -70,7 +70,12 @@ def blobs(
     labels = torch.arange(n_samples) % n_classes
     x = centres[labels] + noise * torch.randn(n_samples, n_features, generator=g)
     return _split(
-        x, labels, val_fraction, g, in_features=n_features, out_features=n_classes,
+        x,
+        labels,
+        val_fraction,
+        g,
+        in_features=n_features,
+        out_features=n_classes,
         task="classification",
     )
 
@@ -89,6 +94,4 @@ def regression(
     w2 = torch.randn(n_features, generator=g) / math.sqrt(n_features)
     y = torch.sin(x @ w1) + 0.5 * (x @ w2) ** 2
     y = (y + noise * torch.randn(n_samples, generator=g)).unsqueeze(1)
-    return _split(
-        x, y, val_fraction, g, in_features=n_features, out_features=1, task="regression"
-    )
+    return _split(x, y, val_fraction, g, in_features=n_features, out_features=1, task="regression")

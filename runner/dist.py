@@ -123,24 +123,34 @@ class LaunchConfig:
             return ValueError(f"hydra.launcher.{key}={value!r} is invalid: {rule}. Fix: {fix}")
 
         if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
-            raise bad("nproc_per_node", self.nproc_per_node, "must be an integer >= 1",
-                      "nproc_per_node=1 (or trainer.nproc_per_node=N for runner's app)")
-        if not re.fullmatch(r"\d+(:\d+)?", self.nnodes) or min(
-            int(n) for n in self.nnodes.split(":")
-        ) < 1:
+            raise bad(
+                "nproc_per_node",
+                self.nproc_per_node,
+                "must be an integer >= 1",
+                "nproc_per_node=1 (or trainer.nproc_per_node=N for runner's app)",
+            )
+        if (
+            not re.fullmatch(r"\d+(:\d+)?", self.nnodes)
+            or min(int(n) for n in self.nnodes.split(":")) < 1
+        ):
             raise bad("nnodes", self.nnodes, "must be N or MIN:MAX with N >= 1", "nnodes=1")
         if self.timeout is not None and self.timeout <= 0:
-            raise bad("timeout", self.timeout, "must be > 0 seconds, or null for none",
-                      "timeout=3600")
+            raise bad(
+                "timeout", self.timeout, "must be > 0 seconds, or null for none", "timeout=3600"
+            )
         if self.max_restarts < 0:
             raise bad("max_restarts", self.max_restarts, "must be >= 0", "max_restarts=0")
         if self.monitor_interval <= 0:
-            raise bad("monitor_interval", self.monitor_interval, "must be > 0",
-                      "monitor_interval=0.1")
+            raise bad(
+                "monitor_interval", self.monitor_interval, "must be > 0", "monitor_interval=0.1"
+            )
         if not self.single_node and not (self.rdzv_endpoint or self.master_port):
-            raise bad("rdzv_endpoint", self.rdzv_endpoint,
-                      f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
-                      "rdzv_endpoint=HOST:PORT (or master_addr and master_port)")
+            raise bad(
+                "rdzv_endpoint",
+                self.rdzv_endpoint,
+                f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
+                "rdzv_endpoint=HOST:PORT (or master_addr and master_port)",
+            )
 
 
 # --------------------------------------------------------------------------- ports
@@ -311,17 +321,39 @@ def write_entry(config_data: dict, task_function: Callable, cwd: str) -> Path:
 
 def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -> list[str]:
     """The agent's command line: torchrun's own options, in torchrun's own spelling."""
-    cmd = [sys.executable, "-m", "runner.agent",
-           "--nproc_per_node", str(launch.nproc_per_node),
-           "--nnodes", launch.nnodes,
-           "--max_restarts", str(launch.max_restarts),
-           "--monitor_interval", str(launch.monitor_interval)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runner.agent",
+        "--nproc_per_node",
+        str(launch.nproc_per_node),
+        "--nnodes",
+        launch.nnodes,
+        "--max_restarts",
+        str(launch.max_restarts),
+        "--monitor_interval",
+        str(launch.monitor_interval),
+    ]
     if launch.single_node:
-        cmd += ["--rdzv_backend", "static", "--master_addr", LOOPBACK,
-                "--master_port", str(port), "--node_rank", "0"]
+        cmd += [
+            "--rdzv_backend",
+            "static",
+            "--master_addr",
+            LOOPBACK,
+            "--master_port",
+            str(port),
+            "--node_rank",
+            "0",
+        ]
     else:
-        cmd += ["--node_rank", str(launch.node_rank), "--rdzv_backend", launch.rdzv_backend,
-                "--rdzv_id", launch.rdzv_id]
+        cmd += [
+            "--node_rank",
+            str(launch.node_rank),
+            "--rdzv_backend",
+            launch.rdzv_backend,
+            "--rdzv_id",
+            launch.rdzv_id,
+        ]
         if launch.rdzv_endpoint:
             cmd += ["--rdzv_endpoint", launch.rdzv_endpoint]
         cmd += ["--master_addr", launch.master_addr]
@@ -343,8 +375,15 @@ def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -
 class LaunchError(RuntimeError):
     """A torchrun job failed: which rank, how, and the end of its log."""
 
-    def __init__(self, message: str, *, exitcode: int | None = None, rank: int | None = None,
-                 failures: list[dict] | None = None, log_tail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        rank: int | None = None,
+        failures: list[dict] | None = None,
+        log_tail: str = "",
+    ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
         self.rank = rank
@@ -384,15 +423,25 @@ class TorchrunJob:
     The sweep launcher keeps several of these running; :func:`launch` runs one.
     """
 
-    def __init__(self, config: DictConfig, task_function: Callable, launch: LaunchConfig,
-                 job_dir: str | Path, *, console: bool = True) -> None:
+    def __init__(
+        self,
+        config: DictConfig,
+        task_function: Callable,
+        launch: LaunchConfig,
+        job_dir: str | Path,
+        *,
+        console: bool = True,
+    ) -> None:
         self.launch = launch
         self.job_dir = Path(job_dir)
         self.console = console
         self.config_data = job_config_data(config)
         self.task_function = task_function
-        self.cwd = str(self.config_data["hydra"]["runtime"]["cwd"]) if "hydra" in \
-            self.config_data else os.getcwd()
+        self.cwd = (
+            str(self.config_data["hydra"]["runtime"]["cwd"])
+            if "hydra" in self.config_data
+            else os.getcwd()
+        )
         self.entry_file: Path | None = None
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
@@ -413,7 +462,8 @@ class TorchrunJob:
         self.job_dir.mkdir(parents=True, exist_ok=True)
         if launch.log_dir is None:
             launch = self.launch = dataclasses.replace(
-                launch, log_dir=str(self.job_dir / "torchrun"))
+                launch, log_dir=str(self.job_dir / "torchrun")
+            )
         self.entry_file = write_entry(self.config_data, self.task_function, self.cwd)
         listen = free_port() if launch.single_node else None
         try:
@@ -435,9 +485,14 @@ class TorchrunJob:
                 self._log_file = out = open(self.job_dir / "torchrun.log", "ab")
             self.started_at = time.time()
             self.proc = subprocess.Popen(
-                self.command, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT if out else None,
-                start_new_session=True, pass_fds=[listen.fileno()] if listen else (),
+                self.command,
+                cwd=self.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+                pass_fds=[listen.fileno()] if listen else (),
                 preexec_fn=die_with_parent,
             )
         except BaseException:
@@ -453,8 +508,12 @@ class TorchrunJob:
         """The agent's exit code, or None while it runs; stops it past its timeout."""
         assert self.proc is not None
         code = self.proc.poll()
-        if code is None and self.launch.timeout and self.started_at and \
-                time.time() - self.started_at > self.launch.timeout:
+        if (
+            code is None
+            and self.launch.timeout
+            and self.started_at
+            and time.time() - self.started_at > self.launch.timeout
+        ):
             self.timed_out = True
             self.stop()
             code = self.proc.poll()
@@ -486,8 +545,9 @@ class TorchrunJob:
 
             result_file = self.entry_dir / RESULT_FILE
             if not result_file.is_file():
-                raise LaunchError(f"torchrun exited 0 but rank 0 left no result in {result_file}",
-                                  exitcode=0)
+                raise LaunchError(
+                    f"torchrun exited 0 but rank 0 left no result in {result_file}", exitcode=0
+                )
             return cloudpickle.loads(result_file.read_bytes())
         raise self.error()
 
@@ -502,26 +562,40 @@ class TorchrunJob:
             return LaunchTimeout(
                 f"torchrun job timed out after {self.launch.timeout:g} s and was stopped "
                 f"(raise hydra.launcher.timeout if it needs longer); {where}",
-                exitcode=self.returncode, failures=failures,
-                log_tail=_tail(self.job_dir / "torchrun.log"))
+                exitcode=self.returncode,
+                failures=failures,
+                log_tail=_tail(self.job_dir / "torchrun.log"),
+            )
         if not failures:
             tail = _tail(self.job_dir / "torchrun.log")
             detail = report.get("error") or "the agent failed before any worker reported"
             return LaunchError(
                 f"torchrun exited with code {self.returncode}: {detail}; {where}"
                 + (f"\n--- torchrun.log (last lines) ---\n{tail}" if tail else ""),
-                exitcode=self.returncode, log_tail=tail)
+                exitcode=self.returncode,
+                log_tail=tail,
+            )
         first = failures[0]
         log_path = Path(first["log_file"]) if first.get("log_file") else None
         tail = _tail(log_path)
-        how = (f"was killed by {first['signal']}" if first.get("signal")
-               else f"exited with code {first['exitcode']}")
-        message = (f"rank {first['rank']} (local rank {first['local_rank']}) {how}: "
-                   f"{first.get('exception') or 'no exception recorded'}; {where}")
+        how = (
+            f"was killed by {first['signal']}"
+            if first.get("signal")
+            else f"exited with code {first['exitcode']}"
+        )
+        message = (
+            f"rank {first['rank']} (local rank {first['local_rank']}) {how}: "
+            f"{first.get('exception') or 'no exception recorded'}; {where}"
+        )
         if tail:
             message += f"\n--- {log_path} (last lines) ---\n{tail}"
-        return LaunchError(message, exitcode=first["exitcode"], rank=first["rank"],
-                           failures=failures, log_tail=tail)
+        return LaunchError(
+            message,
+            exitcode=first["exitcode"],
+            rank=first["rank"],
+            failures=failures,
+            log_tail=tail,
+        )
 
     def launch_record(self) -> dict:
         """What launch.json records: enough to see, and repeat, how the job ran."""
@@ -534,7 +608,8 @@ class TorchrunJob:
             "start_time": self.started_at,
             "end_time": self.ended_at,
             "duration_s": round(self.ended_at - self.started_at, 3)
-            if self.ended_at and self.started_at else None,
+            if self.ended_at and self.started_at
+            else None,
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
             "agent_pid": self.proc.pid if self.proc else None,
@@ -584,8 +659,14 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def launch(config: DictConfig, task_function: Callable, launch_config: LaunchConfig,
-           job_dir: str | Path, *, console: bool = True) -> Any:
+def launch(
+    config: DictConfig,
+    task_function: Callable,
+    launch_config: LaunchConfig,
+    job_dir: str | Path,
+    *,
+    console: bool = True,
+) -> Any:
     """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
     return value or raise LaunchError. Clean-up happens whatever way this ends."""
     remove_stale_entry_dirs()
@@ -623,6 +704,15 @@ def wanted_world_size(default: int = 1) -> int:
 
 
 __all__ = [
-    "LaunchConfig", "LaunchError", "LaunchTimeout", "TorchrunJob", "free_port", "launch",
-    "launch_current_job", "release_port", "resolved_data", "torchrun_command", "write_entry",
+    "LaunchConfig",
+    "LaunchError",
+    "LaunchTimeout",
+    "TorchrunJob",
+    "free_port",
+    "launch",
+    "launch_current_job",
+    "release_port",
+    "resolved_data",
+    "torchrun_command",
+    "write_entry",
 ]

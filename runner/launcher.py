@@ -57,15 +57,27 @@ def check_launcher_params(params: Mapping[str, Any]) -> None:
     """Validate the launcher's own keys and the torchrun options, before anything starts."""
     max_parallel = params.get("max_parallel")
     if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
-        raise _bad("max_parallel", max_parallel, "must be an integer >= 1, or null for "
-                   "as many as fit", "hydra.launcher.max_parallel=2")
+        raise _bad(
+            "max_parallel",
+            max_parallel,
+            "must be an integer >= 1, or null for as many as fit",
+            "hydra.launcher.max_parallel=2",
+        )
     devices = str(params.get("devices", "auto"))
     if devices not in ("auto", "none") and not all(d.strip().isdigit() for d in devices.split(",")):
-        raise _bad("devices", devices, "must be auto, none, or GPU ids like 0,1,2,3",
-                   "hydra.launcher.devices=auto")
+        raise _bad(
+            "devices",
+            devices,
+            "must be auto, none, or GPU ids like 0,1,2,3",
+            "hydra.launcher.devices=auto",
+        )
     if params.get("stop_grace", 10.0) < 0:
-        raise _bad("stop_grace", params["stop_grace"], "must be >= 0 seconds",
-                   "hydra.launcher.stop_grace=10")
+        raise _bad(
+            "stop_grace",
+            params["stop_grace"],
+            "must be >= 0 seconds",
+            "hydra.launcher.stop_grace=10",
+        )
     try:
         LaunchConfig.from_config({k: v for k, v in params.items() if k not in SCHEDULER_KEYS})
     except ValueError as error:
@@ -109,8 +121,9 @@ class Point:
 class SweepScheduler:
     """Runs the points of one batch, ``max_parallel`` at a time."""
 
-    def __init__(self, launcher: Any, job_overrides: Sequence[Sequence[str]],
-                 initial_job_idx: int) -> None:
+    def __init__(
+        self, launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> None:
         self.launcher = launcher
         self.config: DictConfig = launcher.config
         self.params = dict(launcher.params)
@@ -160,12 +173,17 @@ class SweepScheduler:
 
     def _launch_config(self, point: Point) -> LaunchConfig:
         assert point.config is not None
-        node = {k: v for k, v in OmegaConf.to_container(
-            point.config.hydra.launcher, resolve=True).items() if k not in SCHEDULER_KEYS}
+        node = {
+            k: v
+            for k, v in OmegaConf.to_container(point.config.hydra.launcher, resolve=True).items()
+            if k not in SCHEDULER_KEYS
+        }
         try:
             return LaunchConfig.from_config(node)
         except ValueError as error:
-            raise LauncherConfigError(f"sweep point #{point.idx} ({point.label}): {error}") from None
+            raise LauncherConfigError(
+                f"sweep point #{point.idx} ({point.label}): {error}"
+            ) from None
 
     def _start(self, point: Point) -> None:
         self._prepare(point)
@@ -180,14 +198,26 @@ class SweepScheduler:
             share = (os.cpu_count() or 1) // (self.max_parallel * launch_config.nproc_per_node)
             extra_env["OMP_NUM_THREADS"] = str(max(1, share))
         self.launcher.hydra_context.callbacks.on_job_start(
-            config=point.config, task_function=self.launcher.task_function)
-        point.job = TorchrunJob(point.config, self.launcher.task_function, launch_config,
-                                point.config.hydra.runtime.output_dir, console=False)
+            config=point.config, task_function=self.launcher.task_function
+        )
+        point.job = TorchrunJob(
+            point.config,
+            self.launcher.task_function,
+            launch_config,
+            point.config.hydra.runtime.output_dir,
+            console=False,
+        )
         point.job.start(extra_env=extra_env)
         self.running.append(point)
-        log.info("#%d start  %s  (%d rank%s, port %s%s)", point.idx, point.label,
-                 launch_config.nproc_per_node, "s" if launch_config.nproc_per_node > 1 else "",
-                 point.job.port, f", GPUs {','.join(point.gpus)}" if point.gpus else "")
+        log.info(
+            "#%d start  %s  (%d rank%s, port %s%s)",
+            point.idx,
+            point.label,
+            launch_config.nproc_per_node,
+            "s" if launch_config.nproc_per_node > 1 else "",
+            point.job.port,
+            f", GPUs {','.join(point.gpus)}" if point.gpus else "",
+        )
 
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
         """Turn an ended torchrun into the point's JobReturn; record how it ran."""
@@ -218,22 +248,33 @@ class SweepScheduler:
             if point in self.running:
                 self.running.remove(point)
         (Path(ret.working_dir) / "launch.json").write_text(
-            json.dumps({**job.launch_record(), "overrides": point.overrides,
-                        "status": ret.status.name}, indent=2) + "\n")
+            json.dumps(
+                {**job.launch_record(), "overrides": point.overrides, "status": ret.status.name},
+                indent=2,
+            )
+            + "\n"
+        )
         point.result = ret
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         record = job.launch_record()
-        outcome = (f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED
-                   else "FAILED")
-        log.info("#%d %s  %s  in %.1fs %s  %s", point.idx,
-                 "done  " if ret.status == JobStatus.COMPLETED else "failed", point.label,
-                 record["duration_s"] or 0.0, outcome, self.progress())
+        outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
+        log.info(
+            "#%d %s  %s  in %.1fs %s  %s",
+            point.idx,
+            "done  " if ret.status == JobStatus.COMPLETED else "failed",
+            point.label,
+            record["duration_s"] or 0.0,
+            outcome,
+            self.progress(),
+        )
         if ret.status != JobStatus.COMPLETED:
             log.error("#%d %s", point.idx, ret._return_value)
 
     def progress(self) -> str:
-        return (f"[{self.done + self.failed}/{len(self.points)} ended: {self.done} done, "
-                f"{len(self.running)} running, {self.failed} failed]")
+        return (
+            f"[{self.done + self.failed}/{len(self.points)} ended: {self.done} done, "
+            f"{len(self.running)} running, {self.failed} failed]"
+        )
 
     def _cancelled(self, point: Point, reason: str) -> JobReturn:
         ret = JobReturn()
@@ -252,15 +293,23 @@ class SweepScheduler:
         with sigterm_as_exit():
             try:
                 while pending or self.running:
-                    while pending and not stopping and len(self.running) < self.max_parallel \
-                            and (not self.has_gpus or len(self.gpus_free) >= self.nproc):
+                    while (
+                        pending
+                        and not stopping
+                        and len(self.running) < self.max_parallel
+                        and (not self.has_gpus or len(self.gpus_free) >= self.nproc)
+                    ):
                         self._start(pending.popleft())
                     for point in list(self.running):
                         assert point.job is not None
                         if point.job.poll() is not None:
                             self._finish(point)
-                            if self.fail_fast and point.result is not None and \
-                                    point.result.status == JobStatus.FAILED and not stopping:
+                            if (
+                                self.fail_fast
+                                and point.result is not None
+                                and point.result.status == JobStatus.FAILED
+                                and not stopping
+                            ):
                                 stopping = True
                                 self._stop_running("stopped: fail_fast after a failed point")
                     if stopping:
@@ -282,12 +331,17 @@ class SweepScheduler:
         for point in points:
             assert point.job is not None
             point.job.poll()
-            self._finish(point, LaunchError(
-                f"sweep point #{point.idx} ({point.label}) {reason or 'was interrupted'}"))
+            self._finish(
+                point,
+                LaunchError(
+                    f"sweep point #{point.idx} ({point.label}) {reason or 'was interrupted'}"
+                ),
+            )
 
 
-def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]],
-                 initial_job_idx: int) -> Sequence[JobReturn]:
+def launch_sweep(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> Sequence[JobReturn]:
     """What ``TorchrunLauncher.launch`` does: run one batch of points, return JobReturns."""
     setup_globals()
     config = launcher.config
@@ -295,6 +349,9 @@ def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]],
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     remove_stale_entry_dirs()
     scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx)
-    log.info("Launching %d job(s) with torchrun, %d at a time", len(scheduler.points),
-             scheduler.max_parallel)
+    log.info(
+        "Launching %d job(s) with torchrun, %d at a time",
+        len(scheduler.points),
+        scheduler.max_parallel,
+    )
     return scheduler.run()

@@ -33,7 +33,7 @@ class MLP(nn.Module):
             raise ValueError(f"model.depth={depth} must be >= 1")
         widths = [in_features] + [hidden] * (depth - 1) + [out_features]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers.append(nn.Linear(a, b))
             if i < depth - 1:
                 layers.append(_activation(activation))

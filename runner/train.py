@@ -109,7 +109,9 @@ def train(cfg: DictConfig) -> float:
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, in_features=data.in_features, out_features=data.out_features)
     model = model.to(device)
-    ddp_model = DDP(model, device_ids=[local_rank] if use_cuda else None) if world_size > 1 else model
+    ddp_model = (
+        DDP(model, device_ids=[local_rank] if use_cuda else None) if world_size > 1 else model
+    )
     optimizer = instantiate(cfg.optim, params=model.parameters())
 
     accum = cfg.trainer.grad_accum_steps
@@ -117,15 +119,23 @@ def train(cfg: DictConfig) -> float:
     # Each rank takes every world_size-th index of one shared permutation, so the
     # union of the ranks' batches is exactly the single-process batch.
     sampler = DistributedSampler(
-        range(len(data.x_train)), num_replicas=world_size, rank=rank, shuffle=True,
-        seed=cfg.seed, drop_last=True,
+        range(len(data.x_train)),
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
     )
     steps_per_epoch = len(sampler) // (micro_batch * accum)
     total_steps = steps_per_epoch * cfg.trainer.epochs
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=total_steps) if cfg.scheduler else None
+    scheduler = (
+        instantiate(cfg.scheduler)(optimizer, total_steps=total_steps) if cfg.scheduler else None
+    )
     loss_fn = F.cross_entropy if data.task == "classification" else F.mse_loss
     x_val, y_val = data.x_val[rank::world_size], data.y_val[rank::world_size]
-    known = {"train_loss", "val_loss", "lr"} | ({"val_acc"} if data.task == "classification" else set())
+    known = {"train_loss", "val_loss", "lr"} | (
+        {"val_acc"} if data.task == "classification" else set()
+    )
     if cfg.trainer.objective not in known:
         raise ValueError(
             f"trainer.objective={cfg.trainer.objective!r} is not a metric of this run; "
@@ -136,9 +146,15 @@ def train(cfg: DictConfig) -> float:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.jsonl").unlink(missing_ok=True)
         log.info(
-            "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), "
-            "%d steps", type(model).__name__, device, world_size, cfg.trainer.batch_size,
-            micro_batch, world_size, accum, total_steps,
+            "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), %d steps",
+            type(model).__name__,
+            device,
+            world_size,
+            cfg.trainer.batch_size,
+            micro_batch,
+            world_size,
+            accum,
+            total_steps,
         )
     bar = _progress_bar(cfg, total_steps, is_rank0)
     plain_lines = is_rank0 and bar is None and cfg.trainer.progress != "off"
@@ -204,11 +220,19 @@ def train(cfg: DictConfig) -> float:
     objective = cfg.trainer.objective
     result = float(metrics[objective])
     if is_rank0:
-        final = {**metrics, "objective": objective, "objective_value": result,
-                 "world_size": world_size}
+        final = {
+            **metrics,
+            "objective": objective,
+            "objective_value": result,
+            "world_size": world_size,
+        }
         (output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-        log.info("done: %s=%.4f (%s)", objective, result,
-                 " ".join(f"{k}={metrics[k]:.4f}" for k in metrics if k.startswith("val_")))
+        log.info(
+            "done: %s=%.4f (%s)",
+            objective,
+            result,
+            " ".join(f"{k}={metrics[k]:.4f}" for k in metrics if k.startswith("val_")),
+        )
     if world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return result

@@ -28,16 +28,25 @@ def entry_dirs(base: Path) -> list[Path]:
     return sorted(base.glob("runner-*"))
 
 
-def run(args: list[str], *, cwd: Path | str = REPO, env: dict | None = None,
-        timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str],
+    *,
+    cwd: Path | str = REPO,
+    env: dict | None = None,
+    timeout: float = 300,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run a command with the test's environment; fail with its output if ``check``."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
-                    f"\n--- stderr\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{args} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

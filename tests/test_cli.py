@@ -15,8 +15,15 @@ pytestmark = pytest.mark.slow
 def test_default_run_end_to_end(default_run):
     run_dir, proc = default_run
     assert "done: val_loss=" in proc.stdout + proc.stderr
-    for name in ("metrics.json", "metrics.jsonl", "checkpoint.pt", "runner.log",
-                 ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
+    for name in (
+        "metrics.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "runner.log",
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+    ):
         assert (run_dir / name).is_file(), name
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final["val_acc"] >= 0.9
@@ -31,8 +38,11 @@ def imported_modules(*args: str) -> str:
 
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"], ["--cfg", "hydra"]])
 def test_parent_commands_do_not_import_torch(args):
-    modules = [line.split("|")[-1].strip() for line in imported_modules(*args).splitlines()
-               if line.startswith("import time:")]
+    modules = [
+        line.split("|")[-1].strip()
+        for line in imported_modules(*args).splitlines()
+        if line.startswith("import time:")
+    ]
     assert "hydra" in modules and "omegaconf" in modules
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
 
@@ -61,8 +71,15 @@ def test_bad_input_fails_cleanly(tmp_path, override, message):
 
 def test_sweep_runs_every_point(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = runner_cli("-m", f"hydra.sweep.dir={sweep}", "optim.lr=0.01,0.003",
-                      "model=mlp,resmlp", "trainer.epochs=2", "data.n_samples=400", cwd=REPO)
+    proc = runner_cli(
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "optim.lr=0.01,0.003",
+        "model=mlp,resmlp",
+        "trainer.epochs=2",
+        "data.n_samples=400",
+        cwd=REPO,
+    )
     for num in range(4):
         assert (sweep / str(num) / "metrics.json").is_file()
     assert proc.stderr.count(" done ") + proc.stdout.count(" done ") >= 4

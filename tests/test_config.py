@@ -8,8 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 import runner.config  # noqa: F401
-from runner.app import ConfigError, check_config
 from runner.__main__ import CONF_DIR
+from runner.app import ConfigError, check_config
 
 
 def make(*overrides: str):

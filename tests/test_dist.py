@@ -19,7 +19,7 @@ from runner.dist import LaunchConfig, LaunchError, free_port, launch, release_po
 from tests.conftest import APPS, REPO, entry_dirs, probe_records, processes_of, run, runner_cli
 
 ADVERSARIAL = {
-    "quotes": "it's \"quoted\" and '''triple''' and \"\"\"triple\"\"\"",
+    "quotes": 'it\'s "quoted" and \'\'\'triple\'\'\' and """triple"""',
     "newlines": "line one\nline two\r\n\tindented",
     "backslashes": "C:\\temp\\new\\ end\\",
     "python": "__import__('os').system('touch /tmp/runner_pwned')\nexit(3)",
@@ -113,7 +113,7 @@ def test_free_ports_never_repeat_while_held():
         assert len(set(ports)) == len(ports)
         assert all(s.getsockname()[0] == "127.0.0.1" for s in socks)
     finally:
-        for sock, port in zip(socks, ports):
+        for sock, port in zip(socks, ports, strict=True):
             sock.close()
             release_port(port)
 
@@ -191,8 +191,12 @@ INTERRUPTIBLE = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_interrupted_or_killed_leaves_nothing(tmp_path, entry_base, sig):
-    parent = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, str(tmp_path)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 90
     # Wait until both ranks run the task (their records are written after the sleep,
     # so look for the ranks' processes instead).
@@ -217,11 +221,29 @@ def test_ddp_is_exact_and_parent_stays_light(tmp_path):
     """2 ranks with global batch B end with the weights of 1 process with batch B."""
     import torch
 
-    common = ["optim=sgd", "optim.lr=0.05", "trainer.epochs=3", "trainer.batch_size=32",
-              "data.n_samples=640", "model.hidden=32", "trainer.progress=lines"]
+    common = [
+        "optim=sgd",
+        "optim.lr=0.05",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "data.n_samples=640",
+        "model.hidden=32",
+        "trainer.progress=lines",
+    ]
     runner_cli(*common, f"hydra.run.dir={tmp_path / 'one'}")
-    proc = run([sys.executable, "-X", "importtime", "-m", "runner", *common,
-                "trainer.nproc_per_node=2", f"hydra.run.dir={tmp_path / 'two'}"], cwd=REPO)
+    proc = run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "runner",
+            *common,
+            "trainer.nproc_per_node=2",
+            f"hydra.run.dir={tmp_path / 'two'}",
+        ],
+        cwd=REPO,
+    )
     parent_imports = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert parent_imports and not [line for line in parent_imports if "| torch" in line]
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]

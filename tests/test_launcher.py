@@ -4,7 +4,6 @@ timeouts, signals, Optuna, and an app that is not runner's."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,11 +20,9 @@ from hydra.test_utils.launcher_common_tests import (
 from omegaconf import OmegaConf
 
 from runner.dist import LaunchError, LaunchTimeout
-
 from tests.conftest import (
     FAST,
     PROBE_APP,
-    REPO,
     entry_dirs,
     probe_records,
     processes_of,
@@ -67,11 +64,22 @@ def probe_sweep(tmp_path_factory, entry_base):
     with chdir, a custom subdir and env_set; every rank records what it sees."""
     work = tmp_path_factory.mktemp("probe_cwd")
     modules = work / "parent_modules.json"
-    proc = run([sys.executable, str(PROBE_APP), "-m", "value=1,2,3", "sleep=2",
-                "hydra.sweep.dir=sweep", "hydra.sweep.subdir=point_${hydra.job.num}",
-                "hydra.job.chdir=true", "+hydra.job.env_set.PROBE_ENV=from_env_set",
-                "hydra.launcher.max_parallel=3"],
-               cwd=work, env={"PROBE_PARENT_MODULES": str(modules)})
+    proc = run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=1,2,3",
+            "sleep=2",
+            "hydra.sweep.dir=sweep",
+            "hydra.sweep.subdir=point_${hydra.job.num}",
+            "hydra.job.chdir=true",
+            "+hydra.job.env_set.PROBE_ENV=from_env_set",
+            "hydra.launcher.max_parallel=3",
+        ],
+        cwd=work,
+        env={"PROBE_PARENT_MODULES": str(modules)},
+    )
     return work, work / "sweep", proc, read_json(modules)
 
 
@@ -94,8 +102,7 @@ def test_every_rank_sees_the_parents_hydra_state(probe_sweep):
             assert r["world_size"] == 2
             assert r["job_name"] == parent.job.name == "probe_app"
             assert r["job_num"] == num == parent.job.num
-            assert r["overrides"] == list(parent.overrides.task) == [f"value={num + 1}",
-                                                                      "sleep=2"]
+            assert r["overrides"] == list(parent.overrides.task) == [f"value={num + 1}", "sleep=2"]
             assert r["output_dir"] == parent.runtime.output_dir == str(job_dir.resolve())
             assert r["choices"] == dict(parent.runtime.choices)
             assert r["cwd"] == str(job_dir.resolve())  # hydra.job.chdir=true
@@ -113,15 +120,22 @@ def test_points_overlap_on_distinct_ports(probe_sweep):
     assert len(set(ports)) == 3
     for n, record in enumerate(launches):
         assert {r["master_port"] for r in probe_records(sweep / f"point_{n}")} == {
-            str(record["port"])}
+            str(record["port"])
+        }
         assert record["exit_code"] == 0 and record["status"] == "COMPLETED"
         assert record["command"][:3] == [sys.executable, "-m", "runner.agent"]
-    spans = [(min(r["start"] for r in probe_records(sweep / f"point_{n}")),
-              max(r["end"] for r in probe_records(sweep / f"point_{n}"))) for n in range(3)]
+    spans = [
+        (
+            min(r["start"] for r in probe_records(sweep / f"point_{n}")),
+            max(r["end"] for r in probe_records(sweep / f"point_{n}")),
+        )
+        for n in range(3)
+    ]
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
     # CPU threads are shared out between concurrent ranks.
-    assert {r["omp_num_threads"] for n in range(3) for r in probe_records(sweep / f"point_{n}")
-            } == {"1"}
+    assert {
+        r["omp_num_threads"] for n in range(3) for r in probe_records(sweep / f"point_{n}")
+    } == {"1"}
 
 
 def test_console_shows_points_not_rank_output(probe_sweep):
@@ -140,8 +154,12 @@ def sweep_probe(hydra_sweep_runner, tmp_path, *overrides, task=None):
     from tests.apps.probe_app import probe
 
     return hydra_sweep_runner(
-        calling_file=str(PROBE_APP), calling_module=None, task_function=task or probe,
-        config_path="probe_conf", config_name="config", overrides=list(overrides),
+        calling_file=str(PROBE_APP),
+        calling_module=None,
+        task_function=task or probe,
+        config_path="probe_conf",
+        config_name="config",
+        overrides=list(overrides),
         temp_dir=str(tmp_path),
     )
 
@@ -153,8 +171,14 @@ def slow_first(cfg) -> float:
 
 
 def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
-    with sweep_probe(hydra_sweep_runner, tmp_path, "value=4,2,0", "hydra.launcher.max_parallel=3",
-                     "hydra.launcher.nproc_per_node=1", task=slow_first) as sweep:
+    with sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=4,2,0",
+        "hydra.launcher.max_parallel=3",
+        "hydra.launcher.nproc_per_node=1",
+        task=slow_first,
+    ) as sweep:
         returns = sweep.returns[0]
         ends = [read_json(Path(r.working_dir) / "launch.json")["end_time"] for r in returns]
     assert [r.return_value for r in returns] == [4.0, 2.0, 0.0]
@@ -162,10 +186,38 @@ def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
     assert ends[2] < ends[1] < ends[0]
 
 
+def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_path):
+    """With devices to share, each running point gets its own CUDA_VISIBLE_DEVICES slice
+    (on a CPU machine the variable is set all the same, and torch ignores it)."""
+    with sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=1,2,3",
+        "sleep=1",
+        "hydra.launcher.devices='0,1,2,3'",
+        "hydra.launcher.max_parallel=4",
+    ) as sweep:
+        slices = [
+            {r["cuda_visible_devices"] for r in probe_records(Path(ret.working_dir))}
+            for ret in sweep.returns[0]
+        ]
+        launches = [read_json(Path(r.working_dir) / "launch.json") for r in sweep.returns[0]]
+    assert all(len(s) == 1 for s in slices)
+    first, second, third = (s.pop() for s in slices)
+    assert {first, second} == {"0,1", "2,3"}  # two fit at once, disjoint
+    assert third in ("0,1", "2,3")
+    assert launches[2]["start_time"] >= min(launches[0]["end_time"], launches[1]["end_time"])
+
+
 def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base):
     """Like Hydra's basic launcher, the sweep raises the failure after the batch ends."""
-    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=-1,1,-1", "sleep=1",
-                        "hydra.launcher.max_parallel=3")
+    sweep = sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "fail_rank=-1,1,-1",
+        "sleep=1",
+        "hydra.launcher.max_parallel=3",
+    )
     with pytest.raises(LaunchError, match="ValueError: probe failure on rank 1") as err:
         with sweep:
             pass
@@ -178,8 +230,13 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
 
 
 def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
-    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "hang_rank=-1,0",
-                        "hydra.launcher.timeout=10", "hydra.launcher.max_parallel=2")
+    sweep = sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "hang_rank=-1,0",
+        "hydra.launcher.timeout=10",
+        "hydra.launcher.max_parallel=2",
+    )
     with pytest.raises(LaunchTimeout, match="timed out after 10 s"):
         with sweep:
             pass
@@ -191,8 +248,14 @@ def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
 
 def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
     started = time.monotonic()
-    sweep = sweep_probe(hydra_sweep_runner, tmp_path, "fail_rank=0,-1,-1", "sleep=0,120,0",
-                        "hydra.launcher.max_parallel=2", "hydra.launcher.fail_fast=true")
+    sweep = sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "fail_rank=0,-1,-1",
+        "sleep=0,120,0",
+        "hydra.launcher.max_parallel=2",
+        "hydra.launcher.fail_fast=true",
+    )
     with pytest.raises(LaunchError, match="probe failure on rank 0"):
         with sweep:
             pass
@@ -205,8 +268,10 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
 
 
 def test_sweep_failure_exits_nonzero_like_basic_launcher(tmp_path):
-    proc = run([sys.executable, str(PROBE_APP), "-m", "fail_rank=-1,0",
-                f"hydra.sweep.dir={tmp_path}"], check=False)
+    proc = run(
+        [sys.executable, str(PROBE_APP), "-m", "fail_rank=-1,0", f"hydra.sweep.dir={tmp_path}"],
+        check=False,
+    )
     assert proc.returncode != 0
     assert "ValueError: probe failure on rank 0" in proc.stderr
     assert (tmp_path / "0" / "probe_rank0.json").exists()
@@ -215,8 +280,17 @@ def test_sweep_failure_exits_nonzero_like_basic_launcher(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
     parent = subprocess.Popen(
-        [sys.executable, str(PROBE_APP), "-m", "sleep=0,600,600", "hydra.launcher.max_parallel=2",
-         f"hydra.sweep.dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "sleep=0,600,600",
+            "hydra.launcher.max_parallel=2",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while not (len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists()):
         assert time.monotonic() < deadline, "the sweep never got going"
@@ -247,8 +321,17 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
     ],
 )
 def test_bad_launcher_config_fails_before_anything_starts(tmp_path, override, message):
-    proc = run([sys.executable, str(PROBE_APP), "-m", "value=1,2", override,
-                f"hydra.sweep.dir={tmp_path / 'sweep'}"], check=False)
+    proc = run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=1,2",
+            override,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        check=False,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not list(tmp_path.glob("sweep/*/probe_rank*.json"))
@@ -257,16 +340,27 @@ def test_bad_launcher_config_fails_before_anything_starts(tmp_path, override, me
 def test_world_size_is_read_per_point(tmp_path):
     runner_cli("-m", "trainer.nproc_per_node=1,2", f"hydra.sweep.dir={tmp_path}", *FAST)
     assert [read_json(tmp_path / str(n) / "metrics.json")["world_size"] for n in (0, 1)] == [1, 2]
-    assert [read_json(tmp_path / str(n) / "launch.json")["nproc_per_node"] for n in (0, 1)] == [1, 2]
+    assert [read_json(tmp_path / str(n) / "launch.json")["nproc_per_node"] for n in (0, 1)] == [
+        1,
+        2,
+    ]
 
 
 def test_optuna_sees_every_distributed_trial(tmp_path):
     optuna = pytest.importorskip("optuna")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    runner_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
-               "hydra.sweeper.study_name=runner", f"hydra.sweeper.storage={storage}",
-               "optim.lr=interval(0.001,0.1)", "trainer.nproc_per_node=2",
-               f"hydra.sweep.dir={tmp_path / 'sweep'}", *FAST)
+    runner_cli(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=runner",
+        f"hydra.sweeper.storage={storage}",
+        "optim.lr=interval(0.001,0.1)",
+        "trainer.nproc_per_node=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *FAST,
+    )
     study = optuna.load_study(study_name="runner", storage=storage)
     trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
@@ -280,5 +374,5 @@ def test_optuna_sees_every_distributed_trial(tmp_path):
 
 
 def test_runner_sweep_default_launcher_is_torchrun():
-    out = runner_cli("--cfg", "hydra", "-m").stdout
+    out = runner_cli("--cfg", "hydra").stdout
     assert "TorchrunLauncher" in out and "nproc_per_node: ${trainer.nproc_per_node}" in out

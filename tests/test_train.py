@@ -37,6 +37,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     a, _ = trained(tmp_path / "a", "trainer.epochs=3")
     b, _ = trained(tmp_path / "b", "trainer.epochs=3")
     c, _ = trained(tmp_path / "c", "trainer.epochs=3", "seed=1")
+
     def without_time(run_dir):
         return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in epochs(run_dir)]
 
@@ -52,8 +53,14 @@ def test_objective_and_direction_from_config(tmp_path):
 
 
 def test_regression_with_accumulation_and_sgd(tmp_path):
-    value, run_dir = trained(tmp_path, "+experiment=regression", "trainer.epochs=4",
-                             "trainer.grad_accum_steps=4", "optim=sgd", "optim.lr=0.02")
+    value, run_dir = trained(
+        tmp_path,
+        "+experiment=regression",
+        "trainer.epochs=4",
+        "trainer.grad_accum_steps=4",
+        "optim=sgd",
+        "optim.lr=0.02",
+    )
     history = epochs(run_dir)
     assert "val_acc" not in history[-1]
     assert history[-1]["val_loss"] < history[0]["val_loss"]

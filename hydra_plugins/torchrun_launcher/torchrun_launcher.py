@@ -8,7 +8,7 @@ light: the dataclass config and a Launcher shell. The scheduling lives in
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -67,12 +67,13 @@ class TorchrunLauncher(Launcher):
                 f"known keys: {sorted(known - {'_target_'})}"
             )
         self.params = params
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         from runner.launcher import check_launcher_params
 
         check_launcher_params(self.params)
@@ -80,8 +81,9 @@ class TorchrunLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         from runner.launcher import launch_sweep
 
         return launch_sweep(self, job_overrides, initial_job_idx)
