@@ -74,6 +74,13 @@ def check_config(cfg: DictConfig) -> None:
         "trainer.device=auto",
     )
     _require(
+        t.checkpoint_every >= 0,
+        "trainer.checkpoint_every",
+        t.checkpoint_every,
+        "must be >= 0 steps",
+        "trainer.checkpoint_every=0 (epoch ends only)",
+    )
+    _require(
         t.num_threads >= 0,
         "trainer.num_threads",
         t.num_threads,

@@ -41,6 +41,10 @@ class TrainerConf:
     # "auto" picks cuda:LOCAL_RANK when CUDA exists, else cpu.
     device: str = "auto"
     checkpoint: bool = True
+    # Also checkpoint every N optimiser steps (0: only at epoch ends).
+    checkpoint_every: int = 0
+    # "auto": continue from this run's checkpoint if there is one; "never"; or a path.
+    resume: str = "auto"
 
 
 @dataclass

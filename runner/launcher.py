@@ -39,10 +39,20 @@ from runner.dist import (
     sigterm_as_exit,
     stop_jobs,
 )
+from runner.worker import task_config
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace")
+SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace", "resume")
+LAUNCH_RECORD = "launch.json"
+RETURN_VALUE = "return_value.pkl"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file and rename it into place: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class LauncherConfigError(ValueError):
@@ -134,6 +144,7 @@ class SweepScheduler:
         self.max_parallel = self.params.get("max_parallel") or self._what_fits(self.nproc)
         self.fail_fast = bool(self.params.get("fail_fast", False))
         self.grace = float(self.params.get("stop_grace", 10.0))
+        self.resume = bool(self.params.get("resume", False))
         self.running: list[Point] = []
         self.done = self.failed = 0
 
@@ -147,8 +158,8 @@ class SweepScheduler:
 
     # ------------------------------------------------------------------ per point
 
-    def _prepare(self, point: Point) -> None:
-        """Compose the point's config, fix its ids and output dir, write .hydra/."""
+    def _compose(self, point: Point) -> None:
+        """Compose the point's config and fix its job num, id and output dir."""
         hydra_context = self.launcher.hydra_context
         sweep_config = hydra_context.config_loader.load_sweep_config(self.config, point.overrides)
         with open_dict(sweep_config):
@@ -159,17 +170,51 @@ class SweepScheduler:
         with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
             sweep_config.hydra.runtime.output_dir = str(output_dir.absolute())
         HydraConfig.instance().set_config(sweep_config)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if sweep_config.hydra.output_subdir is not None:
-            hydra_dir = output_dir / str(sweep_config.hydra.output_subdir)
-            hydra_dir.mkdir(parents=True, exist_ok=True)
-            task_cfg = copy.deepcopy(sweep_config)
-            with read_write(task_cfg), open_dict(task_cfg):
-                del task_cfg["hydra"]
-            OmegaConf.save(task_cfg, hydra_dir / "config.yaml")
-            OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
-            OmegaConf.save(sweep_config.hydra.overrides.task, hydra_dir / "overrides.yaml")
         point.config = sweep_config
+
+    def _write_hydra_dir(self, point: Point) -> None:
+        """The job dir and its .hydra/ (config, hydra config, overrides), once per job."""
+        config = point.config
+        assert config is not None
+        output_dir = Path(config.hydra.runtime.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config.hydra.output_subdir is not None:
+            hydra_dir = output_dir / str(config.hydra.output_subdir)
+            hydra_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(task_config(config), hydra_dir / "config.yaml")
+            OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
+            OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
+
+    def _job_return(self, point: Point, status: JobStatus, value: Any) -> JobReturn:
+        config = point.config
+        assert config is not None
+        ret = JobReturn()
+        ret.overrides = list(point.overrides)
+        ret.cfg = task_config(config)
+        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
+        ret.working_dir = str(config.hydra.runtime.output_dir)
+        ret.task_name = str(config.hydra.job.name)
+        ret.status = status
+        ret.return_value = value
+        return ret
+
+    def _completed_earlier(self, point: Point) -> JobReturn | None:
+        """With ``resume``, the stored result of a point that completed in an earlier run
+        of this sweep dir (same number, same overrides), else None."""
+        if not self.resume:
+            return None
+        assert point.config is not None
+        job_dir = Path(point.config.hydra.runtime.output_dir)
+        try:
+            record = json.loads((job_dir / LAUNCH_RECORD).read_text())
+            stored = (job_dir / RETURN_VALUE).read_bytes()
+        except (OSError, ValueError):
+            return None
+        if record.get("status") != "COMPLETED" or record.get("overrides") != point.overrides:
+            return None
+        import cloudpickle
+
+        return self._job_return(point, JobStatus.COMPLETED, cloudpickle.loads(stored))
 
     def _launch_config(self, point: Point) -> LaunchConfig:
         assert point.config is not None
@@ -186,8 +231,27 @@ class SweepScheduler:
             ) from None
 
     def _start(self, point: Point) -> None:
-        self._prepare(point)
+        self._compose(point)
         assert point.config is not None
+        earlier = self._completed_earlier(point)
+        if earlier is not None:
+            self.launcher.hydra_context.callbacks.on_job_start(
+                config=point.config, task_function=self.launcher.task_function
+            )
+            point.result = earlier
+            self.done += 1
+            self.launcher.hydra_context.callbacks.on_job_end(
+                config=point.config, job_return=earlier
+            )
+            log.info(
+                "#%d kept   %s  completed in an earlier run -> %r  %s",
+                point.idx,
+                point.label,
+                earlier._return_value,
+                self.progress(),
+            )
+            return
+        self._write_hydra_dir(point)
         launch_config = self._launch_config(point)
         extra_env: dict[str, str] = {}
         if self.has_gpus:
@@ -223,40 +287,29 @@ class SweepScheduler:
         """Turn an ended torchrun into the point's JobReturn; record how it ran."""
         job, config = point.job, point.config
         assert job is not None and config is not None
-        ret = JobReturn()
-        ret.overrides = list(point.overrides)
-        task_cfg = copy.deepcopy(config)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
-        ret.cfg = task_cfg
-        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
-        ret.working_dir = str(config.hydra.runtime.output_dir)
-        ret.task_name = str(config.hydra.job.name)
         try:
             if error is not None:
                 raise error
-            ret.return_value = job.result()
-            ret.status = JobStatus.COMPLETED
+            ret = self._job_return(point, JobStatus.COMPLETED, job.result())
             self.done += 1
         except LaunchError as failure:
-            ret.return_value = failure
-            ret.status = JobStatus.FAILED
+            ret = self._job_return(point, JobStatus.FAILED, failure)
             self.failed += 1
         finally:
             job.cleanup()
             self.gpus_free.extend(point.gpus)
             if point in self.running:
                 self.running.remove(point)
-        (Path(ret.working_dir) / "launch.json").write_text(
-            json.dumps(
-                {**job.launch_record(), "overrides": point.overrides, "status": ret.status.name},
-                indent=2,
-            )
-            + "\n"
-        )
+        job_dir = Path(ret.working_dir)
+        if ret.status == JobStatus.COMPLETED:
+            import cloudpickle
+
+            # The result is stored before launch.json marks the point done (resume reads both).
+            write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
+        record = {**job.launch_record(), "overrides": point.overrides, "status": ret.status.name}
+        write_atomic(job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
         point.result = ret
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        record = job.launch_record()
         outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
         log.info(
             "#%d %s  %s  in %.1fs %s  %s",

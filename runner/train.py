@@ -4,7 +4,11 @@ Under torchrun (WORLD_SIZE > 1) each rank joins the process group (nccl on CUDA,
 on CPU), wraps the model in DDP and reads its own shard of every global batch, so
 ``trainer.batch_size`` is the global batch whatever the world size. Rank 0 writes
 ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (final) and ``checkpoint.pt``
-into the job's output dir, and every rank returns the objective.
+(atomically, at every epoch end and every ``trainer.checkpoint_every`` steps) into the
+job's output dir, and every rank returns the objective. With ``trainer.resume=auto`` a
+run continues from the checkpoint in its output dir and ends exactly as an
+uninterrupted run would: model, optimiser, schedule, step, RNG states and the
+partial epoch all come back.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -55,6 +60,70 @@ def atomic_save(obj, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be resumed from."""
+
+
+def load_checkpoint(cfg: DictConfig, path: Path, device) -> dict | None:
+    """The state to resume from, per ``trainer.resume``: "auto" (this run's checkpoint
+    if there is one), "never", or a path. A checkpoint that is there but unreadable is
+    an error, never a silent fresh start."""
+    resume = str(cfg.trainer.resume)
+    if resume == "never":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise CheckpointError(
+                f"trainer.resume={resume!r}: no such checkpoint file. Fix: point it at a "
+                f"{CHECKPOINT}, or use trainer.resume=auto"
+            )
+    elif not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        missing = {"model", "optimizer", "epoch", "step_in_epoch", "step", "per_rank"} - set(state)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot resume from checkpoint {path}: it is corrupt or not a runner checkpoint "
+            f"({type(error).__name__}: {error}). Fix: delete or move it to start over, or "
+            f"pass trainer.resume=never"
+        ) from error
+    return state
+
+
+def keep_epochs(metrics_file: Path, epochs: int) -> None:
+    """Drop metrics lines past ``epochs`` (a resumed run writes them again)."""
+    if not metrics_file.exists():
+        return
+    lines = metrics_file.read_text().splitlines()
+    kept = [line for line in lines if line and json.loads(line)["epoch"] <= epochs]
+    metrics_file.write_text("".join(line + "\n" for line in kept))
+
+
+def inject_fault(step: int, rank: int, output_dir: Path) -> None:
+    """Fault injection for tests: RUNNER_FAULT="RANK:STEP" SIGKILLs that rank after that
+    global step, once per output dir (a marker file remembers it)."""
+    fault = os.environ.get("RUNNER_FAULT")
+    if not fault:
+        return
+    fault_rank, fault_step = (int(x) for x in fault.split(":"))
+    marker = output_dir / f".fault_rank{fault_rank}_step{fault_step}"
+    if (rank, step) == (fault_rank, fault_step) and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress_bar(cfg: DictConfig, total: int, is_rank0: bool):
@@ -142,11 +211,26 @@ def train(cfg: DictConfig) -> float:
             f"use one of {sorted(known)}"
         )
 
+    checkpoint_path = output_dir / CHECKPOINT
+    state = load_checkpoint(cfg, checkpoint_path, device)
+    start_epoch, skip_steps, step, metrics = 0, 0, 0, {}
+    loss_carry = 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, skip_steps, step = state["epoch"], state["step_in_epoch"], state["step"]
+        metrics = state["metrics"]
+        per_rank = state["per_rank"][rank] if rank < len(state["per_rank"]) else None
+        if per_rank is not None:
+            torch.set_rng_state(per_rank["rng"])
+            loss_carry = per_rank["loss_total"]
     if is_rank0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        keep_epochs(output_dir / "metrics.jsonl", start_epoch)
         log.info(
-            "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), %d steps",
+            "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), %d steps%s",
             type(model).__name__,
             device,
             world_size,
@@ -155,16 +239,47 @@ def train(cfg: DictConfig) -> float:
             world_size,
             accum,
             total_steps,
+            f", resuming at step {step} from {checkpoint_path}" if state else "",
         )
+
+    def save(epoch: int, step_in_epoch: int, loss_total: torch.Tensor) -> None:
+        """Every rank takes part (its RNG and partial loss travel); rank 0 writes."""
+        mine = {"rng": torch.get_rng_state(), "loss_total": loss_total.item()}
+        per_rank = [mine]
+        if world_size > 1:
+            per_rank = [None] * world_size
+            dist.all_gather_object(per_rank, mine)
+        if is_rank0:
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "step": step,
+                    "metrics": metrics,
+                    "per_rank": per_rank,
+                    "world_size": world_size,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                },
+                checkpoint_path,
+            )
+
     bar = _progress_bar(cfg, total_steps, is_rank0)
+    if bar is not None:
+        bar.update(step)
     plain_lines = is_rank0 and bar is None and cfg.trainer.progress != "off"
-    step, metrics, started = 0, {}, time.perf_counter()
-    for epoch in range(cfg.trainer.epochs):
+    every = cfg.trainer.checkpoint_every if cfg.trainer.checkpoint else 0
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.trainer.epochs):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
         ddp_model.train()
-        loss_total = torch.zeros((), device=device)
-        for s in range(steps_per_epoch):
+        loss_total = torch.full((), loss_carry, device=device)
+        first_step = skip_steps if epoch == start_epoch else 0
+        loss_carry = 0.0
+        for s in range(first_step, steps_per_epoch):
             for micro in range(accum):
                 first = (s * accum + micro) * micro_batch
                 idx = order[first : first + micro_batch]
@@ -180,8 +295,11 @@ def train(cfg: DictConfig) -> float:
             if scheduler is not None:
                 scheduler.step()
             step += 1
+            inject_fault(step, rank, output_dir)
             if bar is not None:
                 bar.update()
+            if every and step % every == 0 and s + 1 < steps_per_epoch:
+                save(epoch, s + 1, loss_total)
         if world_size > 1:
             dist.all_reduce(loss_total)
         metrics = {
@@ -195,18 +313,9 @@ def train(cfg: DictConfig) -> float:
         if is_rank0:
             with open(output_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            if cfg.trainer.checkpoint:
-                atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler else None,
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "config": OmegaConf.to_container(cfg, resolve=True),
-                    },
-                    output_dir / "checkpoint.pt",
-                )
+        if cfg.trainer.checkpoint:
+            save(epoch + 1, 0, torch.zeros((), device=device))
+        if is_rank0:
             summary = " ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_"))
             )

@@ -308,6 +308,32 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
     assert len(probe_records(tmp_path / "0")) == 2
 
 
+def test_sweep_resume_keeps_completed_points(tmp_path):
+    sweep = [
+        sys.executable,
+        str(PROBE_APP),
+        "-m",
+        "fail_once=false,true,false",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.launcher.nproc_per_node=1",
+    ]
+    first = run(sweep, check=False)
+    assert first.returncode != 0 and "probe fails once" in first.stderr
+    assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
+    (tmp_path / "2" / "launch.json").unlink()  # as if the parent died while it ran
+    before = {n: probe_records(tmp_path / str(n))[0]["start"] for n in range(3)}
+
+    second = run([*sweep, "hydra.launcher.resume=true"])
+    console = second.stdout + second.stderr
+    assert "#0 kept" in console and "#1 start" in console and "#2 start" in console
+    after = {n: probe_records(tmp_path / str(n))[0]["start"] for n in range(3)}
+    assert after[0] == before[0]  # not run again
+    assert after[1] > before[1] and after[2] > before[2]
+    assert [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)] == [
+        "COMPLETED"
+    ] * 3
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

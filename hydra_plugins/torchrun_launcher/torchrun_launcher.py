@@ -50,6 +50,9 @@ class TorchrunLauncherConf:
     devices: str = "auto"
     # Seconds between SIGTERM and SIGKILL when points are stopped.
     stop_grace: float = 10.0
+    # Re-running into the same hydra.sweep.dir: keep points that completed (their stored
+    # result is returned to the sweeper) and run the failed or unfinished ones again.
+    resume: bool = False
 
 
 ConfigStore.instance().store(

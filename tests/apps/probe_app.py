@@ -48,6 +48,10 @@ def probe(cfg) -> float:
     Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
     if rank == cfg.fail_rank:
         raise ValueError(f"probe failure on rank {rank}")
+    marker = Path(hc.runtime.output_dir, ".failed_once")
+    if cfg.fail_once and rank == 0 and not marker.exists():
+        marker.touch()
+        raise RuntimeError("probe fails once")
     if rank == cfg.hang_rank:
         time.sleep(3600)
     return float(cfg.value)
