@@ -10,6 +10,11 @@ sets:
 * ``RUNNER_FAILURE_FILE``: when workers fail, the structured failures torchrun knows
   (rank, exit code, signal, the exception from the ``@record`` error file, the log
   path) are written there as JSON, so the parent never parses console text.
+* ``--rdzv_backend runner-static``: torchrun's static single-node rendezvous, except
+  that every restart of the workers gets a fresh loopback store. Stock static
+  rendezvous hands restarted workers the store of the failed attempt, still holding
+  its gloo addresses, and the new group then hangs or fails to connect
+  (``max_restarts`` would not work); torch's own comment assumes a new store per retry.
 * ``RUNNER_PARENT_PID`` / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
   SIGTERM this agent when the parent dies (torchrun then stops its workers); if the
   parent is gone when the agent ends, the agent removes the job's entry dir itself.
@@ -78,6 +83,67 @@ def _log_dir(argv: list[str]) -> Path | None:
     return None
 
 
+RDZV_BACKEND = "runner-static"
+
+
+def _register_rendezvous() -> None:
+    """Make ``--rdzv_backend runner-static`` known to torchrun in this process."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import RendezvousInfo, RendezvousParameters
+    from torch.distributed.elastic.rendezvous.api import RendezvousStoreInfo
+    from torch.distributed.elastic.rendezvous.registry import handler_registry
+    from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import StaticTCPRendezvous
+    from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+
+    class FreshStoreRendezvous(StaticTCPRendezvous):
+        """Single-node static rendezvous; attempt N > 0 gets its own worker store, on a
+        loopback socket bound here (port 0: nothing can race for it)."""
+
+        attempts = 0
+        worker_store = None
+
+        def get_backend(self) -> str:
+            return RDZV_BACKEND
+
+        def next_rendezvous(self) -> RendezvousInfo:
+            info = super().next_rendezvous()
+            self.attempts += 1
+            if self.attempts == 1:
+                return info
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.bind(("127.0.0.1", 0))
+            port = listener.getsockname()[1]
+            self.worker_store = dist.TCPStore(
+                "127.0.0.1",
+                port,
+                None,
+                True,
+                self.timeout,
+                wait_for_workers=False,
+                multi_tenant=True,
+                master_listen_fd=listener.detach(),
+            )
+            return RendezvousInfo(
+                info.store, info.rank, info.world_size, RendezvousStoreInfo("127.0.0.1", port)
+            )
+
+    def create(params: RendezvousParameters) -> FreshStoreRendezvous:
+        addr, port = parse_rendezvous_endpoint(params.endpoint, -1)
+        timeout = int(params.config.get("timeout", 900))
+        return FreshStoreRendezvous(addr, port, 0, params.max_nodes, params.run_id, timeout)
+
+    handler_registry.register(RDZV_BACKEND, create)
+
+
+def _port_of(argv: list[str]) -> int:
+    for flag in ("--rdzv_endpoint", "--rdzv-endpoint"):
+        if flag in argv:
+            return int(argv[argv.index(flag) + 1].rsplit(":", 1)[1])
+    return int(argv[argv.index("--master_port") + 1])
+
+
 def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -97,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.run import main as torchrun_main
 
+        _register_rendezvous()
         if listen_fd is not None:
-            port = int(argv[argv.index("--master_port") + 1])
+            port = _port_of(argv)
             # multi_tenant: torchrun's own TCPStore on this port reuses this server.
             store = dist.TCPStore(
                 "127.0.0.1",

@@ -335,16 +335,9 @@ def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -
         str(launch.monitor_interval),
     ]
     if launch.single_node:
-        cmd += [
-            "--rdzv_backend",
-            "static",
-            "--master_addr",
-            LOOPBACK,
-            "--master_port",
-            str(port),
-            "--node_rank",
-            "0",
-        ]
+        # torchrun's static rendezvous on 127.0.0.1, with a fresh worker store per
+        # restart (see runner.agent).
+        cmd += ["--rdzv_backend", "runner-static", "--rdzv_endpoint", f"{LOOPBACK}:{port}"]
     else:
         cmd += [
             "--node_rank",

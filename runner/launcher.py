@@ -94,6 +94,20 @@ def check_launcher_params(params: Mapping[str, Any]) -> None:
         raise LauncherConfigError(str(error)) from None
 
 
+def check_sweep_dir(sweep_dir: str) -> None:
+    """Fail early, naming the key, if the sweep dir cannot be created and written."""
+    try:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(sweep_dir) / ".runner_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise LauncherConfigError(
+            f"hydra.sweep.dir={sweep_dir} cannot be created or written "
+            f"({error.strerror or error}). Fix: pass hydra.sweep.dir=A_WRITABLE_DIR"
+        ) from None
+
+
 def visible_gpus(devices: str) -> list[str]:
     """GPU ids concurrent points may share out, found without importing torch."""
     if devices == "none":

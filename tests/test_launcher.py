@@ -4,9 +4,6 @@ timeouts, signals, Optuna, and an app that is not runner's."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,13 +16,12 @@ from hydra.test_utils.launcher_common_tests import (
 )
 from omegaconf import OmegaConf
 
-from runner.dist import LaunchError, LaunchTimeout
+from runner.dist import LaunchError
 from tests.conftest import (
     FAST,
     PROBE_APP,
     entry_dirs,
     probe_records,
-    processes_of,
     read_json,
     run,
     runner_cli,
@@ -229,23 +225,6 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
     assert entry_dirs(entry_base) == []
 
 
-def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
-    sweep = sweep_probe(
-        hydra_sweep_runner,
-        tmp_path,
-        "hang_rank=-1,0",
-        "hydra.launcher.timeout=10",
-        "hydra.launcher.max_parallel=2",
-    )
-    with pytest.raises(LaunchTimeout, match="timed out after 10 s"):
-        with sweep:
-            pass
-    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
-    assert read_json(tmp_path / "1" / "launch.json")["timed_out"] is True
-    assert processes_of(os.getpid()) == []
-    assert entry_dirs(entry_base) == []
-
-
 def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
     started = time.monotonic()
     sweep = sweep_probe(
@@ -275,37 +254,6 @@ def test_sweep_failure_exits_nonzero_like_basic_launcher(tmp_path):
     assert proc.returncode != 0
     assert "ValueError: probe failure on rank 0" in proc.stderr
     assert (tmp_path / "0" / "probe_rank0.json").exists()
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            str(PROBE_APP),
-            "-m",
-            "sleep=0,600,600",
-            "hydra.launcher.max_parallel=2",
-            f"hydra.sweep.dir={tmp_path}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while not (len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists()):
-        assert time.monotonic() < deadline, "the sweep never got going"
-        time.sleep(0.2)
-    time.sleep(1)
-    parent.send_signal(sig)
-    parent.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_of(parent.pid) == []
-    assert entry_dirs(entry_base) == []
-    assert parent.returncode != 0
-    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
-    assert len(probe_records(tmp_path / "0")) == 2
 
 
 def test_sweep_resume_keeps_completed_points(tmp_path):

@@ -77,9 +77,11 @@ class TorchrunLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from runner.launcher import check_launcher_params
+        from runner.launcher import check_launcher_params, check_sweep_dir
 
         check_launcher_params(self.params)
+        if config.hydra.mode is not None and config.hydra.mode.name == "MULTIRUN":
+            check_sweep_dir(str(config.hydra.sweep.dir))
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context

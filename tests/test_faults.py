@@ -1,0 +1,224 @@
+"""The fault suite: faults injected for real, each test checking that no process of
+the sweep is left, no entry file is left, and finished points' results are intact.
+Run it alone with ``pytest -m faults``."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from runner.dist import LaunchTimeout, TorchrunJob
+from runner.train import CheckpointError, train
+from tests.conftest import (
+    PROBE_APP,
+    entry_dirs,
+    probe_records,
+    processes_of,
+    read_json,
+    run,
+    runner_cli,
+)
+from tests.test_config import make
+from tests.test_dist import job_config, two_ranks
+from tests.test_launcher import sweep_probe
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+TRAIN = [
+    "trainer.epochs=4",
+    "trainer.checkpoint_every=7",
+    "data.n_samples=800",
+    "trainer.progress=lines",
+]
+
+
+def same_training(a, b) -> None:
+    """Same final weights (bit for bit) and the same per-epoch metrics."""
+    wa = torch.load(a / "checkpoint.pt", weights_only=False)["model"]
+    wb = torch.load(b / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def epochs(run_dir):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]
+
+    assert epochs(a) == epochs(b)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    """Reference runs, never interrupted: 1 process (with dropout) and 2 ranks."""
+    root = tmp_path_factory.mktemp("undisturbed")
+    runner_cli(*TRAIN, "model.dropout=0.1", f"hydra.run.dir={root / 'one'}")
+    runner_cli(*TRAIN, "trainer.nproc_per_node=2", f"hydra.run.dir={root / 'two'}")
+    return root
+
+
+def test_killed_run_resumes_bit_for_bit(undisturbed, tmp_path):
+    args = [*TRAIN, "model.dropout=0.1", f"hydra.run.dir={tmp_path}"]
+    killed = runner_cli(*args, env={"RUNNER_FAULT": "0:30"}, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = runner_cli(*args)
+    assert "resuming at step 28" in resumed.stdout + resumed.stderr
+    same_training(undisturbed / "one", tmp_path)
+
+
+def test_rank_killed_with_restarts_finishes_like_undisturbed(undisturbed, tmp_path, entry_base):
+    proc = runner_cli(
+        *TRAIN,
+        "trainer.nproc_per_node=2",
+        "hydra.launcher.max_restarts=1",
+        f"hydra.run.dir={tmp_path}",
+        env={"RUNNER_FAULT": "1:30"},
+    )
+    assert (tmp_path / ".fault_rank1_step30").exists()
+    assert "resuming at step 28" in proc.stdout + proc.stderr
+    same_training(undisturbed / "two", tmp_path)
+    assert entry_dirs(entry_base) == []
+
+
+def test_rank_killed_without_restarts_fails_the_point(tmp_path, entry_base):
+    proc = runner_cli(
+        *TRAIN,
+        "trainer.nproc_per_node=2",
+        f"hydra.run.dir={tmp_path}",
+        env={"RUNNER_FAULT": "1:30"},
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "rank 1 (local rank 1) was killed by SIGKILL" in proc.stderr
+    assert entry_dirs(entry_base) == []
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        train(make(f"paths.output_dir={tmp_path}", "trainer.epochs=1"))
+    assert str(tmp_path / "checkpoint.pt") in str(err.value)
+    assert "trainer.resume=never" in str(err.value)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_port_cannot_be_taken_between_pick_and_bind(tmp_path, entry_base):
+    """The port is bound from the moment it is picked: a squatter fails, the job runs."""
+    from tests.apps.probe_app import probe
+
+    job = TorchrunJob(job_config(tmp_path, "sleep=1"), probe, two_ranks(), tmp_path, console=False)
+    job.start()
+    try:
+        for host in ("0.0.0.0", "127.0.0.1"):
+            squatter = socket.socket()
+            with pytest.raises(OSError) as err:
+                squatter.bind((host, job.port))
+            squatter.close()
+            assert err.value.errno == errno.EADDRINUSE
+        assert job.wait() == 0
+        assert job.result() == 1.0
+    finally:
+        job.stop()
+        job.cleanup()
+    assert entry_dirs(entry_base) == []
+
+
+def test_unwritable_sweep_dir_is_a_clear_error(tmp_path, entry_base):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run(
+        [sys.executable, str(PROBE_APP), "-m", "value=1,2", f"hydra.sweep.dir={blocker / 'sweep'}"],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"hydra.sweep.dir={blocker / 'sweep'}" in proc.stderr
+    assert "cannot be created" in proc.stderr
+    assert entry_dirs(entry_base) == []
+
+
+def test_fifty_points_eight_at_a_time(tmp_path, entry_base):
+    proc = run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=range(0,50)",
+            "hydra.launcher.nproc_per_node=1",
+            "hydra.launcher.max_parallel=8",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        timeout=900,
+    )
+    launches = [read_json(tmp_path / str(n) / "launch.json") for n in range(50)]
+    assert all(record["status"] == "COMPLETED" for record in launches)
+    # No two points that ran at the same time shared a port.
+    for i, a in enumerate(launches):
+        for b in launches[i + 1 :]:
+            if a["start_time"] < b["end_time"] and b["start_time"] < a["end_time"]:
+                assert a["port"] != b["port"]
+    most = max(
+        sum(1 for b in launches if b["start_time"] <= a["start_time"] < b["end_time"])
+        for a in launches
+    )
+    assert 2 <= most <= 8
+    assert [probe_records(tmp_path / str(n))[0]["config"]["value"] for n in range(50)] == list(
+        range(50)
+    )
+    assert entry_dirs(entry_base) == []
+    assert "[50/50 ended: 50 done, 0 running, 0 failed]" in proc.stdout + proc.stderr
+
+
+def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
+    sweep = sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "hang_rank=-1,0",
+        "hydra.launcher.timeout=10",
+        "hydra.launcher.max_parallel=2",
+    )
+    with pytest.raises(LaunchTimeout, match="timed out after 10 s"):
+        with sweep:
+            pass
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+    assert read_json(tmp_path / "1" / "launch.json")["timed_out"] is True
+    assert processes_of(os.getpid()) == []
+    assert entry_dirs(entry_base) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "sleep=0,600,600",
+            "hydra.launcher.max_parallel=2",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not (len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists()):
+        assert time.monotonic() < deadline, "the sweep never got going"
+        time.sleep(0.2)
+    time.sleep(1)
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(parent.pid) == []
+    assert entry_dirs(entry_base) == []
+    assert parent.returncode != 0
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+    assert len(probe_records(tmp_path / "0")) == 2
