@@ -27,8 +27,32 @@ def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix: {fix}")
 
 
+def check_keys(cfg: DictConfig) -> None:
+    """Unknown keys in typed nodes. Hydra rejects ``trainer.nope=1`` itself, but a ``+``
+    override appends even to a typed node, so ``+trainer.nope=1`` would pass silently."""
+    from dataclasses import fields
+
+    from runner.config import BUILT_IN_SCHEMAS, PathsConf, TrainerConf
+
+    nodes = {"trainer": TrainerConf, "paths": PathsConf}
+    for group in ("data", "model", "optim", "scheduler"):
+        node = cfg.get(group)
+        if node is not None and node.get("_target_") in BUILT_IN_SCHEMAS:
+            nodes[group] = BUILT_IN_SCHEMAS[node._target_]
+    for group, schema in nodes.items():
+        known = {f.name for f in fields(schema)}
+        unknown = sorted(set(cfg[group].keys()) - known)
+        if unknown:
+            raise ConfigError(
+                f"{group}.{unknown[0]} is not a key of {group} ({schema.__name__}); known keys: "
+                f"{sorted(k for k in known if not k.startswith('_'))}. Fix: drop it, or point "
+                f"{group}._target_ at your own class with a config of its own"
+            )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail (or silently misbehave) deep inside training."""
+    check_keys(cfg)
     t = cfg.trainer
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
     _require(

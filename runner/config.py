@@ -134,6 +134,21 @@ class RunnerConf:
     seed: int = 0
 
 
+BUILT_IN_SCHEMAS = {
+    schema._target_: schema
+    for schema in (
+        SpiralsConf,
+        BlobsConf,
+        RegressionConf,
+        MLPConf,
+        ResidualMLPConf,
+        SGDConf,
+        AdamWConf,
+        CosineConf,
+    )
+}
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()

@@ -24,6 +24,7 @@ ADVERSARIAL = {
     "backslashes": "C:\\temp\\new\\ end\\",
     "python": "__import__('os').system('touch /tmp/runner_pwned')\nexit(3)",
     "unicode": "naïve ☃ 日本",
+    "big": "0123456789'\"\\\n" * 7700,  # about 100 kB
 }
 # Values that read ${...} once resolved: the parent holds them escaped, the way a YAML
 # file writes them (OmegaConf's own escaping, checked in the test).
@@ -159,6 +160,11 @@ def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
     job = TorchrunJob(cfg, probe, two_ranks(), tmp_path, console=False)
     job.start()
     try:
+        # Entry dir and files are private to this user, and not at a fixed shared path.
+        assert job.entry_dir.stat().st_mode & 0o777 == 0o700
+        assert job.entry_dir.name.startswith(f"runner-{os.getpid()}-")
+        for path in job.entry_dir.iterdir():
+            assert path.stat().st_mode & 0o777 == 0o600, path
         seen: list[str] = []
         deadline = time.monotonic() + 60
         while not (tmp_path / "probe_rank0.json").exists() and time.monotonic() < deadline:

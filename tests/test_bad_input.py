@@ -1,0 +1,88 @@
+"""The bad-input matrix: wrong overrides and values, as a user types them, each with
+the error text it must produce; nothing starts and nothing is written."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+CASES = [
+    # unknown groups and options: Hydra lists what there is
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["data=mnist"], "Available options in 'data'"),
+    (["trainer=nope"], "Could not find 'trainer/nope'"),
+    (["+experiment=nope"], "Could not find 'experiment/nope'"),
+    # wrong types, at composition
+    (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+    (["trainer.batch_size=1.5"], "Value '1.5' of type 'float' could not be converted to Integer"),
+    (["seed=x"], "Value 'x' of type 'str' could not be converted to Integer"),
+    (["model.depth=2.5"], "Value '2.5' of type 'float' could not be converted to Integer"),
+    (["optim.lr=fast"], "could not be converted to Float"),
+    # unknown keys
+    (["trainer.nope=1"], "Key 'nope' not in 'TrainerConf'"),
+    (["model.widht=3"], "Key 'widht' not in 'MLPConf'"),
+    (["+trainer.nope=1"], "trainer.nope is not a key of trainer (TrainerConf)"),
+    (["+optim.momentun=0.9"], "optim.momentun is not a key of optim (AdamWConf)"),
+    # missing mandatory values
+    (["~data"], "Missing mandatory value: data"),
+    # ranges, before training
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be >= 1"),
+    (["trainer.batch_size=-8"], "trainer.batch_size=-8 is invalid"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 is invalid: must be > 0"),
+    (["optim.lr=0"], "optim.lr=0.0 is invalid: must be > 0"),
+    (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
+    (["trainer.grad_accum_steps=0"], "trainer.grad_accum_steps=0 is invalid"),
+    (["trainer.grad_accum_steps=128"], "trainer.grad_accum_steps=128 is invalid: is more than"),
+    (["trainer.batch_size=100000"], "is larger than the 1600 training samples"),
+    (["trainer.batch_size=30", "trainer.nproc_per_node=4"], "must split evenly over 4 rank(s)"),
+    (["trainer.nproc_per_node=0"], "trainer.nproc_per_node=0 is invalid"),
+    (["trainer.objective_mode=up"], "trainer.objective_mode='up' is invalid"),
+    (["trainer.progress=fancy"], "trainer.progress='fancy' is invalid"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is invalid"),
+    (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 is invalid"),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5 is invalid"),
+    # malformed override and sweep syntax
+    (["optim.lr=[0.1"], "no viable alternative at input '[0.1'"),
+    (["-m", "optim.lr=0.1,,0.2"], "Error parsing override 'optim.lr=0.1,,0.2'"),
+    (["-m", "optim.lr=interval(0.1)"], "missing a required argument: 'end'"),
+    (["-m", "optim.lr=choice(0.1"], "no viable alternative at input 'choice(0.1'"),
+    # launcher options
+    (
+        ["-m", "seed=1,2", "hydra.launcher.max_parallel=0"],
+        "hydra.launcher.max_parallel=0 is invalid",
+    ),
+    (["-m", "seed=1,2", "hydra.launcher.timeout=-1"], "hydra.launcher.timeout=-1"),
+    (
+        ["-m", "hydra.launcher.max_parallel=1,2"],
+        "Sweeping over Hydra's configuration is not supported",
+    ),
+]
+
+
+def test_matrix_is_big_enough():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("overrides, message", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input(tmp_path, overrides, message):
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            *overrides,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "site-packages/torch" not in proc.stderr  # no traceback from inside torch
+    assert not list(tmp_path.glob("**/metrics.json*"))
+    assert not list(tmp_path.glob("**/checkpoint.pt"))
