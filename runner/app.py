@@ -32,9 +32,9 @@ def check_keys(cfg: DictConfig) -> None:
     override appends even to a typed node, so ``+trainer.nope=1`` would pass silently."""
     from dataclasses import fields
 
-    from runner.config import BUILT_IN_SCHEMAS, PathsConf, TrainerConf
+    from runner.config import BUILT_IN_SCHEMAS, LoggerConf, PathsConf, TrainerConf
 
-    nodes = {"trainer": TrainerConf, "paths": PathsConf}
+    nodes = {"trainer": TrainerConf, "paths": PathsConf, "logger": LoggerConf}
     for group in ("data", "model", "optim", "scheduler"):
         node = cfg.get(group)
         if node is not None and node.get("_target_") in BUILT_IN_SCHEMAS:
@@ -54,6 +54,23 @@ def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail (or silently misbehave) deep inside training."""
     check_keys(cfg)
     t = cfg.trainer
+    _require(
+        cfg.logger.name in ("none", "tensorboard"),
+        "logger",
+        cfg.logger.name,
+        "must be none or tensorboard",
+        "logger=tensorboard",
+    )
+    if cfg.logger.name == "tensorboard":
+        import importlib.util
+
+        _require(
+            importlib.util.find_spec("tensorboard") is not None,
+            "logger",
+            "tensorboard",
+            "needs the tensorboard package, which is not installed",
+            "pip install 'runner[tensorboard]'",
+        )
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
     _require(
         t.batch_size >= 1,

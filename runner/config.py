@@ -124,12 +124,19 @@ class CosineConf:
 
 
 @dataclass
+class LoggerConf:
+    # "none", or "tensorboard": rank 0 writes event files next to metrics.jsonl.
+    name: str = "none"
+
+
+@dataclass
 class RunnerConf:
     data: Any = MISSING
     model: Any = MISSING
     optim: Any = MISSING
     scheduler: Any = None
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
     paths: PathsConf = field(default_factory=PathsConf)
     seed: int = 0
 

@@ -14,12 +14,14 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -39,6 +41,7 @@ from runner.dist import (
     sigterm_as_exit,
     stop_jobs,
 )
+from runner.report import write_summary
 from runner.worker import task_config
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,10 @@ class SweepScheduler:
         self.resume = bool(self.params.get("resume", False))
         self.running: list[Point] = []
         self.done = self.failed = 0
+        self.live = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.drawn_at = 0.0
+        self.maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
 
     def _what_fits(self, nproc: int) -> int:
         """GPUs: as many disjoint slices as exist. CPU: a core per rank, but at least two
@@ -257,7 +264,8 @@ class SweepScheduler:
             self.launcher.hydra_context.callbacks.on_job_end(
                 config=point.config, job_return=earlier
             )
-            log.info(
+            self._log(
+                logging.INFO,
                 "#%d kept   %s  completed in an earlier run -> %r  %s",
                 point.idx,
                 point.label,
@@ -287,7 +295,8 @@ class SweepScheduler:
         )
         point.job.start(extra_env=extra_env)
         self.running.append(point)
-        log.info(
+        self._log(
+            logging.INFO,
             "#%d start  %s  (%d rank%s, port %s%s)",
             point.idx,
             point.label,
@@ -321,11 +330,14 @@ class SweepScheduler:
             # The result is stored before launch.json marks the point done (resume reads both).
             write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
         record = {**job.launch_record(), "overrides": point.overrides, "status": ret.status.name}
+        if ret.status != JobStatus.COMPLETED:
+            record["error"] = str(ret._return_value)
         write_atomic(job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
         point.result = ret
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
-        log.info(
+        self._log(
+            logging.INFO,
             "#%d %s  %s  in %.1fs %s  %s",
             point.idx,
             "done  " if ret.status == JobStatus.COMPLETED else "failed",
@@ -335,13 +347,42 @@ class SweepScheduler:
             self.progress(),
         )
         if ret.status != JobStatus.COMPLETED:
-            log.error("#%d %s", point.idx, ret._return_value)
+            self._log(logging.ERROR, "#%d %s", point.idx, ret._return_value)
 
     def progress(self) -> str:
-        return (
+        """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``."""
+        text = (
             f"[{self.done + self.failed}/{len(self.points)} ended: {self.done} done, "
             f"{len(self.running)} running, {self.failed} failed]"
         )
+        scored = [
+            (p.result._return_value, p.idx)
+            for p in self.points
+            if p.result is not None
+            and p.result.status == JobStatus.COMPLETED
+            and isinstance(p.result._return_value, (int, float))
+            and not isinstance(p.result._return_value, bool)
+        ]
+        if scored:
+            value, idx = max(scored) if self.maximise else min(scored)
+            text += f" best {value:.6g} (#{idx})"
+        return text
+
+    def _status_line(self) -> None:
+        """On a terminal, keep a live one-line status under the log; elsewhere nothing
+        (the start and end lines carry the counts, free of control codes)."""
+        now = time.monotonic()
+        if self.live and now - self.drawn_at >= 0.5:
+            self.drawn_at = now
+            sys.stderr.write(f"\r\x1b[K{self.progress()} {now - self.started:.0f}s")
+            sys.stderr.flush()
+
+    def _log(self, level: int, message: str, *args: Any) -> None:
+        if self.live:
+            sys.stderr.write("\r\x1b[K")  # the log line replaces the status line
+            sys.stderr.flush()
+            self.drawn_at = 0.0
+        log.log(level, message, *args)
 
     def _cancelled(self, point: Point, reason: str) -> JobReturn:
         ret = JobReturn()
@@ -381,10 +422,13 @@ class SweepScheduler:
                                 self._stop_running("stopped: fail_fast after a failed point")
                     if stopping:
                         pending.clear()
+                    self._status_line()
                     time.sleep(0.05)
             finally:
+                if self.live:
+                    sys.stderr.write("\r\x1b[K")
                 if self.running:
-                    log.warning("stopping %d running point(s)", len(self.running))
+                    self._log(logging.WARNING, "stopping %d running point(s)", len(self.running))
                     self._stop_running(None)
                 HydraConfig.instance().set_config(self.config)
         for point in self.points:
@@ -421,4 +465,10 @@ def launch_sweep(
         len(scheduler.points),
         scheduler.max_parallel,
     )
-    return scheduler.run()
+    try:
+        return scheduler.run()
+    finally:
+        # After every batch, so an interrupted sweep and every optimising sweeper's
+        # batches leave an up-to-date summary too.
+        with contextlib.suppress(OSError):
+            write_summary(Path(str(config.hydra.sweep.dir)))

@@ -266,6 +266,11 @@ def train(cfg: DictConfig) -> float:
                 checkpoint_path,
             )
 
+    writer = None
+    if is_rank0 and cfg.logger.name == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(output_dir), purge_step=step or None)
     bar = _progress_bar(cfg, total_steps, is_rank0)
     if bar is not None:
         bar.update(step)
@@ -313,6 +318,11 @@ def train(cfg: DictConfig) -> float:
         if is_rank0:
             with open(output_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if writer is not None:
+            for key, value in metrics.items():
+                if key not in ("epoch", "step", "elapsed_s"):
+                    writer.add_scalar(key, value, global_step=step)
+            writer.flush()
         if cfg.trainer.checkpoint:
             save(epoch + 1, 0, torch.zeros((), device=device))
         if is_rank0:
@@ -325,6 +335,8 @@ def train(cfg: DictConfig) -> float:
                 log.info("epoch %d/%d %s", epoch + 1, cfg.trainer.epochs, summary)
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
 
     objective = cfg.trainer.objective
     result = float(metrics[objective])

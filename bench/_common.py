@@ -1,0 +1,74 @@
+"""Shared by the benchmarks: timing commands, medians, and BENCHMARKS.md sections.
+
+Benchmarks print ratios against a reference measured in the same run; nothing here
+asserts on time (tests never do)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+PY = sys.executable
+RESULTS = REPO / "BENCHMARKS.md"
+
+
+def timed(cmd: list[str], *, env: dict | None = None, cwd: Path = REPO) -> float:
+    """Wall seconds of one run of ``cmd``; fails loudly if the command fails."""
+    full_env = dict(os.environ, **(env or {}))
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def median_of(cmd: list[str], runs: int, **kwargs) -> tuple[float, list[float]]:
+    """Median and all samples, after one untimed warm-up run (page cache, .pyc)."""
+    timed(cmd, **kwargs)
+    samples = [timed(cmd, **kwargs) for _ in range(runs)]
+    return statistics.median(samples), samples
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def publish(section: str, body: str, command: str) -> None:
+    """Print ``body`` and put it into BENCHMARKS.md under ``## section`` (replacing the
+    previous run's), with the machine, the date and the command."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = f"## {section}\n\n_{stamp}; {machine()}; `{command}`_\n\n{body}\n"
+    print(block)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = (
+        pattern.sub(block.replace("\\", "\\\\") + "\n", text)
+        if pattern.search(text)
+        else text.rstrip("\n") + "\n\n" + block
+    )
+    RESULTS.write_text(text)

@@ -1,0 +1,35 @@
+"""A minimal Hydra app whose single run goes through runner's launch core: 2 ranks
+that init gloo and all-reduce once (the same work as allreduce.py under torchrun)."""
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg: DictConfig) -> float:
+    from runner.app import inside_torchrun
+
+    if not inside_torchrun():
+        from hydra.core.hydra_config import HydraConfig
+
+        from runner.dist import LaunchConfig, launch
+
+        return launch(
+            cfg, task, LaunchConfig(nproc_per_node=2, tee=""), HydraConfig.get().runtime.output_dir
+        )
+    return task(cfg)
+
+
+def task(cfg: DictConfig) -> float:
+    from allreduce import allreduce
+
+    return allreduce()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""See a sweep: summary files and table, the report command, plots, progress output,
+TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runner.report import collect, main
+from tests.conftest import FAST, PROBE_APP, processes_of, read_json, run, runner_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A 2 x 3 runner sweep with TensorBoard on, as a user would run it."""
+    sweep_dir = tmp_path_factory.mktemp("report") / "sweep"
+    proc = runner_cli(
+        "-m",
+        "optim.lr=0.003,0.03",
+        "model.hidden=8,32",
+        "logger=tensorboard",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.launcher.max_parallel=4",
+        *FAST,
+    )
+    return sweep_dir, proc
+
+
+def summary_rows(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_rows_match_each_points_metrics(sweep):
+    sweep_dir, proc = sweep
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 4
+    for row in rows:
+        final = read_json(sweep_dir / row["job"] / "metrics.json")
+        assert float(row["val_loss"]) == pytest.approx(final["val_loss"], rel=1e-5)
+        assert float(row["val_acc"]) == pytest.approx(final["val_acc"], rel=1e-5)
+        assert row["status"] == "COMPLETED" and row["world_size"] == "1"
+        overrides = (sweep_dir / row["job"] / ".hydra" / "overrides.yaml").read_text()
+        assert f"optim.lr={row['optim.lr']}" in overrides
+        assert f"model.hidden={row['model.hidden']}" in overrides
+    losses = [float(r["val_loss"]) for r in rows]
+    assert losses == sorted(losses)  # best (lowest val_loss) first
+    assert "trainer.epochs" not in rows[0]  # not swept: not a column
+    md = (sweep_dir / "summary.md").read_text()
+    assert md.startswith("| job | optim.lr | model.hidden | status |")
+    assert "Sweep summary" in proc.stdout and "val_loss" in proc.stdout
+
+
+def test_sweep_output_has_no_control_codes_off_a_terminal(sweep):
+    _, proc = sweep
+    for stream in (proc.stdout, proc.stderr):
+        assert "\x1b" not in stream and "\r" not in stream
+    assert "best " in proc.stdout  # the running count names the best point so far
+
+
+def test_report_draws_the_plots(sweep, capsys):
+    import matplotlib.image
+
+    sweep_dir, _ = sweep
+    assert main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    for name, size in [
+        ("objective_vs_optim_lr.png", (400, 600)),
+        ("objective_vs_model_hidden.png", (400, 600)),
+        ("learning_curves.png", (450, 700)),
+        ("heatmap.png", (450, 600)),
+    ]:
+        assert f"wrote {sweep_dir / name}" in out
+        image = matplotlib.image.imread(sweep_dir / name)
+        assert image.shape[:2] == size
+        assert image.std() > 0.01  # not a blank canvas
+
+
+def test_tensorboard_event_files_per_job(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep_dir, _ = sweep
+    for job in range(4):
+        job_dir = sweep_dir / str(job)
+        events = list(job_dir.glob("events.out.tfevents.*"))
+        assert len(events) == 1 and (job_dir / "metrics.jsonl").exists()
+        acc = EventAccumulator(str(job_dir))
+        acc.Reload()
+        val_loss = [e.value for e in acc.Scalars("val_loss")]
+        history = [json.loads(x)["val_loss"] for x in (job_dir / "metrics.jsonl").open()]
+        assert val_loss == pytest.approx(history, rel=1e-6)
+
+
+def test_failed_points_appear_with_their_error(tmp_path):
+    proc = run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "fail_rank=-1,1",
+            "sleep=0",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        check=False,
+    )
+    assert proc.returncode != 0
+    rows = {r["job"]: r for r in summary_rows(tmp_path)}
+    assert rows["0"]["status"] == "COMPLETED" and rows["0"]["return_value"] == "1"
+    assert rows["1"]["status"] == "FAILED"
+    assert "rank 1 (local rank 1) exited with code 1" in rows["1"]["error"]
+
+
+def test_report_on_an_interrupted_sweep(tmp_path, capsys):
+    parent = subprocess.Popen(
+        [sys.executable, str(PROBE_APP), "-m", "sleep=0,600", f"hydra.sweep.dir={tmp_path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "0" / "launch.json").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while processes_of(parent.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert main([str(tmp_path), "--no-plots"]) == 0
+    statuses = {r.job: r.status for r in collect(tmp_path)}
+    assert statuses == {0: "COMPLETED", 1: "NOT FINISHED"}
+    assert "NOT FINISHED" in capsys.readouterr().out
+
+
+def test_report_on_a_single_point_sweep(tmp_path, capsys):
+    runner_cli("-m", "seed=3", f"hydra.sweep.dir={tmp_path}", *FAST)
+    capsys.readouterr()
+    assert main([str(tmp_path)]) == 0
+    rows = summary_rows(tmp_path)
+    assert len(rows) == 1 and rows[0]["seed"] == "3"
+    assert (tmp_path / "learning_curves.png").exists()
+    assert not (tmp_path / "heatmap.png").exists()
+
+
+def test_report_says_how_to_get_matplotlib(tmp_path, monkeypatch, sweep):
+    sweep_dir, _ = sweep
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match=r"pip install 'runner\[plot\]'"):
+        main([str(sweep_dir)])
+
+
+def test_live_status_line_on_a_terminal(tmp_path):
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "sleep=2,2",
+            "hydra.launcher.nproc_per_node=1",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\r\x1b[K[0/2 ended: 0 done, 2 running, 0 failed]" in screen
+    assert "[2/2 ended: 2 done, 0 running, 0 failed] best 1 (#0)" in screen
