@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The CPU build of torch is pinned and installed first, so nothing pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-quick lint
+.PHONY: setup run test test-quick lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,11 @@ test-quick: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Benchmarks print ratios against peers measured in the same run and write BENCHMARKS.md.
+bench: setup
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) bench/overhead.py
+	$(PY) bench/footprint.py
+	$(PY) bench/trainer_speed.py
+	$(PY) bench/sweep.py

@@ -40,6 +40,7 @@ from runner.dist import (
     remove_stale_entry_dirs,
     sigterm_as_exit,
     stop_jobs,
+    write_atomic,
 )
 from runner.report import write_summary
 from runner.worker import task_config
@@ -49,13 +50,6 @@ log = logging.getLogger(__name__)
 SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace", "resume")
 LAUNCH_RECORD = "launch.json"
 RETURN_VALUE = "return_value.pkl"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file and rename it into place: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class LauncherConfigError(ValueError):

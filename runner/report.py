@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
+from runner.dist import write_atomic
+
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 SKIP_METRICS = {"epoch", "step", "elapsed_s", "objective", "objective_value", "world_size"}
@@ -226,15 +228,9 @@ def write_summary(sweep_dir: Path) -> list[Row]:
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(cells)
-    _replace(sweep_dir / SUMMARY_CSV, buffer.getvalue())
-    _replace(sweep_dir / SUMMARY_MD, markdown(header, cells))
+    write_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue().encode())
+    write_atomic(sweep_dir / SUMMARY_MD, markdown(header, cells).encode())
     return rows
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def console_table(rows: Sequence[Row]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.dist import RESULT_FILE, TASK_FILE, die_with_parent
+from runner.dist import RESULT_FILE, TASK_FILE, die_with_parent, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,6 @@ def load_task(job: dict, entry_dir: Path) -> Callable:
     return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
 
 
-def _write_result(value: Any, entry_dir: Path) -> None:
-    import cloudpickle
-
-    tmp = entry_dir / f".{RESULT_FILE}.tmp"
-    tmp.write_bytes(cloudpickle.dumps(value))
-    os.replace(tmp, entry_dir / RESULT_FILE)
-
-
 def run(job: dict, entry_dir: Path) -> Any:
     """Rebuild the job's Hydra state in this rank and call its task."""
     from hydra.core.hydra_config import HydraConfig
@@ -111,7 +103,9 @@ def run(job: dict, entry_dir: Path) -> Any:
     with env_override(hydra_cfg.job.env_set):
         value = task(task_config(config))
     if rank == 0:
-        _write_result(value, entry_dir)
+        import cloudpickle
+
+        write_atomic(entry_dir / RESULT_FILE, cloudpickle.dumps(value))
     return value
 
 
