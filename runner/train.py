@@ -113,12 +113,9 @@ def keep_epochs(metrics_file: Path, epochs: int) -> None:
     metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
-def inject_fault(step: int, rank: int, output_dir: Path) -> None:
+def inject_fault(fault: str, step: int, rank: int, output_dir: Path) -> None:
     """Fault injection for tests: RUNNER_FAULT="RANK:STEP" SIGKILLs that rank after that
     global step, once per output dir (a marker file remembers it)."""
-    fault = os.environ.get("RUNNER_FAULT")
-    if not fault:
-        return
     fault_rank, fault_step = (int(x) for x in fault.split(":"))
     marker = output_dir / f".fault_rank{fault_rank}_step{fault_step}"
     if (rank, step) == (fault_rank, fault_step) and not marker.exists():
@@ -276,6 +273,7 @@ def train(cfg: DictConfig) -> float:
         bar.update(step)
     plain_lines = is_rank0 and bar is None and cfg.trainer.progress != "off"
     every = cfg.trainer.checkpoint_every if cfg.trainer.checkpoint else 0
+    fault = os.environ.get("RUNNER_FAULT") or None
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.trainer.epochs):
         sampler.set_epoch(epoch)
@@ -288,11 +286,15 @@ def train(cfg: DictConfig) -> float:
             for micro in range(accum):
                 first = (s * accum + micro) * micro_batch
                 idx = order[first : first + micro_batch]
-                x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+                x, y = data.x_train[idx], data.y_train[idx]
+                if use_cuda:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 # Gradients are all-reduced only on the last micro-batch of a step.
                 sync = micro == accum - 1 or world_size == 1
                 with nullcontext() if sync else ddp_model.no_sync():
-                    loss = loss_fn(ddp_model(x), y) / accum
+                    loss = loss_fn(ddp_model(x), y)
+                    if accum > 1:
+                        loss = loss / accum
                     loss.backward()
                 loss_total += loss.detach()
             optimizer.step()
@@ -300,7 +302,8 @@ def train(cfg: DictConfig) -> float:
             if scheduler is not None:
                 scheduler.step()
             step += 1
-            inject_fault(step, rank, output_dir)
+            if fault is not None:
+                inject_fault(fault, step, rank, output_dir)
             if bar is not None:
                 bar.update()
             if every and step % every == 0 and s + 1 < steps_per_epoch:
