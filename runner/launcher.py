@@ -404,7 +404,7 @@ class SweepScheduler:
                         self._start(pending.popleft())
                     for point in list(self.running):
                         assert point.job is not None
-                        if point.job.poll() is not None:
+                        if point in self.running and point.job.poll() is not None:
                             self._finish(point)
                             if (
                                 self.fail_fast
