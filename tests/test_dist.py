@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
 from runner.dist import LaunchConfig, LaunchError, free_port, launch, release_port
@@ -259,3 +261,16 @@ def test_ddp_is_exact_and_parent_stays_light(tmp_path):
         torch.testing.assert_close(one[name], two[name], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "two" / "runner_rank1.log").exists()
     assert sorted(p.name for p in tmp_path.glob("*/.hydra")) == [".hydra", ".hydra"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*"ab$\\{}:'\"\n", "${", "\\${", "${x}"])).map("".join) | st.text())
+def test_resolved_strings_survive_the_round_trip(text):
+    """Whatever a resolved string holds (``${``, backslashes, braces), the rank reads it
+    back as that literal string, never as an interpolation."""
+    from runner.dist import _escape, resolved_data
+    from runner.worker import restore_config
+
+    parent = OmegaConf.create({"v": _escape(text)})
+    assert parent.v == text  # the parent holds the literal
+    assert restore_config(resolved_data(parent)).v == text  # and so does the rank
