@@ -93,15 +93,19 @@ def run(job: dict, entry_dir: Path) -> Any:
         raise SystemExit("runner worker: the torchrun agent is already gone")
     rank = int(os.environ.get("RANK", "0"))
     config = restore_config(job["config"])
-    HydraConfig.instance().set_config(config)
-    hydra_cfg = HydraConfig.get()
-    output_dir = hydra_cfg.runtime.output_dir
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    os.chdir(output_dir if hydra_cfg.job.chdir else job["cwd"])
-    configure_rank_logging(config, rank)
     task = load_task(job, entry_dir)
-    with env_override(hydra_cfg.job.env_set):
-        value = task(task_config(config))
+    if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
+        os.chdir(job["cwd"])
+        value = task(config)
+    else:
+        HydraConfig.instance().set_config(config)
+        hydra_cfg = HydraConfig.get()
+        output_dir = hydra_cfg.runtime.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        os.chdir(output_dir if hydra_cfg.job.chdir else job["cwd"])
+        configure_rank_logging(config, rank)
+        with env_override(hydra_cfg.job.env_set):
+            value = task(task_config(config))
     if rank == 0:
         import cloudpickle
 

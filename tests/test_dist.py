@@ -109,6 +109,22 @@ def test_timeout_stops_the_job(tmp_path, entry_base):
     assert entry_dirs(entry_base) == []
 
 
+def double_world_size(cfg):
+    import os
+
+    return cfg.x * int(os.environ["WORLD_SIZE"])
+
+
+@pytest.mark.slow
+def test_launch_from_plain_python_without_hydra(tmp_path, entry_base):
+    HydraConfig.instance().cfg = None
+    assert (
+        launch(OmegaConf.create({"x": 21}), double_world_size, two_ranks(), tmp_path, console=False)
+        == 42
+    )
+    assert entry_dirs(entry_base) == []
+
+
 def test_free_ports_never_repeat_while_held():
     socks = [free_port() for _ in range(200)]
     ports = [s.getsockname()[1] for s in socks]
