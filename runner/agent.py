@@ -1,8 +1,8 @@
 """``python -m runner.agent``: torchrun, plus what runner needs around it.
 
-It takes torchrun's arguments unchanged and runs ``torch.distributed.run`` in this
-process, adding three things, each driven by an environment variable the launch core
-sets:
+It takes torchrun's arguments and runs ``torch.distributed.run`` in this process,
+adding what the launch core asks for through environment variables, and one
+rendezvous backend:
 
 * ``RUNNER_LISTEN_FD``: a socket the parent already bound to 127.0.0.1:PORT. The
   rendezvous store serves on it, so the port cannot be lost between pick and bind and

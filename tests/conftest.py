@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,27 @@ def processes_of(parent_pid: int) -> list[int]:
         if needle in environ.split(b"\0") and status != "Z":
             found.append(int(proc.name))
     return found
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def interrupt_and_expect_nothing_left(parent: subprocess.Popen, sig: int, entry_base: Path):
+    """Send ``sig`` to a runner parent; then no agent or worker of it may be left, nor
+    any entry dir of this test session."""
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    wait_until(
+        lambda: not processes_of(parent.pid) and not entry_dirs(entry_base),
+        30,
+        f"the processes and entry dirs of parent {parent.pid} to go after {sig!r}",
+    )
 
 
 def read_json(path: Path):

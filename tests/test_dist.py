@@ -18,7 +18,17 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
 from runner.dist import LaunchConfig, LaunchError, free_port, launch, release_port
-from tests.conftest import APPS, REPO, entry_dirs, probe_records, processes_of, run, runner_cli
+from tests.conftest import (
+    APPS,
+    REPO,
+    entry_dirs,
+    interrupt_and_expect_nothing_left,
+    probe_records,
+    processes_of,
+    run,
+    runner_cli,
+    wait_until,
+)
 
 ADVERSARIAL = {
     "quotes": 'it\'s "quoted" and \'\'\'triple\'\'\' and """triple"""',
@@ -218,24 +228,13 @@ def test_parent_interrupted_or_killed_leaves_nothing(tmp_path, entry_base, sig):
     parent = subprocess.Popen(
         [sys.executable, "-c", INTERRUPTIBLE, str(tmp_path)],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 90
-    # Wait until both ranks run the task (their records are written after the sleep,
-    # so look for the ranks' processes instead).
-    while len(processes_of(parent.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(processes_of(parent.pid)) >= 3, "agent and two workers never started"
+    wait_until(lambda: len(processes_of(parent.pid)) >= 3, 90, "the agent and two workers")
     assert entry_dirs(entry_base)
     time.sleep(1.0)
-    parent.send_signal(sig)
-    parent.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_of(parent.pid) == []
-    assert entry_dirs(entry_base) == []
+    interrupt_and_expect_nothing_left(parent, sig, entry_base)
     if sig != signal.SIGKILL:
         assert parent.returncode != 0
 

@@ -21,11 +21,13 @@ from runner.train import CheckpointError, train
 from tests.conftest import (
     PROBE_APP,
     entry_dirs,
+    interrupt_and_expect_nothing_left,
     probe_records,
     processes_of,
     read_json,
     run,
     runner_cli,
+    wait_until,
 )
 from tests.test_config import make
 from tests.test_dist import job_config, two_ranks
@@ -204,21 +206,16 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
             "hydra.launcher.max_parallel=2",
             f"hydra.sweep.dir={tmp_path}",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists()):
-        assert time.monotonic() < deadline, "the sweep never got going"
-        time.sleep(0.2)
+    wait_until(
+        lambda: len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists(),
+        120,
+        "the sweep to get going",
+    )
     time.sleep(1)
-    parent.send_signal(sig)
-    parent.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while (processes_of(parent.pid) or entry_dirs(entry_base)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_of(parent.pid) == []
-    assert entry_dirs(entry_base) == []
+    interrupt_and_expect_nothing_left(parent, sig, entry_base)
     assert parent.returncode != 0
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
     assert len(probe_records(tmp_path / "0")) == 2

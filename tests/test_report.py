@@ -8,12 +8,19 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from runner.report import collect, main
-from tests.conftest import FAST, PROBE_APP, processes_of, read_json, run, runner_cli
+from tests.conftest import (
+    FAST,
+    PROBE_APP,
+    interrupt_and_expect_nothing_left,
+    read_json,
+    run,
+    runner_cli,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -118,21 +125,14 @@ def test_failed_points_appear_with_their_error(tmp_path):
     assert "rank 1 (local rank 1) exited with code 1" in rows["1"]["error"]
 
 
-def test_report_on_an_interrupted_sweep(tmp_path, capsys):
+def test_report_on_an_interrupted_sweep(tmp_path, capsys, entry_base):
     parent = subprocess.Popen(
         [sys.executable, str(PROBE_APP), "-m", "sleep=0,600", f"hydra.sweep.dir={tmp_path}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "0" / "launch.json").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 30
-    while processes_of(parent.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until((tmp_path / "0" / "launch.json").exists, 120, "point 0 to complete")
+    interrupt_and_expect_nothing_left(parent, signal.SIGKILL, entry_base)
     assert main([str(tmp_path), "--no-plots"]) == 0
     statuses = {r.job: r.status for r in collect(tmp_path)}
     assert statuses == {0: "COMPLETED", 1: "NOT FINISHED"}
