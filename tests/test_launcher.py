@@ -4,6 +4,7 @@ timeouts, signals, Optuna, and an app that is not runner's."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -280,6 +281,23 @@ def test_sweep_resume_keeps_completed_points(tmp_path):
     assert [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)] == [
         "COMPLETED"
     ] * 3
+
+
+def test_resumed_points_reach_the_sweeper_as_if_run_now(hydra_sweep_runner, tmp_path):
+    overrides = ("value=3,4", "hydra.launcher.nproc_per_node=1")
+    sweep_dir, kept = tmp_path / "sweep", tmp_path / "kept"
+    with sweep_probe(hydra_sweep_runner, sweep_dir, *overrides) as sweep:
+        first = [r.return_value for r in sweep.returns[0]]
+        started = [probe_records(Path(r.working_dir))[0]["start"] for r in sweep.returns[0]]
+        shutil.copytree(sweep_dir, kept)  # the runner removes its temp dir on exit
+    shutil.copytree(kept, sweep_dir)
+    with sweep_probe(
+        hydra_sweep_runner, sweep_dir, *overrides, "hydra.launcher.resume=true"
+    ) as sweep:
+        again = sweep.returns[0]
+        assert [r.return_value for r in again] == first == [3.0, 4.0]
+        assert [r.overrides for r in again] == [["value=3"], ["value=4"]]
+        assert [probe_records(Path(r.working_dir))[0]["start"] for r in again] == started
 
 
 @pytest.mark.parametrize(
