@@ -36,4 +36,5 @@ bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/footprint.py
 	$(PY) bench/trainer_speed.py
-	$(PY) bench/sweep.py
+	$(PY) bench/sweep.py --workload allreduce
+	$(PY) bench/sweep.py --workload train

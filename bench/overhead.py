@@ -26,9 +26,10 @@ def main() -> None:
         "--standalone",
         "--nproc_per_node",
         "2",
-        str(BENCH / "allreduce.py"),
+        str(BENCH / "workloads.py"),
+        "allreduce",
     ]
-    runner = [PY, str(BENCH / "allreduce_app.py"), f"hydra.run.dir={out}/run"]
+    runner = [PY, str(BENCH / "runner_app.py"), f"hydra.run.dir={out}/run"]
     python = [PY, "-c", "pass"]
     # Alternate the two, so drift on a shared machine hits both alike.
     timed(bare), timed(runner)

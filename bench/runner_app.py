@@ -1,5 +1,6 @@
-"""A minimal Hydra app whose single run goes through runner's launch core: 2 ranks
-that init gloo and all-reduce once (the same work as allreduce.py under torchrun)."""
+"""A minimal Hydra app whose runs go through runner's launch core: 2 ranks run one
+workload of workloads.py (``+workload=allreduce`` by default, or ``train``), the same
+code the peers run under torchrun."""
 
 import os
 import sys
@@ -26,9 +27,9 @@ def main(cfg: DictConfig) -> float:
 
 
 def task(cfg: DictConfig) -> float:
-    from allreduce import allreduce
+    from workloads import WORKLOADS
 
-    return allreduce()
+    return WORKLOADS[cfg.get("workload", "allreduce")]()
 
 
 if __name__ == "__main__":
