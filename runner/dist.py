@@ -85,6 +85,7 @@ class LaunchConfig:
     rdzv_backend: str = "static"
     rdzv_endpoint: str = ""
     rdzv_id: str = "none"
+    rdzv_conf: str = ""
     master_addr: str = LOOPBACK
     master_port: int | None = None
     max_restarts: int = 0
@@ -144,13 +145,48 @@ class LaunchConfig:
             raise bad(
                 "monitor_interval", self.monitor_interval, "must be > 0", "monitor_interval=0.1"
             )
-        if not self.single_node and not (self.rdzv_endpoint or self.master_port):
-            raise bad(
-                "rdzv_endpoint",
-                self.rdzv_endpoint,
-                f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
-                "rdzv_endpoint=HOST:PORT (or master_addr and master_port)",
-            )
+        if not self.single_node:
+            if not (self.rdzv_endpoint or self.master_port):
+                raise bad(
+                    "rdzv_endpoint",
+                    self.rdzv_endpoint,
+                    f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
+                    "rdzv_endpoint=HOST:PORT of the first node, the same on every node",
+                )
+            if self.rdzv_endpoint and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.rdzv_endpoint):
+                raise bad(
+                    "rdzv_endpoint",
+                    self.rdzv_endpoint,
+                    "must be HOST:PORT (sweep point N uses PORT + N)",
+                    "rdzv_endpoint=node001:29400",
+                )
+            if self.rdzv_backend == "static" and ":" in self.nnodes:
+                raise bad(
+                    "nnodes",
+                    self.nnodes,
+                    "MIN:MAX needs an elastic rendezvous (static waits for a fixed count)",
+                    "rdzv_backend=c10d",
+                )
+
+    def for_point(self, num: int) -> LaunchConfig:
+        """This launch for sweep point ``num``: a multi-node point gets its own rendezvous
+        id (``<rdzv_id>-<num>``) and port (``PORT + num``), so the agents of two points
+        can never join each other's group, and every node computes the same values
+        from the same command. Single-node points need neither (each binds its own
+        free loopback port)."""
+        if self.single_node:
+            return self
+
+        def shifted(endpoint: str) -> str:
+            host, _, port = endpoint.rpartition(":")
+            return f"{host}:{int(port) + num}"
+
+        return dataclasses.replace(
+            self,
+            rdzv_id=f"{self.rdzv_id}-{num}",
+            rdzv_endpoint=shifted(self.rdzv_endpoint) if self.rdzv_endpoint else "",
+            master_port=self.master_port + num if self.master_port else self.master_port,
+        )
 
 
 # --------------------------------------------------------------------------- ports
@@ -347,6 +383,8 @@ def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -
         # restart (see runner.agent).
         cmd += ["--rdzv_backend", "runner-static", "--rdzv_endpoint", f"{LOOPBACK}:{port}"]
     else:
+        # Multi-node: torchrun's own rendezvous (c10d, or static with node ranks); the
+        # same command runs on every node.
         cmd += [
             "--node_rank",
             str(launch.node_rank),
@@ -357,6 +395,8 @@ def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -
         ]
         if launch.rdzv_endpoint:
             cmd += ["--rdzv_endpoint", launch.rdzv_endpoint]
+        if launch.rdzv_conf:
+            cmd += ["--rdzv_conf", launch.rdzv_conf]
         cmd += ["--master_addr", launch.master_addr]
         if launch.master_port:
             cmd += ["--master_port", str(launch.master_port)]
@@ -451,6 +491,7 @@ class TorchrunJob:
         self.ended_at: float | None = None
         self.returncode: int | None = None
         self.timed_out = False
+        self.rank0_here = False
         self._log_file: Any = None
 
     @property
@@ -468,7 +509,12 @@ class TorchrunJob:
         self.entry_file = write_entry(self.config_data, self.task_function, self.cwd)
         listen = free_port() if launch.single_node else None
         try:
-            self.port = listen.getsockname()[1] if listen else launch.master_port
+            if listen is not None:
+                self.port = listen.getsockname()[1]
+            elif launch.rdzv_endpoint:
+                self.port = int(launch.rdzv_endpoint.rpartition(":")[2])
+            else:
+                self.port = launch.master_port
             self.command = torchrun_command(launch, self.entry_file, self.port)
             env = dict(os.environ)
             env.update(launch.env)
@@ -521,6 +567,8 @@ class TorchrunJob:
         if code is not None and self.returncode is None:
             self.returncode = code
             self.ended_at = time.time()
+            assert self.entry_dir is not None
+            self.rank0_here = (self.entry_dir / RESULT_FILE).is_file()
             if self.port is not None and self.launch.single_node:
                 release_port(self.port)
         return code
@@ -545,6 +593,8 @@ class TorchrunJob:
             import cloudpickle
 
             result_file = self.entry_dir / RESULT_FILE
+            if not result_file.is_file() and not self.launch.single_node:
+                return None  # rank 0 ran on another node: its parent has the result
             if not result_file.is_file():
                 raise LaunchError(
                     f"torchrun exited 0 but rank 0 left no result in {result_file}", exitcode=0
@@ -606,6 +656,17 @@ class TorchrunJob:
             "port": self.port,
             "nproc_per_node": self.launch.nproc_per_node,
             "nnodes": self.launch.nnodes,
+            **(
+                {}
+                if self.launch.single_node
+                else {
+                    "node_rank": self.launch.node_rank,
+                    "rdzv_backend": self.launch.rdzv_backend,
+                    "rdzv_endpoint": self.launch.rdzv_endpoint,
+                    "rdzv_id": self.launch.rdzv_id,
+                    "rank0_here": self.rank0_here,
+                }
+            ),
             "start_time": self.started_at,
             "end_time": self.ended_at,
             "duration_s": round(self.ended_at - self.started_at, 3)

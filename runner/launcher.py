@@ -239,7 +239,7 @@ class SweepScheduler:
             if k not in SCHEDULER_KEYS
         }
         try:
-            return LaunchConfig.from_config(node)
+            return LaunchConfig.from_config(node).for_point(point.idx)
         except ValueError as error:
             raise LauncherConfigError(
                 f"sweep point #{point.idx} ({point.label}): {error}"

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,76 @@ def configure_rank_logging(config: DictConfig, rank: int) -> None:
     configure_log(job_logging, hydra_cfg.verbose)
 
 
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                out.append(where)
+            else:
+                out += _differences(a[key], b[key], where)
+        return out
+    return [] if a == b else [path or "<root>"]
+
+
+def check_same_config(config_data: dict, timeout: float = 300.0) -> None:
+    """In a multi-node job every node composed its own config: make sure they agree.
+
+    Rank 0 publishes its task config (the ``hydra`` node may differ per node, e.g. a
+    ``${now:}`` run dir) in the job's rendezvous store; every rank compares its own
+    with it and counts itself if it differs; after all ranks have checked, either all
+    go on or all fail, the differing ones naming the keys (so no node is left waiting
+    for a partner that stopped).
+    """
+    import hashlib
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    mine = {k: v for k, v in config_data.items() if k != "hydra"}
+    text = json.dumps(mine, sort_keys=True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(seconds=timeout),
+    )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    prefix = f"runner/config/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if rank == 0:
+        store.set(f"{prefix}/text", text)
+        store.set(f"{prefix}/digest", hashlib.sha256(text.encode()).hexdigest())
+    differing: list[str] = []
+    if store.get(f"{prefix}/digest").decode() != hashlib.sha256(text.encode()).hexdigest():
+        differing = _differences(json.loads(store.get(f"{prefix}/text")), mine) or ["<root>"]
+        store.add(f"{prefix}/mismatched", 1)
+    store.add(f"{prefix}/checked", 1)
+    deadline = time.monotonic() + timeout
+    while store.add(f"{prefix}/checked", 0) < world:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every rank checked its config within {timeout:g} s")
+        time.sleep(0.05)
+    mismatched = store.add(f"{prefix}/mismatched", 0)
+    if differing:
+        raise ConfigMismatch(
+            f"the node of rank {rank} composed a different config than the node of rank 0; "
+            f"differing keys: {', '.join(differing[:10])}. Fix: run the same command on "
+            "every node, and pin values that differ between machines or start times "
+            "(e.g. ${now:...}, ${oc.env:...}, hydra.run.dir) with explicit overrides."
+        )
+    if mismatched:
+        raise ConfigMismatch(
+            f"{mismatched} rank(s) on other nodes composed a different config than the "
+            "node of rank 0; their logs name the keys"
+        )
+
+
+class ConfigMismatch(RuntimeError):
+    """The nodes of one multi-node job composed different configs."""
+
+
 def load_task(job: dict, entry_dir: Path) -> Callable:
     """The task function: imported by ``module:qualname`` or unpickled by value."""
     if job["task"]:
@@ -92,6 +163,8 @@ def run(job: dict, entry_dir: Path) -> Any:
     if os.getppid() == 1:
         raise SystemExit("runner worker: the torchrun agent is already gone")
     rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        check_same_config(job["config"])
     config = restore_config(job["config"])
     task = load_task(job, entry_dir)
     if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild

@@ -27,6 +27,7 @@ class TorchrunLauncherConf:
     rdzv_backend: str = "static"
     rdzv_endpoint: str = ""
     rdzv_id: str = "none"
+    rdzv_conf: str = ""
     master_addr: str = "127.0.0.1"
     master_port: Any = None
     max_restarts: int = 0

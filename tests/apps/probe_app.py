@@ -43,6 +43,17 @@ def probe(cfg) -> float:
         "pid": os.getpid(),
         "start": started,
     }
+    if cfg.allreduce:  # join the job's gloo group: every rank adds rank + 1
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        total = torch.tensor([rank + 1.0])
+        dist.all_reduce(total)
+        record["allreduce"] = total.item()
+        record["peer_hosts"] = [None] * dist.get_world_size()
+        dist.all_gather_object(record["peer_hosts"], os.environ.get("PROBE_HOST"))
+        dist.destroy_process_group()
     time.sleep(cfg.sleep)
     record["end"] = time.time()
     Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))

@@ -1,0 +1,309 @@
+"""Multi-node torchrun, for real: two "nodes" on this machine, each its own runner
+parent and torchrun agent, meeting over torchrun's c10d rendezvous.
+
+Where root and iproute2 allow it, the nodes live in two network namespaces joined by
+a veth pair, each with its own address and hostname, so the rendezvous and gloo
+cross a real interface; otherwise (and additionally) over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.dist import LaunchConfig, torchrun_command
+from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json
+
+pytestmark = pytest.mark.slow
+
+NODE_ARGS = ["hydra.launcher.nproc_per_node=1", "hydra.launcher.nnodes=2"]
+
+
+def loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwoNodes:
+    """Two network namespaces joined by a veth pair, hostnames rnode0 and rnode1."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.ns = [f"rn{tag}n{k}" for k in range(2)]
+        self.hosts = ["rnode0", "rnode1"]
+        self.addrs = [f"10.{tag % 200 + 20}.{tag % 250}.{k + 1}" for k in range(2)]
+        veth = [f"rv{tag}x{k}" for k in range(2)]
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            # `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts.
+            Path(f"/etc/netns/{ns}").mkdir(parents=True, exist_ok=True)
+            Path(f"/etc/netns/{ns}/hosts").write_text(
+                "127.0.0.1 localhost\n"
+                + "".join(f"{a} {h}\n" for a, h in zip(self.addrs, self.hosts, strict=True))
+            )
+        ip = ["ip"]
+        steps = [
+            ["link", "add", veth[0], "type", "veth", "peer", "name", veth[1]],
+            *[["link", "set", veth[k], "netns", self.ns[k]] for k in range(2)],
+            *[
+                ["-n", self.ns[k], "addr", "add", f"{self.addrs[k]}/24", "dev", veth[k]]
+                for k in range(2)
+            ],
+            *[["-n", self.ns[k], "link", "set", veth[k], "up"] for k in range(2)],
+            *[["-n", self.ns[k], "link", "set", "lo", "up"] for k in range(2)],
+        ]
+        for step in steps:
+            subprocess.run(ip + step, check=True, capture_output=True)
+
+    def command(self, k: int, argv: list[str]) -> list[str]:
+        """``argv`` run on node ``k``: its namespace, its own hostname."""
+        script = f'hostname {self.hosts[k]} && exec "$@"'
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns[k],
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ] + argv
+
+    def close(self) -> None:
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(
+            "two network namespaces need root and iproute2/util-linux "
+            f"(missing: {missing or 'root'}); the loopback tests cover the rest"
+        )
+    try:
+        nodes = TwoNodes()
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"cannot create network namespaces here: {error.stderr!r}")
+    yield nodes
+    nodes.close()
+
+
+def start_nodes(
+    commands: list[list[str]], env: dict | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Start every node's command at once; wait for all of them."""
+    full_env = dict(os.environ, **(env or {}))
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=dict(full_env, PROBE_HOST=f"node{k}"),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for k, cmd in enumerate(commands)
+    ]
+    done = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def probe_sweep(node_rank: int, sweep_dir: Path, endpoint: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(PROBE_APP),
+        "-m",
+        "value=1,2",
+        "allreduce=true",
+        "stamp=pinned",  # the same on both nodes (see test_nodes_that_disagree_...)
+        *NODE_ARGS,
+        f"hydra.launcher.node_rank={node_rank}",
+        "hydra.launcher.rdzv_backend=c10d",
+        f"hydra.launcher.rdzv_endpoint={endpoint}",
+        "hydra.launcher.rdzv_id=probe",
+        "hydra.launcher.max_parallel=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
+
+
+def check_two_node_sweep(tmp_path: Path, procs, port: int) -> None:
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for num, value in enumerate([1.0, 2.0]):
+        records = [r for k in range(2) for r in probe_records(tmp_path / f"node{k}" / str(num))]
+        # Both points ran at once, each in its own 2-rank group across both nodes.
+        assert sorted(r["rank"] for r in records) == [0, 1]
+        assert {r["world_size"] for r in records} == {2}
+        assert {r["allreduce"] for r in records} == {3.0}  # 1 + 2: both ranks took part
+        assert {tuple(sorted(r["peer_hosts"])) for r in records} == {("node0", "node1")}
+        assert len({r["config_hash"] for r in records}) == 1
+        assert {r["config"]["value"] for r in records} == {value}
+        launches = [read_json(tmp_path / f"node{k}" / str(num) / "launch.json") for k in range(2)]
+        assert {rec["rdzv_id"] for rec in launches} == {f"probe-{num}"}
+        assert {rec["rdzv_endpoint"].rsplit(":", 1)[1] for rec in launches} == {str(port + num)}
+        # Rank 0 ran on exactly one node; that node's parent got the point's result.
+        assert sorted(rec["rank0_here"] for rec in launches) == [False, True]
+        rank0_node = next(k for k, rec in enumerate(launches) if rec["rank0_here"])
+        for k, proc in enumerate(procs):
+            output = (proc.stdout + proc.stderr).splitlines()
+            done = next(line for line in output if f"#{num} done" in line)
+            assert f"-> {value if k == rank0_node else None}" in done
+
+
+def test_sweep_across_two_network_namespaces(tmp_path, two_nodes, entry_base):
+    """Two points at once, each a 2-node group; rendezvous and gloo cross the veth."""
+    port = 29650
+    commands = [
+        two_nodes.command(k, probe_sweep(k, tmp_path / f"node{k}", f"rnode0:{port}"))
+        for k in range(2)
+    ]
+    procs = start_nodes(commands)
+    check_two_node_sweep(tmp_path, procs, port)
+    records = probe_records(tmp_path / "node0" / "0") + probe_records(tmp_path / "node1" / "0")
+    # Workers found their store on node 0's veth address, not on loopback.
+    assert {r["master_addr"] for r in records} == {"rnode0"}
+    assert not entry_dirs(entry_base)
+
+
+def test_sweep_across_two_nodes_on_loopback(tmp_path, entry_base):
+    port = loopback_port()
+    procs = start_nodes(
+        [probe_sweep(k, tmp_path / f"node{k}", f"127.0.0.1:{port}") for k in range(2)]
+    )
+    check_two_node_sweep(tmp_path, procs, port)
+    assert not entry_dirs(entry_base)
+
+
+def test_single_training_run_on_two_nodes(tmp_path):
+    """``python -m runner`` with nnodes=2: the same command on each node but node_rank,
+    the run dir pinned (a ``${now:}`` dir would differ between nodes; see the next test)."""
+    port = loopback_port()
+    run_dir = tmp_path / "run"
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            *FAST,
+            "trainer.nproc_per_node=1",
+            "hydra.launcher.nnodes=2",
+            f"hydra.launcher.node_rank={k}",
+            "hydra.launcher.rdzv_backend=c10d",
+            f"hydra.launcher.rdzv_endpoint=127.0.0.1:{port}",
+            f"hydra.run.dir={run_dir}",
+        ]
+        for k in range(2)
+    ]
+    procs = start_nodes(commands)
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["world_size"] == 2
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["runner.log", "runner_rank1.log"]
+    assert "2 rank(s)" in (run_dir / "runner.log").read_text()
+
+
+def test_nodes_that_disagree_on_the_config_fail_naming_the_keys(tmp_path, entry_base):
+    """The probe's ``stamp`` is ``${now:...}``: composed on two nodes at different
+    moments it differs, and the job must say so instead of training on two configs."""
+    port = loopback_port()
+    commands = [
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=1",
+            *NODE_ARGS,
+            f"hydra.launcher.node_rank={k}",
+            "hydra.launcher.rdzv_backend=c10d",
+            f"hydra.launcher.rdzv_endpoint=127.0.0.1:{port}",
+            f"hydra.sweep.dir={tmp_path / f'node{k}'}",
+        ]
+        for k in range(2)
+    ]
+    procs = start_nodes(commands)
+    # Both nodes fail (neither waits for a partner that stopped); one names the key.
+    assert [p.returncode != 0 for p in procs] == [True, True]
+    text = "".join(p.stdout + p.stderr for p in procs)
+    assert "composed a different config" in text and "differing keys: stamp" in text
+    assert not entry_dirs(entry_base)
+
+
+def test_elastic_min_max_nodes_starts_with_the_nodes_present(tmp_path):
+    """nnodes=1:2: one node alone forms the group once the last call passes."""
+    port = loopback_port()
+    proc = start_nodes(
+        [
+            [
+                sys.executable,
+                str(PROBE_APP),
+                "-m",
+                "value=3",
+                "stamp=x",
+                "hydra.launcher.nproc_per_node=2",
+                "hydra.launcher.nnodes=1:2",
+                "hydra.launcher.rdzv_backend=c10d",
+                f"hydra.launcher.rdzv_endpoint=127.0.0.1:{port}",
+                "hydra.launcher.rdzv_conf='last_call_timeout=1'",
+                f"hydra.sweep.dir={tmp_path}",
+            ]
+        ]
+    )[0]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = probe_records(tmp_path / "0")
+    assert {r["world_size"] for r in records} == {2}
+    assert read_json(tmp_path / "0" / "launch.json")["rank0_here"] is True
+
+
+# ----------------------------------------------------------------- command and checks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"nnodes": "2"}, "rdzv_endpoint"),
+        ({"nnodes": "2", "rdzv_endpoint": "node001"}, "rdzv_endpoint"),
+        ({"nnodes": "1:2", "rdzv_endpoint": "h:1"}, "nnodes"),
+        ({"nnodes": "0:2", "rdzv_backend": "c10d", "rdzv_endpoint": "h:1"}, "nnodes"),
+    ],
+)
+def test_bad_multinode_settings_name_key_and_fix(overrides, key):
+    with pytest.raises(ValueError, match=rf"hydra\.launcher\.{key}=.*Fix: "):
+        LaunchConfig(**overrides).check()
+
+
+def test_every_point_gets_its_own_rendezvous_id_and_port():
+    launch = LaunchConfig(
+        nnodes="2", rdzv_backend="c10d", rdzv_endpoint="head:29400", rdzv_id="exp"
+    )
+    points = [launch.for_point(n) for n in range(3)]
+    assert [p.rdzv_id for p in points] == ["exp-0", "exp-1", "exp-2"]
+    assert [p.rdzv_endpoint for p in points] == ["head:29400", "head:29401", "head:29402"]
+    command = torchrun_command(points[1], Path("/x/entry.py"), None)
+    flags = dict(zip(command[3::2], command[4::2], strict=False))
+    assert flags["--rdzv_backend"] == "c10d"
+    assert "--rdzv_endpoint" in command and "head:29401" in command
+    assert "exp-1" in command
+    single = LaunchConfig(nproc_per_node=2)
+    assert single.for_point(5) is single  # single node: its own loopback port instead
