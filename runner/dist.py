@@ -335,9 +335,12 @@ def task_reference(task_function: Callable) -> str | None:
     return f"{module}:{qualname}" if obj is task_function else None
 
 
-def write_entry(config_data: dict, task_function: Callable, cwd: str) -> Path:
+def write_entry(
+    config_data: dict, task_function: Callable, cwd: str, sys_path: list[str] | None = None
+) -> Path:
     """Create the private entry dir (0700) with the entry script, job.json and, for a
-    task with no import path, task.pkl (all 0600). Returns the entry script's path."""
+    task with no import path, task.pkl (all 0600). Returns the entry script's path.
+    ``sys_path``: the import path the ranks get (default: this process's)."""
     entry_dir = Path(tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-", dir=_entry_base()))
     try:
         reference = task_reference(task_function)
@@ -345,7 +348,8 @@ def write_entry(config_data: dict, task_function: Callable, cwd: str) -> Path:
             import cloudpickle
 
             _write_private(entry_dir / TASK_FILE, cloudpickle.dumps(task_function))
-        sys_path = [os.path.abspath(p) if p else cwd for p in sys.path]
+        if sys_path is None:
+            sys_path = [os.path.abspath(p) if p else cwd for p in sys.path]
         job = {
             "config": config_data,
             "task": reference,
@@ -466,18 +470,24 @@ class TorchrunJob:
 
     def __init__(
         self,
-        config: DictConfig,
+        config: DictConfig | None,
         task_function: Callable,
         launch: LaunchConfig,
         job_dir: str | Path,
         *,
         console: bool = True,
+        config_data: dict | None = None,
+        sys_path: list[str] | None = None,
     ) -> None:
+        """``config`` is resolved here; or pass ``config_data`` resolved elsewhere (a
+        Slurm node runs what its submitter resolved), with that process's ``sys_path``."""
         self.launch = launch
         self.job_dir = Path(job_dir)
         self.console = console
-        self.config_data = job_config_data(config)
+        self.config_data = config_data if config is None else job_config_data(config)
+        assert self.config_data is not None
         self.task_function = task_function
+        self.sys_path = sys_path
         self.cwd = (
             str(self.config_data["hydra"]["runtime"]["cwd"])
             if "hydra" in self.config_data
@@ -506,7 +516,7 @@ class TorchrunJob:
             launch = self.launch = dataclasses.replace(
                 launch, log_dir=str(self.job_dir / "torchrun")
             )
-        self.entry_file = write_entry(self.config_data, self.task_function, self.cwd)
+        self.entry_file = write_entry(self.config_data, self.task_function, self.cwd, self.sys_path)
         listen = free_port() if launch.single_node else None
         try:
             if listen is not None:
@@ -584,6 +594,24 @@ class TorchrunJob:
     def stop(self, grace: float = 10.0) -> None:
         """Stop this job's agent and workers (see :func:`stop_jobs`)."""
         stop_jobs([self], grace)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the agent until ``deadline`` (monotonic), then SIGKILL its group."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def result(self) -> Any:
         """Rank 0's return value; raises LaunchError if the job failed."""
@@ -686,22 +714,17 @@ class TorchrunJob:
             self._log_file = None
 
 
-def stop_jobs(jobs: list[TorchrunJob], grace: float = 10.0) -> None:
-    """SIGTERM every agent (each stops its own workers), wait up to ``grace`` seconds in
-    all, then SIGKILL what is left. Workers outliving their agent get SIGKILL from the
-    kernel (they ask for it at start, see runner.worker)."""
-    procs = [j.proc for j in jobs if j.proc is not None and j.proc.poll() is None]
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+def stop_jobs(jobs: list, grace: float = 10.0) -> None:
+    """Ask every running job to stop (a torchrun agent gets SIGTERM and stops its own
+    workers; a Slurm job is cancelled), wait up to ``grace`` seconds in all, then force
+    what is left (SIGKILL; ``scancel -s KILL``). Workers outliving their agent get
+    SIGKILL from the kernel (they ask for it at start, see runner.worker)."""
+    live = [job for job in jobs if job.running()]
+    for job in live:
+        job.terminate()
     deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    for job in live:
+        job.wait_stopped(deadline)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from runner.dist import (
     write_atomic,
 )
 from runner.report import write_summary
+from runner.slurm import SLURM_KEYS, SlurmJob, check_slurm_params
 from runner.worker import task_config
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,18 @@ def _bad(key: str, value: Any, rule: str, fix: str) -> LauncherConfigError:
     return LauncherConfigError(f"hydra.launcher.{key}={value!r} is invalid: {rule}. Fix: {fix}")
 
 
-def check_launcher_params(params: Mapping[str, Any]) -> None:
+def local_launch_params(params: Mapping[str, Any], slurm: bool) -> dict[str, Any]:
+    """The torchrun options among the launcher's keys. In Slurm mode the node count is
+    Slurm's to allocate and the rendezvous is set up on the nodes, so each node's
+    agent is checked as a one-node launch here."""
+    skip = SCHEDULER_KEYS + (SLURM_KEYS if slurm else ())
+    local = {k: v for k, v in params.items() if k not in skip}
+    if slurm:
+        local["nnodes"] = "1"
+    return local
+
+
+def check_launcher_params(params: Mapping[str, Any], slurm: bool = False) -> None:
     """Validate the launcher's own keys and the torchrun options, before anything starts."""
     max_parallel = params.get("max_parallel")
     if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
@@ -85,8 +97,12 @@ def check_launcher_params(params: Mapping[str, Any]) -> None:
             "must be >= 0 seconds",
             "hydra.launcher.stop_grace=10",
         )
+    if slurm:
+        problems = check_slurm_params(params)
+        if problems:
+            raise LauncherConfigError("\n".join(problems))
     try:
-        LaunchConfig.from_config({k: v for k, v in params.items() if k not in SCHEDULER_KEYS})
+        LaunchConfig.from_config(local_launch_params(params, slurm))
     except ValueError as error:
         raise LauncherConfigError(str(error)) from None
 
@@ -152,7 +168,14 @@ class SweepScheduler:
         self.gpus_free = visible_gpus(str(self.params.get("devices", "auto")))
         self.has_gpus = bool(self.gpus_free)
         self.nproc = int(self.params.get("nproc_per_node", 1))
-        self.max_parallel = self.params.get("max_parallel") or self._what_fits(self.nproc)
+        # Slurm mode: the cluster allocates nodes, CPUs and GPUs; every point is queued
+        # at once unless max_parallel says otherwise.
+        self.slurm = bool(getattr(launcher, "slurm", False))
+        if self.slurm:
+            self.gpus_free, self.has_gpus = [], False
+        self.max_parallel = self.params.get("max_parallel") or (
+            len(self.points) if self.slurm else self._what_fits(self.nproc)
+        )
         self.fail_fast = bool(self.params.get("fail_fast", False))
         self.grace = float(self.params.get("stop_grace", 10.0))
         self.resume = bool(self.params.get("resume", False))
@@ -233,13 +256,12 @@ class SweepScheduler:
 
     def _launch_config(self, point: Point) -> LaunchConfig:
         assert point.config is not None
-        node = {
-            k: v
-            for k, v in OmegaConf.to_container(point.config.hydra.launcher, resolve=True).items()
-            if k not in SCHEDULER_KEYS
-        }
+        params = OmegaConf.to_container(point.config.hydra.launcher, resolve=True)
+        assert isinstance(params, dict)
         try:
-            return LaunchConfig.from_config(node).for_point(point.idx)
+            return LaunchConfig.from_config(local_launch_params(params, self.slurm)).for_point(
+                point.idx
+            )
         except ValueError as error:
             raise LauncherConfigError(
                 f"sweep point #{point.idx} ({point.label}): {error}"
@@ -270,7 +292,9 @@ class SweepScheduler:
         self._write_hydra_dir(point)
         launch_config = self._launch_config(point)
         extra_env: dict[str, str] = {}
-        if self.has_gpus:
+        if self.slurm:
+            pass  # Slurm allocates CPUs and GPUs to the job
+        elif self.has_gpus:
             point.gpus = self.gpus_free[: launch_config.nproc_per_node]
             del self.gpus_free[: len(point.gpus)]
             extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(point.gpus)
@@ -280,25 +304,48 @@ class SweepScheduler:
         self.launcher.hydra_context.callbacks.on_job_start(
             config=point.config, task_function=self.launcher.task_function
         )
-        point.job = TorchrunJob(
-            point.config,
-            self.launcher.task_function,
-            launch_config,
-            point.config.hydra.runtime.output_dir,
-            console=False,
-        )
+        job_dir = point.config.hydra.runtime.output_dir
+        if self.slurm:
+            point_params = OmegaConf.to_container(point.config.hydra.launcher, resolve=True)
+            assert isinstance(point_params, dict)
+            point.job = SlurmJob(
+                point.config, self.launcher.task_function, launch_config, job_dir, point_params
+            )
+        else:
+            point.job = TorchrunJob(
+                point.config, self.launcher.task_function, launch_config, job_dir, console=False
+            )
         point.job.start(extra_env=extra_env)
         self.running.append(point)
+        # Recorded at once, so a running (or orphaned) point can be found: its Slurm job
+        # id, or its agent's pid and port.
+        self._write_record(point, "RUNNING")
+        nproc = launch_config.nproc_per_node
+        where = (
+            f"Slurm job {point.job.job_id}, {point_params['nnodes']} node(s)"
+            if isinstance(point.job, SlurmJob)
+            else f"port {point.job.port}"
+        )
         self._log(
             logging.INFO,
-            "#%d start  %s  (%d rank%s, port %s%s)",
+            "#%d start  %s  (%d rank%s per node, %s%s)",
             point.idx,
             point.label,
-            launch_config.nproc_per_node,
-            "s" if launch_config.nproc_per_node > 1 else "",
-            point.job.port,
+            nproc,
+            "s" if nproc > 1 else "",
+            where,
             f", GPUs {','.join(point.gpus)}" if point.gpus else "",
         )
+
+    def _write_record(self, point: Point, status: str, error: Any = None) -> dict:
+        """launch.json of the point: how it ran, and its status."""
+        assert point.job is not None and point.config is not None
+        record = {**point.job.launch_record(), "overrides": point.overrides, "status": status}
+        if error is not None:
+            record["error"] = str(error)
+        job_dir = Path(point.config.hydra.runtime.output_dir)
+        write_atomic(job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
+        return record
 
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
         """Turn an ended torchrun into the point's JobReturn; record how it ran."""
@@ -323,10 +370,11 @@ class SweepScheduler:
 
             # The result is stored before launch.json marks the point done (resume reads both).
             write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
-        record = {**job.launch_record(), "overrides": point.overrides, "status": ret.status.name}
-        if ret.status != JobStatus.COMPLETED:
-            record["error"] = str(ret._return_value)
-        write_atomic(job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
+        record = self._write_record(
+            point,
+            ret.status.name,
+            ret._return_value if ret.status != JobStatus.COMPLETED else None,
+        )
         point.result = ret
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
@@ -455,8 +503,9 @@ def launch_sweep(
     remove_stale_entry_dirs()
     scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx)
     log.info(
-        "Launching %d job(s) with torchrun, %d at a time",
+        "Launching %d job(s) with torchrun%s, %d at a time",
         len(scheduler.points),
+        " as Slurm jobs" if scheduler.slurm else "",
         scheduler.max_parallel,
     )
     try:

@@ -56,18 +56,52 @@ class TorchrunLauncherConf:
     resume: bool = False
 
 
+@dataclass
+class TorchrunSlurmLauncherConf(TorchrunLauncherConf):
+    """``hydra/launcher=torchrun_slurm``: every point is one Slurm job (submitit) whose
+    nodes run torchrun; ``nnodes`` nodes, ``nproc_per_node`` ranks on each."""
+
+    _target_: str = "hydra_plugins.torchrun_launcher.torchrun_launcher.TorchrunSlurmLauncher"
+    partition: Any = None
+    # Cores per node for the agent and its ranks; null: one per rank.
+    cpus_per_task: Any = None
+    gpus_per_node: Any = None
+    mem_gb: Any = None
+    # The job's Slurm time limit, in minutes.
+    time_min: int = 60
+    account: Any = None
+    qos: Any = None
+    job_name: str = "${hydra.job.name}"
+    # Any other sbatch option, e.g. {constraint: a100, exclusive: true}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    # Shell lines run before the job (module load ..., source venv/bin/activate).
+    setup: list[str] = field(default_factory=list)
+    # Seconds between sacct checks (jobs that die outside Python are seen this way).
+    poll_interval: float = 5.0
+
+
 ConfigStore.instance().store(
     group="hydra/launcher", name="torchrun", node=TorchrunLauncherConf, provider="runner"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="torchrun_slurm",
+    node=TorchrunSlurmLauncherConf,
+    provider="runner",
 )
 
 
 class TorchrunLauncher(Launcher):
+    conf = TorchrunLauncherConf
+    name = "torchrun"
+    slurm = False
+
     def __init__(self, **params: Any) -> None:
-        known = {f.name for f in fields(TorchrunLauncherConf)}
+        known = {f.name for f in fields(self.conf)}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(
-                f"hydra.launcher has unknown key(s) {unknown} for hydra/launcher=torchrun; "
+                f"hydra.launcher has unknown key(s) {unknown} for hydra/launcher={self.name}; "
                 f"known keys: {sorted(known - {'_target_'})}"
             )
         self.params = params
@@ -80,7 +114,11 @@ class TorchrunLauncher(Launcher):
     ) -> None:
         from runner.launcher import check_launcher_params, check_sweep_dir
 
-        check_launcher_params(self.params)
+        check_launcher_params(self.params, slurm=self.slurm)
+        if self.slurm:
+            from runner.slurm import check_slurm_client
+
+            check_slurm_client()
         if config.hydra.mode is not None and config.hydra.mode.name == "MULTIRUN":
             check_sweep_dir(str(config.hydra.sweep.dir))
         self.config = config
@@ -93,3 +131,9 @@ class TorchrunLauncher(Launcher):
         from runner.launcher import launch_sweep
 
         return launch_sweep(self, job_overrides, initial_job_idx)
+
+
+class TorchrunSlurmLauncher(TorchrunLauncher):
+    conf = TorchrunSlurmLauncherConf
+    name = "torchrun_slurm"
+    slurm = True

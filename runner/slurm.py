@@ -1,0 +1,433 @@
+"""Slurm mode of the launcher (``hydra/launcher=torchrun_slurm``): every sweep point is
+one Slurm job, submitted with submitit.
+
+The sweep parent composes and resolves each point exactly as in local mode (the same
+:class:`~runner.launcher.SweepScheduler` does the bookkeeping); only "how the job
+runs" changes. :class:`SlurmJob` submits :func:`run_node` as one Slurm task per
+allocated node. On each node, :func:`run_node` starts runner's torchrun agent
+(:class:`~runner.dist.TorchrunJob`, the same entry file and worker as a local run):
+one node alone uses the loopback path of a local run; several nodes meet over
+torchrun's c10d rendezvous at the head node (the first of the allocation) on a port
+the head node picks for this job and shares through the job's folder. Rank 0's
+return value comes back through submitit as the point's result.
+
+Failures are data, not hangs: a node whose ranks fail returns the structured failure
+(rank, exit code, exception, log); a job that dies outside Python (``scancel``, OOM,
+node failure, time limit) is seen through ``sacct`` (the cluster needs accounting,
+as submitit does) and reported with its Slurm state and log paths. Ctrl-C or SIGTERM
+of the sweep cancels every job of the sweep, queued or running.
+
+The parent side imports neither torch nor submitit until a point is submitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.dist import (
+    LaunchConfig,
+    LaunchError,
+    LaunchTimeout,
+    TorchrunJob,
+    job_config_data,
+    write_atomic,
+)
+
+# The launcher keys of Slurm mode that are not torchrun options (see the plugin).
+SLURM_KEYS = (
+    "partition",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "time_min",
+    "account",
+    "qos",
+    "job_name",
+    "additional_parameters",
+    "setup",
+    "poll_interval",
+)
+# Slurm states of a job that may still produce a result.
+UNFINISHED = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING"}
+PORT_WAIT_S = 300.0
+
+
+class SlurmUnavailable(RuntimeError):
+    """No Slurm client here (sbatch/sacct not on PATH)."""
+
+
+def check_slurm_client() -> None:
+    """Fail before anything is submitted if this machine cannot talk to Slurm."""
+    missing = [tool for tool in ("sbatch", "squeue", "sacct", "scancel") if not shutil.which(tool)]
+    if missing:
+        raise SlurmUnavailable(
+            f"hydra/launcher=torchrun_slurm needs Slurm's client tools, but {missing} "
+            "are not on PATH here. Fix: run the sweep on a Slurm login node, or use "
+            "hydra/launcher=torchrun to run on this machine."
+        )
+
+
+def check_slurm_params(params: Mapping[str, Any]) -> list[str]:
+    """Problems with the Slurm keys, each naming the key, the value and the fix."""
+    problems = []
+
+    def bad(key: str, rule: str, fix: str) -> None:
+        problems.append(
+            f"hydra.launcher.{key}={params.get(key)!r} is invalid: {rule}. "
+            f"Fix: hydra.launcher.{fix}"
+        )
+
+    if not str(params.get("nnodes", "1")).isdigit():
+        bad("nnodes", "Slurm allocates a fixed number of nodes", "nnodes=2")
+    for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
+        value = params.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            bad(key, "must be an integer >= 1, or null for the cluster's default", f"{key}=null")
+    time_min = params.get("time_min")
+    if not isinstance(time_min, int) or time_min < 1:
+        bad("time_min", "the job's time limit must be whole minutes >= 1", "time_min=60")
+    if params.get("poll_interval", 5.0) <= 0:
+        bad("poll_interval", "must be > 0 seconds", "poll_interval=5")
+    return problems
+
+
+def sbatch_parameters(settings: Mapping[str, Any], launch: LaunchConfig) -> dict[str, Any]:
+    """submitit's SlurmExecutor parameters for one point: one task per node, each node
+    with ``cpus_per_task`` cores (default: one per rank) for its torchrun agent."""
+    params: dict[str, Any] = {
+        "nodes": launch.max_nodes,
+        "ntasks_per_node": 1,
+        "cpus_per_task": settings.get("cpus_per_task") or launch.nproc_per_node,
+        "time": settings["time_min"],
+        "job_name": settings.get("job_name") or "runner",
+        "additional_parameters": dict(settings.get("additional_parameters") or {}),
+        "setup": list(settings.get("setup") or []),
+    }
+    for key in ("partition", "gpus_per_node", "account", "qos"):
+        if settings.get(key) is not None:
+            params[key] = settings[key]
+    if settings.get("mem_gb") is not None:
+        params["mem"] = f"{settings['mem_gb']}GB"
+    return params
+
+
+# --------------------------------------------------------------------------- on the nodes
+
+
+def _rendezvous_port(port_file: Path, head: bool) -> int:
+    """The head node picks a free port and publishes it in the job's folder (shared by
+    every node, as submitit requires); the other nodes read it."""
+    if head:
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        write_atomic(port_file, str(port).encode())
+        return port
+    deadline = time.monotonic() + PORT_WAIT_S
+    while not port_file.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the head node published no rendezvous port in {port_file}")
+        time.sleep(0.2)
+    return int(port_file.read_text())
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def run_node(payload: dict) -> dict:
+    """One Slurm task (one per node): run this node's torchrun agent for the point.
+
+    Returns what the parent needs as data: ok, whether rank 0 ran here and its value,
+    or the structured failure. Never raises for a failing job."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    launch: LaunchConfig = payload["launch"]
+    if env.num_nodes == 1:
+        launch = dataclasses.replace(launch, nnodes="1", node_rank=0)
+    else:
+        port_file = Path(payload["folder"]) / f"{env.job_id}_rdzv_port"
+        port = _rendezvous_port(port_file, head=env.node == 0)
+        launch = dataclasses.replace(
+            launch,
+            nnodes=str(env.num_nodes),
+            node_rank=env.node,
+            rdzv_backend="c10d",
+            rdzv_endpoint=f"{env.hostnames[0]}:{port}",
+            rdzv_id=f"slurm-{env.job_id}",
+        )
+    job = TorchrunJob(
+        None,
+        payload["task"],
+        launch,
+        payload["job_dir"],
+        console=True,
+        config_data=payload["config"],
+        sys_path=payload["sys_path"],
+    )
+    where = {"node": env.node, "host": socket.gethostname(), "slurm_job_id": env.job_id}
+    # submitit ignores SIGTERM (for its preemption handling); here it must stop the
+    # agent, which stops its workers, before Slurm's SIGKILL.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        job.start()
+        job.wait()
+        where.update(port=job.port, command=job.command)
+        if job.returncode == 0:
+            value = job.result()
+            return {**where, "ok": True, "rank0_here": job.rank0_here, "value": value}
+        error = job.error()
+        return {
+            **where,
+            "ok": False,
+            "error": str(error),
+            "exitcode": error.exitcode,
+            "rank": error.rank,
+            "failures": error.failures,
+        }
+    except LaunchError as error:
+        return {**where, "ok": False, "error": str(error), "exitcode": error.exitcode}
+    finally:
+        job.stop()
+        job.cleanup()
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+class SlurmJob:
+    """One sweep point as one Slurm job; the interface of TorchrunJob (start, poll,
+    result, launch_record, cleanup, and stop_jobs' running/terminate/wait_stopped)."""
+
+    # One sacct call refreshes every job of this process (submitit's shared watcher);
+    # space them out across jobs.
+    _last_refresh = float("-inf")
+
+    def __init__(
+        self,
+        config: DictConfig,
+        task_function: Callable,
+        launch: LaunchConfig,
+        job_dir: str | Path,
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.launch = launch
+        self.job_dir = Path(job_dir)
+        self.settings = dict(settings)
+        self.config_data = job_config_data(config)
+        self.task_function = task_function
+        self.cwd = str(self.config_data["hydra"]["runtime"]["cwd"])
+        self.sys_path = list(dict.fromkeys(os.path.abspath(p) if p else self.cwd for p in sys.path))
+        self.folder = self.job_dir / ".slurm"
+        self.sjob: Any = None
+        self.port: int | None = None
+        self.command: list[str] = []
+        self.state = "NOT SUBMITTED"
+        self.outcomes: list[dict] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.returncode: int | None = None
+        self.timed_out = False
+        self.cancelled = False
+        self.rank0_here = False
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        import submitit
+
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        launch = self.launch
+        if launch.log_dir is None:
+            launch = dataclasses.replace(launch, log_dir=str(self.job_dir / "torchrun"))
+        executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0)
+        executor.update_parameters(**sbatch_parameters(self.settings, launch))
+        payload = {
+            "config": self.config_data,
+            "task": self.task_function,
+            "launch": dataclasses.replace(launch, env={**launch.env, **(extra_env or {})}),
+            "job_dir": str(self.job_dir),
+            "sys_path": self.sys_path,
+            "folder": str(self.folder),
+        }
+        self.started_at = time.time()
+        self.sjob = executor.submit(run_node, payload)
+        self.state = "SUBMITTED"
+
+    @property
+    def job_id(self) -> str | None:
+        return self.sjob.job_id if self.sjob is not None else None
+
+    def _tasks(self) -> list:
+        return [self.sjob.task(k) for k in range(self.sjob.num_tasks)]
+
+    def _refresh_state(self) -> str:
+        """The job's Slurm state, from sacct at most every ``poll_interval`` seconds."""
+        now = time.monotonic()
+        if now - SlurmJob._last_refresh >= float(self.settings.get("poll_interval", 5.0)):
+            SlurmJob._last_refresh = now
+            self.sjob.watcher.update()
+        self.state = self.sjob.watcher.get_state(self.sjob.job_id, mode="cache")
+        return self.state
+
+    def poll(self) -> int | None:
+        """0 or 1 once the job has ended (every node reported, or Slurm says it is
+        over), None while it is queued or running; cancels it past ``timeout``."""
+        if self.returncode is not None:
+            return self.returncode
+        assert self.sjob is not None
+        tasks = self._tasks()
+        if not all(t.paths.result_pickle.exists() for t in tasks):
+            if (
+                self.launch.timeout
+                and not self.timed_out
+                and time.time() - (self.started_at or 0) > self.launch.timeout
+            ):
+                self.timed_out = True
+                self.terminate()
+            if self._refresh_state().upper().split()[0] in UNFINISHED:
+                return None
+        self._collect(tasks)
+        return self.returncode
+
+    def _collect(self, tasks: list) -> None:
+        outcomes = []
+        for k, task in enumerate(tasks):
+            task._results_timeout_s = 2  # the job is over: do not wait for stray files
+            try:
+                outcome = task.result()
+            except Exception as error:  # submitit: UncompletedJobError, FailedJobError
+                outcome = {
+                    "ok": False,
+                    "node": k,
+                    "error": (
+                        f"Slurm job {self.job_id} ended {self.state} without a result "
+                        f"from node {k}: {str(error).splitlines()[0]}"
+                    ),
+                    "exitcode": None,
+                }
+            outcomes.append(outcome)
+        self.outcomes = outcomes
+        ok = bool(outcomes) and all(o.get("ok") for o in outcomes)
+        self.returncode = 0 if ok else 1
+        self.ended_at = time.time()
+        head = next((o for o in outcomes if o.get("rank0_here")), outcomes[0] if outcomes else {})
+        self.rank0_here = bool(head.get("rank0_here"))
+        self.port = head.get("port")
+        self.command = head.get("command") or []
+        if ok and self.state in ("SUBMITTED", "UNKNOWN", "PENDING", "RUNNING"):
+            self.state = "COMPLETED"
+
+    def wait(self) -> int:
+        while (code := self.poll()) is None:
+            time.sleep(0.5)
+        return code
+
+    def result(self) -> Any:
+        assert self.returncode is not None, "result() before the job ended"
+        if self.returncode == 0:
+            head = next((o for o in self.outcomes if o.get("rank0_here")), None)
+            if head is None:
+                raise LaunchError(
+                    f"Slurm job {self.job_id} ended, but no node ran rank 0; logs: "
+                    f"{self.log_paths()[0]}"
+                )
+            return head["value"]
+        raise self.error()
+
+    def error(self) -> LaunchError:
+        failed = [o for o in self.outcomes if not o.get("ok")]
+        first = failed[0] if failed else {}
+        logs = ", ".join(self.log_paths())
+        if self.timed_out:
+            return LaunchTimeout(
+                f"Slurm job {self.job_id} ran past hydra.launcher.timeout="
+                f"{self.launch.timeout:g} s and was cancelled; logs: {logs}",
+                exitcode=first.get("exitcode"),
+            )
+        if self.cancelled:
+            detail = f"was cancelled ({self.state})"
+        else:
+            detail = first.get("error") or f"ended {self.state}"
+        return LaunchError(
+            f"Slurm job {self.job_id} (job dir {self.job_dir}): {detail}; logs: {logs}",
+            exitcode=first.get("exitcode"),
+            rank=first.get("rank"),
+            failures=first.get("failures") or [],
+        )
+
+    def log_paths(self) -> list[str]:
+        if self.sjob is None:
+            return []
+        return [str(p) for t in self._tasks() for p in (t.paths.stdout, t.paths.stderr)]
+
+    def launch_record(self) -> dict:
+        return {
+            "slurm_job_id": self.job_id,
+            "slurm_state": self.state,
+            "slurm_logs": self.log_paths(),
+            "nodes": [o.get("host") for o in self.outcomes],
+            "command": self.command,
+            "cwd": self.cwd,
+            "port": self.port,
+            "nproc_per_node": self.launch.nproc_per_node,
+            "nnodes": self.launch.nnodes,
+            "rank0_here": self.rank0_here,
+            "start_time": self.started_at,
+            "end_time": self.ended_at,
+            "duration_s": round(self.ended_at - self.started_at, 3)
+            if self.ended_at and self.started_at
+            else None,
+            "exit_code": self.returncode,
+            "timed_out": self.timed_out,
+        }
+
+    def cleanup(self) -> None:
+        """Nothing local to remove: entry dirs live, and go, on the nodes."""
+
+    # stop_jobs' interface
+
+    def running(self) -> bool:
+        return self.sjob is not None and self.returncode is None
+
+    def terminate(self) -> None:
+        """scancel: Slurm sends SIGTERM to the node tasks (which stop their agents),
+        then SIGKILL; a queued job just leaves the queue."""
+        self.cancelled = not self.timed_out
+        subprocess.run(["scancel", str(self.job_id)], capture_output=True)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until Slurm no longer lists the job; past ``deadline``, SIGKILL it."""
+        killed = False
+        while True:
+            queue = subprocess.run(
+                ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"],
+                capture_output=True,
+                text=True,
+            )
+            if not queue.stdout.strip():
+                break
+            if time.monotonic() > deadline and not killed:
+                subprocess.run(["scancel", "-s", "KILL", str(self.job_id)], capture_output=True)
+                killed = True
+            time.sleep(0.5)
+        # Gone from the queue: let sacct catch up, but never wait on it for long.
+        SlurmJob._last_refresh = float("-inf")
+        settle = time.monotonic() + 30
+        with contextlib.suppress(Exception):
+            while self.poll() is None and time.monotonic() < settle:
+                time.sleep(0.5)
+        if self.returncode is None:
+            self._collect(self._tasks())

@@ -1,0 +1,197 @@
+"""``hydra/launcher=torchrun_slurm`` against a real Slurm cluster (one node here).
+
+`.ci/run` starts one with the verified recipe (../shared/slurm/slurm_up.sh, with
+accounting, which submitit needs to see jobs that die hard). Elsewhere these tests
+skip, saying how to start one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROBE_APP, REPO, probe_records, read_json, run, wait_until
+
+pytestmark = pytest.mark.slow
+
+HOW_TO_START = (
+    "start a local one: BASE=$(mktemp -d) ../shared/slurm/slurm_up.sh && "
+    "export SLURM_CONF=$BASE/etc/slurm.conf (needs root and apt; .ci/run does this)"
+)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """Skip unless a Slurm cluster with accounting answers here."""
+    if not shutil.which("sinfo"):
+        pytest.skip(f"no Slurm client on PATH; {HOW_TO_START}")
+    for cmd in (["sinfo", "-h", "-o", "%T"], ["sacct", "-n", "-X", "-S", "now"]):
+        probe = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            pytest.skip(f"`{' '.join(cmd)}` failed ({probe.stderr.strip()[:200]}); {HOW_TO_START}")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
+    if not {"idle", "mixed", "allocated"} & set(states.split()):
+        pytest.skip(f"no Slurm node is up (states: {states.split()}); {HOW_TO_START}")
+
+
+def slurm_sweep(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(PROBE_APP),
+        "-m",
+        "hydra/launcher=torchrun_slurm",
+        "hydra.launcher.nproc_per_node=2",
+        "hydra.launcher.poll_interval=1",
+        "hydra.launcher.stop_grace=20",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True
+    ).stdout.split()
+    return out[0] if out else ""
+
+
+def in_queue(job_ids: list[str]) -> list[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True
+    ).stdout.split()
+    return [j for j in job_ids if j in out]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc.name != str(os.getpid()):
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_two_point_two_rank_sweep_returns_every_result(tmp_path, slurm):
+    proc = run(
+        slurm_sweep(tmp_path, "value=1,2", "allreduce=true", "hydra.launcher.cpus_per_task=1")
+    )
+    for num, value in enumerate([1.0, 2.0]):
+        job_dir = tmp_path / str(num)
+        records = probe_records(job_dir)
+        assert sorted(r["rank"] for r in records) == [0, 1]
+        assert {r["world_size"] for r in records} == {2}
+        assert {r["allreduce"] for r in records} == {3.0}
+        assert len({r["config_hash"] for r in records}) == 1
+        launch = read_json(job_dir / "launch.json")
+        assert launch["status"] == "COMPLETED" and launch["slurm_state"] == "COMPLETED"
+        assert launch["slurm_job_id"] and job_state(launch["slurm_job_id"]) == "COMPLETED"
+        assert all(Path(p).is_file() for p in launch["slurm_logs"])
+        assert launch["rank0_here"] is True
+        done = [line for line in (proc.stdout + proc.stderr).splitlines() if f"#{num} done" in line]
+        assert done and f"-> {value}" in done[0]  # rank 0's value reached the sweeper
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[2] for line in summary[1:]] == ["COMPLETED", "COMPLETED"]
+
+
+def test_failing_point_is_reported_and_the_other_completes(tmp_path, slurm):
+    proc = run(
+        slurm_sweep(tmp_path, "fail_rank=-1,1", "hydra.launcher.cpus_per_task=1"), check=False
+    )
+    assert proc.returncode != 0  # Hydra's basic sweeper re-raises the failed point
+    ok, failed = (read_json(tmp_path / str(n) / "launch.json") for n in (0, 1))
+    assert ok["status"] == "COMPLETED"
+    assert failed["status"] == "FAILED"
+    assert "rank 1" in failed["error"] and "probe failure on rank 1" in failed["error"]
+    assert failed["slurm_job_id"] in failed["error"]
+
+
+@pytest.fixture
+def sweep_parent(tmp_path):
+    """Start a Slurm sweep in the background; whatever the test does, its parent and
+    its jobs are gone afterwards."""
+    parents = []
+
+    def start(*overrides: str) -> subprocess.Popen:
+        parent = subprocess.Popen(
+            slurm_sweep(tmp_path, *overrides),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        parents.append(parent)
+        return parent
+
+    yield start
+    for parent in parents:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    for record in tmp_path.glob("*/launch.json"):
+        subprocess.run(["scancel", str(read_json(record)["slurm_job_id"])], capture_output=True)
+
+
+def squeue_states(job_ids: list[str]) -> list[str]:
+    return subprocess.run(
+        ["squeue", "-h", "-o", "%T", "-j", ",".join(job_ids)], capture_output=True, text=True
+    ).stdout.split()
+
+
+def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep_parent):
+    parent = sweep_parent("hang_rank=0", "hydra.launcher.cpus_per_task=1")
+    record = tmp_path / "0" / "launch.json"
+    wait_until(lambda: record.is_file(), 60, "the point to be submitted")
+    job_id = read_json(record)["slurm_job_id"]
+    wait_until(lambda: len(probe_records(tmp_path / "0")) == 2, 120, "both ranks to start")
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
+    out, _ = parent.communicate(timeout=120)
+    assert parent.returncode != 0
+    launch = read_json(record)
+    assert launch["status"] == "FAILED"
+    assert f"Slurm job {job_id}" in launch["error"]
+    assert launch["slurm_state"] not in ("RUNNING", "PENDING", "COMPLETED")
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
+    """Each point takes every core of the node, so one runs and two wait in the queue."""
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    parent = sweep_parent("value=1,2,3", "hang_rank=0", f"hydra.launcher.cpus_per_task={cores}")
+    records = [tmp_path / str(n) / "launch.json" for n in range(3)]
+    wait_until(lambda: all(r.is_file() for r in records), 60, "all three points to be submitted")
+    job_ids = [read_json(r)["slurm_job_id"] for r in records]
+    wait_until(lambda: len(probe_records(tmp_path / "0")) == 2, 120, "point 0's ranks to run")
+    assert sorted(squeue_states(job_ids)) == ["PENDING", "PENDING", "RUNNING"]
+    parent.send_signal(signal.SIGINT)
+    parent.communicate(timeout=120)
+    assert not in_queue(job_ids)
+    wait_until(
+        lambda: all(job_state(j).startswith("CANCELLED") for j in job_ids),
+        30,
+        "sacct to show every job cancelled",
+    )
+    for record in records:
+        assert read_json(record)["status"] == "FAILED"
+    time.sleep(1)
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_bad_slurm_settings_fail_before_submitting(tmp_path, slurm):
+    proc = run(
+        slurm_sweep(tmp_path, "hydra.launcher.time_min=0", "hydra.launcher.nnodes=1:2"),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.time_min=0 is invalid" in proc.stderr
+    assert "hydra.launcher.nnodes='1:2' is invalid" in proc.stderr
+    assert not list(tmp_path.glob("*/.slurm"))
