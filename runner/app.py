@@ -174,9 +174,29 @@ def inside_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def check_not_slurm_single_run() -> None:
+    """Hydra uses launchers for multiruns only: a single run with the Slurm launcher
+    would silently run here instead of on the cluster."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    target = str(hydra_cfg.launcher.get("_target_", ""))
+    if target.endswith("TorchrunSlurmLauncher") and hydra_cfg.mode == RunMode.RUN:
+        raise ConfigError(
+            "hydra/launcher=torchrun_slurm submits multiruns only, and this is a single "
+            "run, which would run on this machine. Fix: add -m to submit it as one Slurm "
+            "job (python -m runner -m hydra/launcher=torchrun_slurm ...)"
+        )
+
+
 def main(cfg: DictConfig) -> float:
     """Hydra task: train ``cfg`` and return the objective (a float for sweepers)."""
     check_config(cfg)
+    if not inside_torchrun():
+        check_not_slurm_single_run()
     if not inside_torchrun() and wanted_world_size(default=cfg.trainer.nproc_per_node) > 1:
         from runner.dist import launch_current_job
 

@@ -61,6 +61,24 @@ CASES = [
         ["-m", "hydra.launcher.max_parallel=1,2"],
         "Sweeping over Hydra's configuration is not supported",
     ),
+    # multi-node and Slurm
+    (
+        ["hydra.launcher.nnodes=2", "trainer.nproc_per_node=1"],
+        "hydra.launcher.rdzv_endpoint='' is invalid: a 2-node job needs a rendezvous address",
+    ),
+    (
+        ["hydra.launcher.nnodes=2", "hydra.launcher.rdzv_endpoint=node001"],
+        "hydra.launcher.rdzv_endpoint='node001' is invalid: must be HOST:PORT",
+    ),
+    (["hydra/launcher=torchrun_slurm"], "hydra/launcher=torchrun_slurm submits multiruns only"),
+    (
+        ["-m", "hydra/launcher=torchrun_slurm", "hydra.launcher.time_min=0"],
+        "hydra.launcher.time_min=0 is invalid",
+    ),
+    (
+        ["-m", "hydra/launcher=torchrun_slurm", "+hydra.launcher.nodes=2"],
+        "unknown key(s) ['nodes'] for hydra/launcher=torchrun_slurm",
+    ),
 ]
 
 

@@ -307,3 +307,71 @@ def test_every_point_gets_its_own_rendezvous_id_and_port():
     assert "exp-1" in command
     single = LaunchConfig(nproc_per_node=2)
     assert single.for_point(5) is single  # single node: its own loopback port instead
+
+
+# ----------------------------------------------------------------- Slurm's node side
+
+NODE_MAIN = """
+import pickle, sys
+from runner.slurm import run_node
+outcome = run_node(pickle.loads(open(sys.argv[1], "rb").read()))
+open(sys.argv[2], "wb").write(pickle.dumps(outcome))
+"""
+
+
+@pytest.mark.parametrize("network", ["loopback", "netns"])
+def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
+    """What a 2-node Slurm job runs on each node (``runner.slurm.run_node``), under the
+    environment Slurm gives each node's task: the head node publishes a free port in
+    the job folder, both agents meet over c10d at the head node, rank 0's value comes
+    back from the node where it ran. (The one-node test cluster cannot allocate two
+    nodes; tests/test_slurm.py covers submission, failures and cancelling.)"""
+    import cloudpickle
+
+    from tests.apps.node_task import world
+
+    if network == "netns":
+        nodes = request.getfixturevalue("two_nodes")
+        nodelist, wrap = "rnode[0-1]", nodes.command
+    else:
+        nodelist, wrap = "localhost,localhost", lambda k, argv: argv
+    payload = {
+        "config": {"tag": "same-everywhere"},
+        "task": world,
+        "launch": LaunchConfig(nproc_per_node=1),
+        "job_dir": str(tmp_path / "job"),
+        "sys_path": [str(REPO), *sys.path],
+        "folder": str(tmp_path),
+    }
+    (tmp_path / "payload.pkl").write_bytes(cloudpickle.dumps(payload))
+    commands = []
+    for k in range(2):
+        env = {
+            "SUBMITIT_EXECUTOR": "slurm",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_NODEID": str(k),
+            "SLURM_JOB_NODELIST": nodelist,
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(k),
+            "SLURM_LOCALID": "0",
+        }
+        argv = ["env", *(f"{key}={value}" for key, value in env.items())]
+        argv += [sys.executable, "-c", NODE_MAIN, str(tmp_path / "payload.pkl")]
+        commands.append(wrap(k, [*argv, str(tmp_path / f"outcome{k}.pkl")]))
+    procs = start_nodes(commands)
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = [cloudpickle.loads((tmp_path / f"outcome{k}.pkl").read_bytes()) for k in range(2)]
+    assert all(o["ok"] for o in outcomes), outcomes
+    assert sorted(o["rank0_here"] for o in outcomes) == [False, True]
+    value = next(o["value"] for o in outcomes if o["rank0_here"])
+    assert value["world_size"] == 2 and value["allreduce"] == 3.0
+    assert value["tag"] == "same-everywhere"
+    port = int((tmp_path / "4242_rdzv_port").read_text())
+    assert {o["port"] for o in outcomes} == {port}
+    head = "rnode0" if network == "netns" else "localhost"
+    assert all(f"{head}:{port}" in o["command"] for o in outcomes)
+    assert all("slurm-4242" in o["command"] for o in outcomes)
+    if network == "netns":
+        assert sorted(value["hosts"]) == ["rnode0", "rnode1"]
