@@ -32,8 +32,18 @@ from pathlib import Path
 
 
 def _parent_gone() -> bool:
+    """The runner parent that launched this job has exited. A cold agent is its child;
+    a warm agent is a child of the warm process, so it asks about the parent's pid."""
     expected = os.environ.get("RUNNER_PARENT_PID")
-    return expected is not None and os.getppid() != int(expected)
+    if expected is None:
+        return False
+    if os.environ.get("RUNNER_WARM_AGENT") != "1":
+        return os.getppid() != int(expected)
+    try:
+        state = Path(f"/proc/{expected}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | None:
@@ -86,8 +96,15 @@ def _log_dir(argv: list[str]) -> Path | None:
 RDZV_BACKEND = "runner-static"
 
 
+_registered = False
+
+
 def _register_rendezvous() -> None:
-    """Make ``--rdzv_backend runner-static`` known to torchrun in this process."""
+    """Make ``--rdzv_backend runner-static`` known to torchrun in this process (once:
+    a warm agent inherits the registration from the warm process)."""
+    global _registered
+    if _registered:
+        return
     import socket
 
     import torch.distributed as dist
@@ -135,6 +152,7 @@ def _register_rendezvous() -> None:
         return FreshStoreRendezvous(addr, port, 0, params.max_nodes, params.run_id, timeout)
 
     handler_registry.register(RDZV_BACKEND, create)
+    _registered = True
 
 
 def _port_of(argv: list[str]) -> int:

@@ -367,8 +367,13 @@ def write_entry(
 # --------------------------------------------------------------------------- command
 
 
-def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -> list[str]:
-    """The agent's command line: torchrun's own options, in torchrun's own spelling."""
+def torchrun_command(
+    launch: LaunchConfig, entry_file: Path, port: int | None, warm: bool = False
+) -> list[str]:
+    """The agent's command line: torchrun's own options, in torchrun's own spelling.
+    ``warm``: the agent is forked from a warm process and forks its workers, which run
+    the entry file in that same interpreter (torchrun's ``--start_method fork
+    --run_path``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -410,6 +415,8 @@ def torchrun_command(launch: LaunchConfig, entry_file: Path, port: int | None) -
             cmd += ["--redirects", launch.redirects]
         if launch.tee:
             cmd += ["--tee", launch.tee]
+    if warm:
+        cmd += ["--start_method", "fork", "--run_path"]
     cmd.append(str(entry_file))
     return cmd
 
@@ -478,9 +485,12 @@ class TorchrunJob:
         console: bool = True,
         config_data: dict | None = None,
         sys_path: list[str] | None = None,
+        warm: Any = None,
     ) -> None:
         """``config`` is resolved here; or pass ``config_data`` resolved elsewhere (a
-        Slurm node runs what its submitter resolved), with that process's ``sys_path``."""
+        Slurm node runs what its submitter resolved), with that process's ``sys_path``.
+        ``warm``: a :class:`runner.warm.WarmServer` to fork the agent from (else the
+        agent is a fresh ``python -m runner.agent``)."""
         self.launch = launch
         self.job_dir = Path(job_dir)
         self.console = console
@@ -488,6 +498,7 @@ class TorchrunJob:
         assert self.config_data is not None
         self.task_function = task_function
         self.sys_path = sys_path
+        self.warm = warm
         self.cwd = (
             str(self.config_data["hydra"]["runtime"]["cwd"])
             if "hydra" in self.config_data
@@ -525,7 +536,9 @@ class TorchrunJob:
                 self.port = int(launch.rdzv_endpoint.rpartition(":")[2])
             else:
                 self.port = launch.master_port
-            self.command = torchrun_command(launch, self.entry_file, self.port)
+            self.command = torchrun_command(
+                launch, self.entry_file, self.port, warm=self.warm is not None
+            )
             env = dict(os.environ)
             env.update(launch.env)
             env.update(extra_env or {})
@@ -541,6 +554,15 @@ class TorchrunJob:
             else:
                 self._log_file = out = open(self.job_dir / "torchrun.log", "ab")
             self.started_at = time.time()
+            if self.warm is not None:
+                self.proc = self.warm.spawn(
+                    self.command[3:],  # after "python -m runner.agent"
+                    env,
+                    self.cwd,
+                    None if self.console else str(self.job_dir / "torchrun.log"),
+                    listen.fileno() if listen is not None else None,
+                )
+                return
             self.proc = subprocess.Popen(
                 self.command,
                 cwd=self.cwd,
@@ -703,6 +725,7 @@ class TorchrunJob:
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
             "agent_pid": self.proc.pid if self.proc else None,
+            "warm": self.warm is not None,
         }
 
     def cleanup(self) -> None:
@@ -751,12 +774,16 @@ def launch(
     job_dir: str | Path,
     *,
     console: bool = True,
+    warm: bool = False,
 ) -> Any:
     """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
-    return value or raise LaunchError. Clean-up happens whatever way this ends."""
+    return value or raise LaunchError. Clean-up happens whatever way this ends.
+    ``warm``: fork the agent and its workers from a warm process (see runner.warm)."""
     remove_stale_entry_dirs()
     job = TorchrunJob(config, task_function, launch_config, job_dir, console=console)
     with sigterm_as_exit():
+        server = start_warm_server(task_function, job.cwd) if warm else None
+        job.warm = server
         try:
             job.start()
             job.wait()
@@ -764,6 +791,29 @@ def launch(
         finally:
             job.stop()
             job.cleanup()
+            if server is not None:
+                server.close()
+
+
+def start_warm_server(task_function: Callable, cwd: str) -> Any:
+    """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
+    when warm start cannot work here: no fork, or the task's module fails to import
+    ahead. Then jobs run cold, as if warm were off."""
+    import logging
+
+    from runner.warm import WarmServer, WarmStartError, warm_available
+
+    reason = warm_available()
+    if reason is None:
+        reference = task_reference(task_function)
+        preload = [reference.partition(":")[0]] if reference else []
+        sys_path = [os.path.abspath(p) if p else cwd for p in sys.path]
+        try:
+            return WarmServer(preload, cwd, list(dict.fromkeys(sys_path)))
+        except WarmStartError as error:
+            reason = str(error).splitlines()[0]
+    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
+    return None
 
 
 def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
@@ -773,7 +823,13 @@ def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
 
     hydra_cfg = HydraConfig.get()
     launch_config = LaunchConfig.from_config(hydra_cfg.launcher)
-    return launch(task_cfg, task_function, launch_config, hydra_cfg.runtime.output_dir)
+    return launch(
+        task_cfg,
+        task_function,
+        launch_config,
+        hydra_cfg.runtime.output_dir,
+        warm=bool(hydra_cfg.launcher.get("warm", False)),
+    )
 
 
 def wanted_world_size(default: int = 1) -> int:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from runner.dist import (
     TorchrunJob,
     remove_stale_entry_dirs,
     sigterm_as_exit,
+    start_warm_server,
     stop_jobs,
     write_atomic,
 )
@@ -48,7 +50,7 @@ from runner.worker import task_config
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace", "resume")
+SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace", "resume", "warm")
 LAUNCH_RECORD = "launch.json"
 RETURN_VALUE = "return_value.pkl"
 
@@ -185,6 +187,24 @@ class SweepScheduler:
         self.started = time.monotonic()
         self.drawn_at = 0.0
         self.maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
+        self.warm = self._warm_server() if self.params.get("warm") and not self.slurm else None
+
+    def _warm_server(self) -> Any:
+        """The sweep's warm process: started for the first batch and kept for the next
+        ones (optimising sweepers launch many); ends with the parent."""
+        server = getattr(self.launcher, "warm_server", None)
+        if server is not None and server.proc.poll() is None:
+            return server
+        if getattr(self.launcher, "warm_unavailable", False):
+            return None
+        cwd = str(self.config.hydra.runtime.cwd)
+        server = start_warm_server(self.launcher.task_function, cwd)
+        self.launcher.warm_server = server
+        self.launcher.warm_unavailable = server is None
+        if server is not None:
+            # Ends with the launcher (Hydra drops it after the sweep), or at exit.
+            weakref.finalize(self.launcher, server.close)
+        return server
 
     def _what_fits(self, nproc: int) -> int:
         """GPUs: as many disjoint slices as exist. CPU: a core per rank, but at least two
@@ -313,7 +333,12 @@ class SweepScheduler:
             )
         else:
             point.job = TorchrunJob(
-                point.config, self.launcher.task_function, launch_config, job_dir, console=False
+                point.config,
+                self.launcher.task_function,
+                launch_config,
+                job_dir,
+                console=False,
+                warm=self.warm,
             )
         point.job.start(extra_env=extra_env)
         self.running.append(point)

@@ -97,6 +97,19 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p))
 
 
+def _agent_alive(launch: dict) -> bool:
+    """Whether a point recorded as running still has its torchrun agent (a Slurm
+    point's job is the cluster's to tell: taken as running)."""
+    pid = launch.get("agent_pid")
+    if not pid:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def collect(sweep_dir: Path) -> list[Row]:
     """The rows of a sweep, read from its job dirs, in job order."""
     rows = []
@@ -113,7 +126,9 @@ def collect(sweep_dir: Path) -> list[Row]:
         for override in _overrides(job_dir):
             key, _, value = override.partition("=")
             params[key.lstrip("+~")] = value
-        if launch.get("status"):
+        if launch.get("status") == "RUNNING" and not _agent_alive(launch):
+            status = "NOT FINISHED"  # its sweep was killed before it could say so
+        elif launch.get("status"):
             status = launch["status"]
         elif (job_dir / "metrics.json").exists():
             status = "COMPLETED"

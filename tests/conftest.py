@@ -97,6 +97,14 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def launch_status(job_dir: Path) -> str | None:
+    """The status in a point's launch.json (RUNNING from its start), or None."""
+    try:
+        return read_json(job_dir / "launch.json")["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def probe_records(job_dir: Path) -> list[dict]:
     return [read_json(p) for p in sorted(job_dir.glob("probe_rank*.json"))]
 

@@ -22,6 +22,7 @@ from tests.conftest import (
     PROBE_APP,
     entry_dirs,
     interrupt_and_expect_nothing_left,
+    launch_status,
     probe_records,
     processes_of,
     read_json,
@@ -210,7 +211,7 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         stderr=subprocess.DEVNULL,
     )
     wait_until(
-        lambda: len(processes_of(parent.pid)) >= 3 and (tmp_path / "0" / "launch.json").exists(),
+        lambda: len(processes_of(parent.pid)) >= 3 and launch_status(tmp_path / "0") == "COMPLETED",
         120,
         "the sweep to get going",
     )

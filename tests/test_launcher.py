@@ -31,14 +31,23 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("torchrun", [])])
+WARM = "hydra.launcher.warm=true"
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides", [("torchrun", []), ("torchrun", [WARM])], ids=["cold", "warm"]
+)
 class TestTorchrunLauncher(LauncherTestSuite):
     pass
 
 
 @pytest.mark.parametrize(
     "launcher_name, overrides",
-    [("torchrun", ["hydra.sweeper.max_batch_size=2", "hydra.launcher.max_parallel=2"])],
+    [
+        ("torchrun", ["hydra.sweeper.max_batch_size=2", "hydra.launcher.max_parallel=2"]),
+        ("torchrun", ["hydra.sweeper.max_batch_size=2", "hydra.launcher.max_parallel=2", WARM]),
+    ],
+    ids=["cold", "warm"],
 )
 class TestTorchrunLauncherBatched(BatchedSweeperTestSuite):
     pass
@@ -46,7 +55,8 @@ class TestTorchrunLauncherBatched(BatchedSweeperTestSuite):
 
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
-    [({}, ["-m", "hydra/launcher=torchrun"])],
+    [({}, ["-m", "hydra/launcher=torchrun"]), ({}, ["-m", "hydra/launcher=torchrun", WARM])],
+    ids=["cold", "warm"],
 )
 class TestTorchrunLauncherIntegration(IntegrationTestSuite):
     pass
@@ -55,10 +65,11 @@ class TestTorchrunLauncherIntegration(IntegrationTestSuite):
 # --------------------------------------------------------------------------- the probe app
 
 
-@pytest.fixture(scope="module")
-def probe_sweep(tmp_path_factory, entry_base):
+@pytest.fixture(scope="module", params=[False, True], ids=["cold", "warm"])
+def probe_sweep(request, tmp_path_factory, entry_base):
     """The probe app, run as a script from another cwd: three 2-rank points at once,
-    with chdir, a custom subdir and env_set; every rank records what it sees."""
+    with chdir, a custom subdir and env_set; every rank records what it sees. Cold,
+    and warm (agents and workers forked from a warm process)."""
     work = tmp_path_factory.mktemp("probe_cwd")
     modules = work / "parent_modules.json"
     proc = run(
@@ -73,6 +84,7 @@ def probe_sweep(tmp_path_factory, entry_base):
             "hydra.job.chdir=true",
             "+hydra.job.env_set.PROBE_ENV=from_env_set",
             "hydra.launcher.max_parallel=3",
+            *([WARM] if request.param else []),
         ],
         cwd=work,
         env={"PROBE_PARENT_MODULES": str(modules)},
@@ -206,7 +218,8 @@ def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_pa
     assert launches[2]["start_time"] >= min(launches[0]["end_time"], launches[1]["end_time"])
 
 
-def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base):
+@pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
+def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base, mode):
     """Like Hydra's basic launcher, the sweep raises the failure after the batch ends."""
     sweep = sweep_probe(
         hydra_sweep_runner,
@@ -214,6 +227,7 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
         "fail_rank=-1,1,-1",
         "sleep=1",
         "hydra.launcher.max_parallel=3",
+        *mode,
     )
     with pytest.raises(LaunchError, match="ValueError: probe failure on rank 1") as err:
         with sweep:
@@ -226,7 +240,8 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
     assert entry_dirs(entry_base) == []
 
 
-def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
+@pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
+def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
     started = time.monotonic()
     sweep = sweep_probe(
         hydra_sweep_runner,
@@ -235,6 +250,7 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path):
         "sleep=0,120,0",
         "hydra.launcher.max_parallel=2",
         "hydra.launcher.fail_fast=true",
+        *mode,
     )
     with pytest.raises(LaunchError, match="probe failure on rank 0"):
         with sweep:
@@ -338,7 +354,8 @@ def test_world_size_is_read_per_point(tmp_path):
     ]
 
 
-def test_optuna_sees_every_distributed_trial(tmp_path):
+@pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
+def test_optuna_sees_every_distributed_trial(tmp_path, mode):
     optuna = pytest.importorskip("optuna")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     runner_cli(
@@ -352,6 +369,7 @@ def test_optuna_sees_every_distributed_trial(tmp_path):
         "trainer.nproc_per_node=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         *FAST,
+        *mode,
     )
     study = optuna.load_study(study_name="runner", storage=storage)
     trials = sorted(study.trials, key=lambda t: t.number)

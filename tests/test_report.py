@@ -16,6 +16,7 @@ from tests.conftest import (
     FAST,
     PROBE_APP,
     interrupt_and_expect_nothing_left,
+    launch_status,
     read_json,
     run,
     runner_cli,
@@ -131,7 +132,7 @@ def test_report_on_an_interrupted_sweep(tmp_path, capsys, entry_base):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until((tmp_path / "0" / "launch.json").exists, 120, "point 0 to complete")
+    wait_until(lambda: launch_status(tmp_path / "0") == "COMPLETED", 120, "point 0 to complete")
     interrupt_and_expect_nothing_left(parent, signal.SIGKILL, entry_base)
     assert main([str(tmp_path), "--no-plots"]) == 0
     statuses = {r.job: r.status for r in collect(tmp_path)}

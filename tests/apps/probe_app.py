@@ -43,6 +43,11 @@ def probe(cfg) -> float:
         "pid": os.getpid(),
         "start": started,
     }
+    if cfg.mark:  # leave a mark in module state (torch's): the next point must not see it
+        import torch
+
+        record["mark_seen"] = getattr(torch, "_probe_mark", None)
+        torch._probe_mark = cfg.value
     if cfg.allreduce:  # join the job's gloo group: every rank adds rank + 1
         import torch
         import torch.distributed as dist

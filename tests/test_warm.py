@@ -1,0 +1,151 @@
+"""Warm start (``hydra.launcher.warm=true``): what only warm mode has to prove. The
+launcher's own tests (tests/test_launcher.py, Hydra's suites included) also run warm."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from runner import warm
+from tests.conftest import (
+    APPS,
+    FAST,
+    PROBE_APP,
+    REPO,
+    entry_dirs,
+    interrupt_and_expect_nothing_left,
+    launch_status,
+    probe_records,
+    processes_of,
+    read_json,
+    run,
+    runner_cli,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+WARM = "hydra.launcher.warm=true"
+
+
+def probe(tmp_path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(
+        [sys.executable, str(PROBE_APP), "-m", WARM, f"hydra.sweep.dir={tmp_path}", *overrides],
+        check=check,
+    )
+
+
+def test_points_are_forked_isolated_and_complete(tmp_path, entry_base):
+    """Each point starts from the pristine warm state: the mark one point leaves in
+    torch's module state is never seen by the next, though all run in one warm process."""
+    proc = probe(
+        tmp_path, "value=1,2,3,4", "mark=true", "allreduce=true", "hydra.launcher.max_parallel=1"
+    )
+    for num in range(4):
+        records = probe_records(tmp_path / str(num))
+        assert sorted(r["rank"] for r in records) == [0, 1]
+        assert {r["allreduce"] for r in records} == {3.0}
+        assert {r["mark_seen"] for r in records} == {None}
+        launch = read_json(tmp_path / str(num) / "launch.json")
+        assert launch["warm"] is True and launch["status"] == "COMPLETED"
+        assert "--start_method" in launch["command"] and "--run_path" in launch["command"]
+    out = proc.stdout + proc.stderr
+    assert "warm start unavailable" not in out
+    assert [f"-> {v}.0" in out for v in (1, 2, 3, 4)] == [True] * 4
+    assert not entry_dirs(entry_base)
+
+
+def test_elastic_restart_and_timeout_work_warm(tmp_path):
+    proc = probe(
+        tmp_path,
+        "fail_once=true,false",
+        "sleep=0,600",
+        "hydra.launcher.max_restarts=1",
+        "hydra.launcher.timeout=20",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert launch_status(tmp_path / "0") == "COMPLETED"  # failed once, restarted, done
+    assert (tmp_path / "0" / "torchrun").glob("*/attempt_1")
+    timed_out = read_json(tmp_path / "1" / "launch.json")
+    assert timed_out["status"] == "FAILED" and timed_out["timed_out"] is True
+    assert "timed out after 20 s" in timed_out["error"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_parent_signal_ends_warm_process_agents_and_workers(tmp_path, entry_base, sig):
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            WARM,
+            "sleep=600",
+            "value=1,2",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # the warm process, two agents, four workers
+    wait_until(lambda: len(processes_of(parent.pid)) >= 7, 120, "both points to run")
+    interrupt_and_expect_nothing_left(parent, sig, entry_base)
+
+
+def test_module_that_cannot_be_imported_ahead_falls_back_to_cold(tmp_path):
+    proc = run(
+        [
+            sys.executable,
+            str(APPS / "guarded_app.py"),
+            "-m",
+            WARM,
+            "value=1,2",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    notices = [line for line in (proc.stdout + proc.stderr).splitlines() if "warm start" in line]
+    assert len(notices) == 1
+    assert "refuses to be imported ahead" in notices[0] and "running cold" in notices[0]
+    for num, value in enumerate([1, 2]):
+        launch = read_json(tmp_path / str(num) / "launch.json")
+        assert launch["status"] == "COMPLETED" and launch["warm"] is False
+        assert f"-> {2.0 * value}" in proc.stdout + proc.stderr
+
+
+def test_single_run_warm_trains_exactly_as_cold(tmp_path):
+    """The same 2-rank training, cold and warm: bit-identical final metrics."""
+    metrics = {}
+    for mode in ("cold", "warm"):
+        run_dir = tmp_path / mode
+        runner_cli(
+            *FAST,
+            "trainer.nproc_per_node=2",
+            f"hydra.launcher.warm={mode == 'warm'}",
+            f"hydra.run.dir={run_dir}",
+        )
+        metrics[mode] = read_json(run_dir / "metrics.json")
+    assert metrics["warm"] == metrics["cold"]
+    assert metrics["warm"]["world_size"] == 2
+
+
+def test_cuda_initialised_in_the_warm_process_is_refused(monkeypatch):
+    """Simulated: a forked child cannot use CUDA the warm process initialised, so the
+    warm process refuses to fork (and the parent falls back or reports it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(warm.os, "fork", lambda: pytest.fail("forked despite CUDA"))
+    with pytest.raises(warm.WarmStartError, match="CUDA was initialised in the warm process"):
+        warm._fork_agent({"argv": [], "env": {}, "cwd": str(REPO), "log": None}, [], None)
+
+
+def test_no_fork_means_cold_with_a_notice(monkeypatch, caplog):
+    from runner.dist import start_warm_server
+
+    monkeypatch.delattr(warm.os, "fork")
+    assert warm.warm_available() is not None
+    assert start_warm_server(lambda cfg: None, str(REPO)) is None
+    assert "has no fork" in caplog.text and "running cold" in caplog.text
