@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -163,6 +164,10 @@ def run(job: dict, entry_dir: Path) -> Any:
     if os.getppid() == 1:
         raise SystemExit("runner worker: the torchrun agent is already gone")
     rank = int(os.environ.get("RANK", "0"))
+    if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        # A worker forked from a warm process inherits torch's thread count from
+        # before this rank's environment existed: apply OMP_NUM_THREADS now.
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
         check_same_config(job["config"])
     config = restore_config(job["config"])

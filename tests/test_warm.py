@@ -3,6 +3,7 @@ launcher's own tests (tests/test_launcher.py, Hydra's suites included) also run 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -149,3 +150,21 @@ def test_no_fork_means_cold_with_a_notice(monkeypatch, caplog):
     assert warm.warm_available() is not None
     assert start_warm_server(lambda cfg: None, str(REPO)) is None
     assert "has no fork" in caplog.text and "running cold" in caplog.text
+
+
+def thread_count(cfg) -> tuple[str, int]:
+    import torch
+
+    return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
+
+
+def test_warm_workers_take_their_own_thread_count(tmp_path):
+    """torch in the warm process sized its thread pool before any point's environment
+    existed; each forked rank must still get the OMP_NUM_THREADS it was given."""
+    from omegaconf import OmegaConf
+
+    from runner.dist import LaunchConfig, launch
+
+    launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})
+    value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
+    assert value == ("1", 1)
