@@ -276,10 +276,22 @@ class SlurmJob:
     def _refresh_state(self) -> str:
         """The job's Slurm state, from sacct at most every ``poll_interval`` seconds."""
         now = time.monotonic()
-        if now - SlurmJob._last_refresh >= float(self.settings.get("poll_interval", 5.0)):
+        refresh = now - SlurmJob._last_refresh >= float(self.settings.get("poll_interval", 5.0))
+        if refresh:
             SlurmJob._last_refresh = now
             self.sjob.watcher.update()
         self.state = self.sjob.watcher.get_state(self.sjob.job_id, mode="cache")
+        if refresh and self.state == "UNKNOWN" and time.time() - (self.started_at or 0) > 10:
+            # sacct does not know the job (a cluster without accounting?): once squeue
+            # no longer lists it either, it is over, whatever it left behind.
+            queue = subprocess.run(
+                ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"],
+                capture_output=True,
+                text=True,
+            )
+            gone = queue.returncode == 0 and not queue.stdout.strip()
+            if gone or "Invalid job id" in queue.stderr:
+                self.state = "ENDED (gone from squeue; sacct has no record)"
         return self.state
 
     def poll(self) -> int | None:
