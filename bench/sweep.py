@@ -1,13 +1,14 @@
 """Sweep throughput: 8 points x 2 ranks of one workload of workloads.py (the trivial
-task, ``allreduce``, or the ~5 s training task, ``train``), runner at max_parallel 1, 2
-and 4 against the peers a user would pick instead, measured in this one run: a shell
-loop of ``torchrun --standalone`` (xargs -P N), hydra-joblib-launcher (n_jobs=N) with
-a task that runs torchrun in a subprocess, and hydra-submitit-launcher's local
-executor with ``tasks_per_node=2`` (it has no parallelism knob: it starts every point
-at once, so it gets one row). Reports seconds per point, the ratio to the best peer
-at equal parallelism, and the ratio to the ideal (points x single-point time /
-parallelism). Targets: no slower than the best peer at equal parallelism; within 10%
-of ideal where the CPU is not the limit."""
+task, ``allreduce``, or the ~5 s training task, ``train``) at max_parallel 1, 2 and 4:
+runner cold and warm (``hydra.launcher.warm=true``) against the peers a user would
+pick instead, measured in this one run: a shell loop of ``torchrun --standalone``
+(xargs -P N), hydra-joblib-launcher (n_jobs=N) with a task that runs torchrun in a
+subprocess, and hydra-submitit-launcher's local executor with ``tasks_per_node=2``
+(it has no parallelism knob: it starts every point at once, so it gets one row).
+Reports seconds per point, the ratio to the best peer at equal parallelism, and the
+ratio to the ideal (points x single-point time / parallelism). Targets: no slower
+than the best peer at equal parallelism; within 10% of ideal where the CPU is not
+the limit."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def commands(parallel: int, out: str, workload: str) -> dict[str, list[str]]:
         f"{BENCH / 'workloads.py'} {workload}"
     )
     return {
-        "runner": [
+        "runner, cold": [
             PY,
             str(BENCH / "runner_app.py"),
             "-m",
@@ -40,6 +41,18 @@ def commands(parallel: int, out: str, workload: str) -> dict[str, list[str]]:
             "hydra.launcher.nproc_per_node=2",
             f"hydra.launcher.max_parallel={parallel}",
             f"hydra.sweep.dir={out}/runner{parallel}",
+        ],
+        "runner, warm": [
+            PY,
+            str(BENCH / "runner_app.py"),
+            "-m",
+            f"+p=range(0,{POINTS})",
+            f"+workload={workload}",
+            "hydra/launcher=torchrun",
+            "hydra.launcher.nproc_per_node=2",
+            f"hydra.launcher.max_parallel={parallel}",
+            "hydra.launcher.warm=true",
+            f"hydra.sweep.dir={out}/warm{parallel}",
         ],
         "shell loop (xargs -P)": [
             "bash",
@@ -98,7 +111,7 @@ def main() -> None:
     medians = {key: statistics.median(s) for key, s in samples.items()}
     rows = []
     for (parallel, name), value in medians.items():
-        peers = [v for (p, n), v in medians.items() if p == parallel and n != "runner"]
+        peers = [v for (p, n), v in medians.items() if p == parallel and not n.startswith("runner")]
         ideal = POINTS * single / min(parallel, POINTS)
         rows.append(
             [
