@@ -20,15 +20,36 @@ PY = sys.executable
 RESULTS = REPO / "BENCHMARKS.md"
 
 
+# Runs that failed and were timed again, by command: reported with the results.
+FAILED_RUNS: list[str] = []
+
+
 def timed(cmd: list[str], *, env: dict | None = None, cwd: Path = REPO) -> float:
-    """Wall seconds of one run of ``cmd``; fails loudly if the command fails."""
+    """Wall seconds of one successful run of ``cmd``. A failed run (a peer's flaky
+    start-up, say) is noted in FAILED_RUNS and run again, twice at most; a third
+    failure stops the benchmark loudly."""
     full_env = dict(os.environ, **(env or {}))
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return elapsed
+    for attempt in range(3):
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if proc.returncode == 0:
+            return elapsed
+        FAILED_RUNS.append(" ".join(cmd)[-120:])
+        print(
+            f"run failed ({proc.returncode}), attempt {attempt + 1}: {cmd}\n{proc.stderr[-1500:]}",
+            file=sys.stderr,
+        )
+    raise SystemExit(f"{cmd} failed 3 times:\n{proc.stderr[-3000:]}")
+
+
+def failed_runs_note() -> str:
+    """A line for the results: runs that failed and were repeated (none: empty)."""
+    if not FAILED_RUNS:
+        return ""
+    return f"\n\n{len(FAILED_RUNS)} run(s) failed and were timed again: " + "; ".join(
+        f"`...{c}`" for c in FAILED_RUNS
+    )
 
 
 def median_of(cmd: list[str], runs: int, **kwargs) -> tuple[float, list[float]]:

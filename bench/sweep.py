@@ -16,7 +16,7 @@ import argparse
 import statistics
 import tempfile
 
-from _common import BENCH, PY, markdown_table, publish, timed
+from _common import BENCH, PY, failed_runs_note, markdown_table, publish, timed
 
 POINTS = 8
 
@@ -141,6 +141,7 @@ def main() -> None:
         f"parallel 2 on (4+ ranks) the CPU is the limit. Medians of {args.runs} runs, "
         "round-robin."
     )
+    body += failed_runs_note()
     publish(
         f"Sweep throughput, {TITLES[args.workload]}",
         body,

@@ -18,7 +18,7 @@ import argparse
 import statistics
 import tempfile
 
-from _common import BENCH, PY, markdown_table, publish, timed
+from _common import BENCH, PY, failed_runs_note, markdown_table, publish, timed
 
 SMALL, LARGE = 1, 5
 SWEEP_POINTS = 20
@@ -136,6 +136,7 @@ def main() -> None:
         f"(T({LARGE}) - T({SMALL})) / {LARGE - SMALL}, one point at a time except submitit "
         "(no parallelism knob: all at once)."
     )
+    body += failed_runs_note()
     publish("Warm start", body, f"python bench/warm.py --runs {args.runs}")
 
 
