@@ -236,7 +236,9 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
     statuses = [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)]
     assert statuses == ["COMPLETED", "FAILED", "COMPLETED"]
     assert read_json(tmp_path / "1" / "launch.json")["exit_code"] == 1
-    assert [len(probe_records(tmp_path / str(n))) for n in range(3)] == [2, 2, 2]
+    assert [len(probe_records(tmp_path / str(n))) for n in (0, 2)] == [2, 2]
+    # The failing rank wrote its record; its partner may have been stopped before.
+    assert 1 in [r["rank"] for r in probe_records(tmp_path / "1")]
     assert entry_dirs(entry_base) == []
 
 

@@ -128,6 +128,7 @@ def test_single_run_warm_trains_exactly_as_cold(tmp_path):
             f"hydra.run.dir={run_dir}",
         )
         metrics[mode] = read_json(run_dir / "metrics.json")
+        metrics[mode].pop("elapsed_s")  # wall time: the one thing allowed to differ
     assert metrics["warm"] == metrics["cold"]
     assert metrics["warm"]["world_size"] == 2
 
@@ -161,10 +162,12 @@ def thread_count(cfg) -> tuple[str, int]:
 def test_warm_workers_take_their_own_thread_count(tmp_path):
     """torch in the warm process sized its thread pool before any point's environment
     existed; each forked rank must still get the OMP_NUM_THREADS it was given."""
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from runner.dist import LaunchConfig, launch
 
+    HydraConfig.instance().cfg = None  # plain Python, whatever earlier tests composed
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})
     value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
     assert value == ("1", 1)
