@@ -30,30 +30,20 @@ def commands(parallel: int, out: str, workload: str) -> dict[str, list[str]]:
         f"{PY} -m torch.distributed.run --standalone --nproc_per_node 2 "
         f"{BENCH / 'workloads.py'} {workload}"
     )
+    runner = [
+        PY,
+        str(BENCH / "runner_app.py"),
+        "-m",
+        f"+p=range(0,{POINTS})",
+        f"+workload={workload}",
+        "hydra/launcher=torchrun",
+        "hydra.launcher.nproc_per_node=2",
+        f"hydra.launcher.max_parallel={parallel}",
+    ]
     return {
-        "runner, cold": [
-            PY,
-            str(BENCH / "runner_app.py"),
-            "-m",
-            f"+p=range(0,{POINTS})",
-            f"+workload={workload}",
-            "hydra/launcher=torchrun",
-            "hydra.launcher.nproc_per_node=2",
-            f"hydra.launcher.max_parallel={parallel}",
-            f"hydra.sweep.dir={out}/runner{parallel}",
-        ],
-        "runner, warm": [
-            PY,
-            str(BENCH / "runner_app.py"),
-            "-m",
-            f"+p=range(0,{POINTS})",
-            f"+workload={workload}",
-            "hydra/launcher=torchrun",
-            "hydra.launcher.nproc_per_node=2",
-            f"hydra.launcher.max_parallel={parallel}",
-            "hydra.launcher.warm=true",
-            f"hydra.sweep.dir={out}/warm{parallel}",
-        ],
+        "runner, cold": runner + [f"hydra.sweep.dir={out}/runner{parallel}"],
+        "runner, warm": runner
+        + ["hydra.launcher.warm=true", f"hydra.sweep.dir={out}/warm{parallel}"],
         "shell loop (xargs -P)": [
             "bash",
             "-c",

@@ -463,6 +463,12 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _PR_SET_PDEATHSIG = 1
 
 
+def run_times(started: float | None, ended: float | None) -> dict[str, float | None]:
+    """The start, end and duration fields of a job's ``launch.json``."""
+    duration = round(ended - started, 3) if started and ended else None
+    return {"start_time": started, "end_time": ended, "duration_s": duration}
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask Linux to send ``sig`` to this process when its parent exits (no-op elsewhere)."""
     if _libc is not None:
@@ -717,11 +723,7 @@ class TorchrunJob:
                     "rank0_here": self.rank0_here,
                 }
             ),
-            "start_time": self.started_at,
-            "end_time": self.ended_at,
-            "duration_s": round(self.ended_at - self.started_at, 3)
-            if self.ended_at and self.started_at
-            else None,
+            **run_times(self.started_at, self.ended_at),
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
             "agent_pid": self.proc.pid if self.proc else None,

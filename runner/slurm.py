@@ -43,6 +43,7 @@ from runner.dist import (
     LaunchTimeout,
     TorchrunJob,
     job_config_data,
+    run_times,
     write_atomic,
 )
 
@@ -105,10 +106,11 @@ def check_slurm_params(params: Mapping[str, Any]) -> list[str]:
 
 
 def sbatch_parameters(settings: Mapping[str, Any], launch: LaunchConfig) -> dict[str, Any]:
-    """submitit's SlurmExecutor parameters for one point: one task per node, each node
+    """submitit's SlurmExecutor parameters for one point: ``nnodes`` nodes (from the
+    launcher keys: ``launch`` is each node's one-node view), one task per node, each
     with ``cpus_per_task`` cores (default: one per rank) for its torchrun agent."""
     params: dict[str, Any] = {
-        "nodes": launch.max_nodes,
+        "nodes": int(settings.get("nnodes", 1)),
         "ntasks_per_node": 1,
         "cpus_per_task": settings.get("cpus_per_task") or launch.nproc_per_node,
         "time": settings["time_min"],
@@ -395,13 +397,9 @@ class SlurmJob:
             "cwd": self.cwd,
             "port": self.port,
             "nproc_per_node": self.launch.nproc_per_node,
-            "nnodes": self.launch.nnodes,
+            "nnodes": str(self.settings.get("nnodes", 1)),
             "rank0_here": self.rank0_here,
-            "start_time": self.started_at,
-            "end_time": self.ended_at,
-            "duration_s": round(self.ended_at - self.started_at, 3)
-            if self.ended_at and self.started_at
-            else None,
+            **run_times(self.started_at, self.ended_at),
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
         }

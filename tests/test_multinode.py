@@ -375,3 +375,13 @@ def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
     assert all("slurm-4242" in o["command"] for o in outcomes)
     if network == "netns":
         assert sorted(value["hosts"]) == ["rnode0", "rnode1"]
+
+
+def test_slurm_job_asks_for_the_launchers_node_count():
+    """Each node's agent sees a one-node launch; the allocation must still be nnodes."""
+    from runner.slurm import sbatch_parameters
+
+    settings = {"nnodes": 2, "time_min": 30, "cpus_per_task": None, "partition": "gpu"}
+    params = sbatch_parameters(settings, LaunchConfig(nproc_per_node=4))
+    assert params["nodes"] == 2 and params["ntasks_per_node"] == 1
+    assert params["cpus_per_task"] == 4 and params["partition"] == "gpu"

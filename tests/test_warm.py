@@ -70,7 +70,7 @@ def test_elastic_restart_and_timeout_work_warm(tmp_path):
     )
     assert proc.returncode != 0
     assert launch_status(tmp_path / "0") == "COMPLETED"  # failed once, restarted, done
-    assert (tmp_path / "0" / "torchrun").glob("*/attempt_1")
+    assert list((tmp_path / "0" / "torchrun").glob("*/attempt_1"))
     timed_out = read_json(tmp_path / "1" / "launch.json")
     assert timed_out["status"] == "FAILED" and timed_out["timed_out"] is True
     assert "timed out after 20 s" in timed_out["error"]
