@@ -119,6 +119,52 @@ def test_timeout_stops_the_job(tmp_path, entry_base):
     assert entry_dirs(entry_base) == []
 
 
+def leave_work_for_exit(cfg):
+    """What a task may leave for the end of its process: an atexit handler, a running
+    non-daemon thread, unflushed output, and an object only interpreter teardown
+    would finalize."""
+    import atexit
+    import os
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    rank = os.environ["RANK"]
+    out = Path(cfg.out)
+    atexit.register(lambda: (out / f"atexit{rank}").write_text("ran"))
+
+    def late():
+        time.sleep(0.5)
+        (out / f"thread{rank}").write_text("ran")
+
+    threading.Thread(target=late).start()
+    sys.stdout.write(f"unflushed {rank}")
+
+    class TornDown:
+        def __del__(self):
+            (out / f"teardown{rank}").write_text("ran")
+
+    sys.modules["__main__"].torn_down = TornDown()
+    return "returned"
+
+
+@pytest.mark.slow
+def test_successful_rank_ends_like_python_without_the_teardown(tmp_path, entry_base):
+    """A finished rank joins the task's threads, runs its atexit handlers and flushes
+    its output, then skips interpreter teardown (where torch can abort a rank that
+    succeeded)."""
+    HydraConfig.instance().cfg = None
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = OmegaConf.create({"out": str(out)})
+    assert launch(cfg, leave_work_for_exit, two_ranks(), tmp_path, console=False) == "returned"
+    assert sorted(p.name for p in out.iterdir()) == ["atexit0", "atexit1", "thread0", "thread1"]
+    stdout = {p.parent.name: p.read_text() for p in tmp_path.glob("torchrun/*/*/*/stdout.log")}
+    assert stdout == {"0": "unflushed 0", "1": "unflushed 1"}
+    assert entry_dirs(entry_base) == []
+
+
 def double_world_size(cfg):
     import os
 
