@@ -211,6 +211,13 @@ def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_pa
             for ret in sweep.returns[0]
         ]
         launches = [read_json(Path(r.working_dir) / "launch.json") for r in sweep.returns[0]]
+        # The third point was composed while the first two ran: its .hydra/ and its
+        # ranks still see its own job, not the point composed or started before it.
+        for num, ret in enumerate(sweep.returns[0]):
+            saved = OmegaConf.load(Path(ret.working_dir) / ".hydra" / "hydra.yaml").hydra
+            assert saved.job.num == num and saved.runtime.output_dir == ret.working_dir
+            assert list(saved.overrides.task) == [f"value={num + 1}", "sleep=1"]
+            assert {r["job_num"] for r in probe_records(Path(ret.working_dir))} == {num}
     assert all(len(s) == 1 for s in slices)
     first, second, third = (s.pop() for s in slices)
     assert {first, second} == {"0,1", "2,3"}  # two fit at once, disjoint
