@@ -507,7 +507,7 @@ class SweepScheduler:
                     if stopping:
                         pending.clear()
                     self._status_line()
-                    time.sleep(0.05)
+                    time.sleep(0.02)
             finally:
                 if self.live:
                     sys.stderr.write("\r\x1b[K")
