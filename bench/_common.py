@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,23 +25,40 @@ RESULTS = REPO / "BENCHMARKS.md"
 FAILED_RUNS: list[str] = []
 
 
-def timed(cmd: list[str], *, env: dict | None = None, cwd: Path = REPO) -> float:
+def timed(
+    cmd: list[str], *, env: dict | None = None, cwd: Path = REPO, limit: float = 300.0
+) -> float:
     """Wall seconds of one successful run of ``cmd``. A failed run (a peer's flaky
-    start-up, say) is noted in FAILED_RUNS and run again, twice at most; a third
-    failure stops the benchmark loudly."""
+    start-up, say) or one still running after ``limit`` seconds (a peer's rank that
+    never joined its group: the process group is killed) is noted in FAILED_RUNS and
+    run again, twice at most; a third failure stops the benchmark loudly."""
     full_env = dict(os.environ, **(env or {}))
     for attempt in range(3):
         started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+            stderr = f"(killed after {limit:.0f} s)\n{stderr}"
         elapsed = time.perf_counter() - started
         if proc.returncode == 0:
             return elapsed
         FAILED_RUNS.append(" ".join(cmd)[-120:])
         print(
-            f"run failed ({proc.returncode}), attempt {attempt + 1}: {cmd}\n{proc.stderr[-1500:]}",
+            f"run failed ({proc.returncode}), attempt {attempt + 1}: {cmd}\n{stderr[-1500:]}",
             file=sys.stderr,
         )
-    raise SystemExit(f"{cmd} failed 3 times:\n{proc.stderr[-3000:]}")
+    raise SystemExit(f"{cmd} failed 3 times:\n{stderr[-3000:]}")
 
 
 def failed_runs_note() -> str:
