@@ -15,6 +15,12 @@ rendezvous backend:
   rendezvous hands restarted workers the store of the failed attempt, still holding
   its gloo addresses, and the new group then hangs or fails to connect
   (``max_restarts`` would not work); torch's own comment assumes a new store per retry.
+* Prompt ends: torchrun's agent looks at its workers every ``monitor_interval`` and
+  its log tailers (``tee``) poll every 0.1 s, so a job that is done is seen up to
+  ~0.1 s late and closing the tailers waits up to 0.1 s each: together ~0.2 s a job,
+  most of a warm point. Here the agent still looks every ``monitor_interval``, but
+  wakes at once when a worker ends or hands back its value, and the tailers stop at
+  once (after copying what is left).
 * ``RUNNER_PARENT_PID`` / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
   SIGTERM this agent when the parent dies (torchrun then stops its workers); if the
   parent is gone when the agent ends, the agent removes the job's entry dir itself.
@@ -27,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -96,15 +103,22 @@ def _log_dir(argv: list[str]) -> Path | None:
 RDZV_BACKEND = "runner-static"
 
 
-_registered = False
+_installed = False
+
+
+def install() -> None:
+    """Make ``--rdzv_backend runner-static`` known to torchrun in this process, and its
+    agent and log tailers prompt (once: a warm agent inherits this from the warm
+    process)."""
+    global _installed
+    if _installed:
+        return
+    _register_rendezvous()
+    _make_prompt()
+    _installed = True
 
 
 def _register_rendezvous() -> None:
-    """Make ``--rdzv_backend runner-static`` known to torchrun in this process (once:
-    a warm agent inherits the registration from the warm process)."""
-    global _registered
-    if _registered:
-        return
     import socket
 
     import torch.distributed as dist
@@ -152,7 +166,102 @@ def _register_rendezvous() -> None:
         return FreshStoreRendezvous(addr, port, 0, params.max_nodes, params.run_id, timeout)
 
     handler_registry.register(RDZV_BACKEND, create)
-    _registered = True
+
+
+def _wait_for_news(pcontext, timeout: float) -> None:
+    """Sleep up to ``timeout``, waking as soon as one of the workers has news: a worker
+    started by multiprocessing (warm start) hands back its value through a queue and
+    then waits for the agent; a subprocess worker (cold start) just ends."""
+    import multiprocessing.connection
+
+    from torch.distributed.elastic.multiprocessing.api import (
+        MultiprocessContext,
+        SubprocessContext,
+    )
+
+    ready: list = []
+    pidfds: list[int] = []
+    try:
+        if isinstance(pcontext, MultiprocessContext) and pcontext._pc is not None:
+            ready += [
+                queue._reader
+                for rank, queue in pcontext._ret_vals.items()
+                if rank not in pcontext._return_values
+            ]
+            ready += [p.sentinel for p in pcontext._pc.processes if p.exitcode is None]
+        elif isinstance(pcontext, SubprocessContext) and hasattr(os, "pidfd_open"):
+            for handler in pcontext.subprocess_handlers.values():
+                if handler.proc.poll() is None:  # an ended one stays ready: leave it out
+                    pidfds.append(os.pidfd_open(handler.proc.pid))
+        multiprocessing.connection.wait(ready + pidfds, timeout)
+    except OSError:  # no pidfd here (Linux < 5.3): torchrun's own sleep
+        time.sleep(timeout)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+def _make_prompt() -> None:
+    import torch.distributed.elastic.multiprocessing.api as processes
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing.tail_log import TailLog
+
+    class PromptAgent(LocalElasticAgent):
+        """torchrun's agent, waking at once when a worker has news (see above)."""
+
+        def __init__(self, spec, *args, **kwargs) -> None:
+            # torchrun sleeps spec.monitor_interval before each look; the wait for
+            # news takes that time instead, so the looks stay as far apart.
+            self._look_every = spec.monitor_interval
+            spec.monitor_interval = 1e-4
+            super().__init__(spec, *args, **kwargs)
+
+        def _monitor_workers(self, worker_group):
+            _wait_for_news(self._pcontext, self._look_every)
+            return super()._monitor_workers(worker_group)
+
+    def tail(header, path, dst, finished, interval_sec, log_line_filter=None) -> None:
+        """torchrun's tail of a rank's log file, sleeping on its ``finished`` event."""
+        while not os.path.exists(path):
+            if finished.wait(interval_sec) and not os.path.exists(path):
+                return
+        with open(path, errors="replace") as file:
+            while True:
+                line = file.readline()
+                if line:
+                    if log_line_filter is None or log_line_filter(line):
+                        dst.write(f"{header}{line}")
+                elif finished.is_set():
+                    break
+                else:
+                    finished.wait(interval_sec)
+
+    class PromptTailLog(TailLog):
+        """torchrun's log tailer (``tee``) that stops as soon as it is told to."""
+
+        def start(self) -> TailLog:
+            if not self._threadpool or not self._dst:
+                return self
+            for local_rank, path in self._log_files.items():
+                header = f"[{self._name}{local_rank}]:"
+                if self._log_line_prefixes and local_rank in self._log_line_prefixes:
+                    header = self._log_line_prefixes[local_rank]
+                self._futs.append(
+                    self._threadpool.submit(
+                        tail,
+                        header,
+                        path,
+                        self._dst,
+                        self._finished_events[local_rank],
+                        self._interval_sec,
+                        self._log_line_filter,
+                    )
+                )
+            return self
+
+    launcher.LocalElasticAgent = PromptAgent
+    processes.TailLog = PromptTailLog
 
 
 def _port_of(argv: list[str]) -> int:
@@ -181,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.run import main as torchrun_main
 
-        _register_rendezvous()
+        install()
         if listen_fd is not None:
             port = _port_of(argv)
             # multi_tenant: torchrun's own TCPStore on this port reuses this server.

@@ -492,9 +492,11 @@ class SweepScheduler:
                         # Compose the next point while the running ones work, so it
                         # starts the moment a slot frees (composing takes ~0.25 s).
                         self._compose_ahead(pending[0])
+                    ended = False
                     for point in list(self.running):
                         assert point.job is not None
                         if point in self.running and point.job.poll() is not None:
+                            ended = True
                             self._finish(point)
                             if (
                                 self.fail_fast
@@ -507,7 +509,8 @@ class SweepScheduler:
                     if stopping:
                         pending.clear()
                     self._status_line()
-                    time.sleep(0.02)
+                    if not ended:  # else a slot is free now: start the next point at once
+                        self._wait_for_news(0.02)
             finally:
                 if self.live:
                     sys.stderr.write("\r\x1b[K")
@@ -519,6 +522,18 @@ class SweepScheduler:
             if point.result is None:
                 point.result = self._cancelled(point, "was not started: fail_fast")
         return [point.result for point in self.points if point.result is not None]
+
+    def _wait_for_news(self, timeout: float) -> None:
+        """Sleep up to ``timeout``; a warm process's report of an ended agent ends it."""
+        from runner.warm import WarmStartError
+
+        try:
+            if self.warm is not None:
+                self.warm.wait_for_news(timeout)
+                return
+        except WarmStartError:
+            pass  # it ended: its points' polls report them killed
+        time.sleep(timeout)
 
     def _stop_running(self, reason: str | None) -> None:
         points = list(self.running)

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import NoReturn
 
 from runner.dist import die_with_parent
 
@@ -225,9 +226,9 @@ def _preload(modules: list[str]) -> list[str]:
     ]
     for name in [*base, *modules]:
         importlib.import_module(name)
-    from runner.agent import _register_rendezvous
+    from runner.agent import install
 
-    _register_rendezvous()
+    install()
     return [*base, *modules]
 
 
@@ -312,6 +313,9 @@ def serve(control: socket.socket, preload: list[str]) -> int:
     """The warm process: import once, then fork an agent per request until the
     parent goes away; report every agent's exit code."""
     children: set[int] = set()
+    # A pidfd per agent wakes the loop the moment one ends (Linux >= 5.3); else it
+    # looks every 20 ms.
+    pidfds: dict[int, int] = {}
 
     def send(message: dict) -> None:
         control.sendall((json.dumps(message) + "\n").encode())
@@ -331,8 +335,9 @@ def serve(control: socket.socket, preload: list[str]) -> int:
         send({"ready": True, "imported": imported})
         buffer = b""
         while True:
-            readable, _, _ = select.select([control], [], [], 0.02)
-            if readable:
+            timeout = 0.02 if len(pidfds) < len(children) else 0.5
+            readable, _, _ = select.select([control, *pidfds.values()], [], [], timeout)
+            if control in readable:
                 try:
                     requests, buffer = _receive(control, buffer)
                 except (EOFError, ConnectionResetError):
@@ -341,6 +346,8 @@ def serve(control: socket.socket, preload: list[str]) -> int:
                     try:
                         pid = _fork_agent(request, fds, control)
                         children.add(pid)
+                        with contextlib.suppress(AttributeError, OSError):
+                            pidfds[pid] = os.pidfd_open(pid)
                         send({"pid": pid})
                     except Exception as error:
                         send({"error": f"{type(error).__name__}: {error}"})
@@ -355,16 +362,30 @@ def serve(control: socket.socket, preload: list[str]) -> int:
                 if not pid:
                     break
                 children.discard(pid)
+                if pid in pidfds:
+                    os.close(pidfds.pop(pid))
                 send({"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
     finally:
+        for fd in pidfds.values():
+            os.close(fd)
         _stop_all(children)
 
 
-def main() -> int:
+def main() -> NoReturn:
     die_with_parent(signal.SIGTERM)
     control = socket.socket(fileno=int(os.environ.pop(WARM_FD_ENV)))
-    return serve(control, json.loads(sys.argv[1]))
+    try:
+        code = serve(control, json.loads(sys.argv[1]))
+    except SystemExit as exit_:  # SIGTERM
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    # Its agents are stopped and it ran no task: skip the interpreter's teardown of
+    # torch, which takes ~0.5 s the sweep would wait for (and can abort, see
+    # runner.worker.exit_now).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -165,6 +165,32 @@ def test_successful_rank_ends_like_python_without_the_teardown(tmp_path, entry_b
     assert entry_dirs(entry_base) == []
 
 
+def test_tee_tailer_stops_at_once_and_copies_everything(tmp_path):
+    """torchrun's tailer of a rank's log (``tee``) sleeps its interval between reads,
+    and stopping it waits that sleep out; runner's agent uses one that wakes when told
+    to stop and still copies the lines written last."""
+    import io
+    import threading
+
+    import torch.distributed.elastic.multiprocessing.api as processes
+
+    from runner.agent import install
+
+    install()
+    log = tmp_path / "stdout.log"
+    log.write_text("first\n")
+    out = io.StringIO()
+    tail = processes.TailLog("rank", {0: str(log)}, out, interval_sec=600).start()
+    wait_until(lambda: "first" in out.getvalue(), 30, "the first line")
+    with log.open("a") as file:
+        file.write("last\n")
+    stopping = threading.Thread(target=tail.stop, daemon=True)
+    stopping.start()
+    stopping.join(timeout=60)  # far under the interval
+    assert not stopping.is_alive()
+    assert out.getvalue() == "[rank0]:first\n[rank0]:last\n"
+
+
 def double_world_size(cfg):
     import os
 

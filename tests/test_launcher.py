@@ -269,6 +269,35 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
     assert not (tmp_path / "2").exists()
 
 
+@pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
+def test_agents_see_ended_ranks_at_once_not_at_their_next_look(tmp_path, mode):
+    """torchrun's agent sleeps ``monitor_interval`` before each look at its workers
+    (and its tee tailers stop only after their next 0.1 s poll). runner's agent wakes
+    as soon as a rank hands back its value, ends or fails: with looks ten minutes
+    apart, a point that succeeds and a point whose rank 0 fails both end with their
+    ranks, and the tee'd copy of rank 0's output is whole."""
+    proc = run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            f"hydra.sweep.dir={tmp_path}",
+            "fail_rank=-1,0",
+            "hydra.launcher.monitor_interval=600",
+            "hydra.launcher.max_parallel=2",
+            *mode,
+        ],
+        check=False,
+        timeout=150,  # far under one look
+    )
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    launches = [read_json(tmp_path / str(n) / "launch.json") for n in (0, 1)]
+    assert [launch["status"] for launch in launches] == ["COMPLETED", "FAILED"]
+    assert all(launch["duration_s"] < 600 for launch in launches)
+    tee = (tmp_path / "1" / "torchrun.log").read_text()
+    assert "ValueError: probe failure on rank 0" in tee
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
