@@ -6,8 +6,9 @@ one point at a time, for the trivial task (``allreduce``: gloo init + one all_re
 warm (``hydra.launcher.warm=true``) and cold, and the peers measured in this same run:
 a shell loop of ``torchrun --standalone``, hydra-joblib-launcher (n_jobs=1, a task
 that runs torchrun) and hydra-submitit-launcher's local executor (tasks_per_node=2;
-it starts every point at once). Then a 20-point sweep of the trivial task, warm
-against cold, at runner's default parallelism.
+it starts every point at once, so runner warm is also timed with every point at once,
+``max_parallel=5``, for a comparison at equal concurrency). Then a 20-point sweep of
+the trivial task, warm against cold, at runner's default parallelism.
 
 Targets: warm <= 0.5 s marginal on the trivial task, >= 10x faster per point than
 every peer, and the 20-point sweep in under a third of the cold time."""
@@ -23,7 +24,9 @@ from _common import BENCH, PY, failed_runs_note, markdown_table, publish, timed
 SMALL, LARGE = 1, 5
 SWEEP_POINTS = 20
 WARM = "runner, warm"
+WARM_ALL = "runner, warm, all at once"
 COLD = "runner, cold"
+ALL_AT_ONCE = "hydra-submitit-launcher (local)"
 
 
 def contenders(workload: str, points: int, out: str) -> dict[str, list[str]]:
@@ -33,10 +36,14 @@ def contenders(workload: str, points: int, out: str) -> dict[str, list[str]]:
         f"{BENCH / 'workloads.py'} {workload}"
     )
     runner = [PY, str(BENCH / "runner_app.py"), "-m", *sweep, "hydra/launcher=torchrun"]
-    runner += ["hydra.launcher.nproc_per_node=2", "hydra.launcher.max_parallel=1"]
+    runner += ["hydra.launcher.nproc_per_node=2"]
+    warm = ["hydra.launcher.warm=true"]
     return {
-        WARM: runner + ["hydra.launcher.warm=true", f"hydra.sweep.dir={out}/warm"],
-        COLD: runner + [f"hydra.sweep.dir={out}/cold"],
+        WARM: runner + warm + ["hydra.launcher.max_parallel=1", f"hydra.sweep.dir={out}/warm"],
+        WARM_ALL: runner
+        + warm
+        + [f"hydra.launcher.max_parallel={points}", f"hydra.sweep.dir={out}/warm_all"],
+        COLD: runner + ["hydra.launcher.max_parallel=1", f"hydra.sweep.dir={out}/cold"],
         "shell loop (torchrun)": [
             "bash",
             "-c",
@@ -51,7 +58,7 @@ def contenders(workload: str, points: int, out: str) -> dict[str, list[str]]:
             "hydra.launcher.n_jobs=1",
             f"hydra.sweep.dir={out}/joblib",
         ],
-        "hydra-submitit-launcher (local)": [
+        ALL_AT_ONCE: [
             PY,
             str(BENCH / "submitit_app.py"),
             "-m",
@@ -80,6 +87,7 @@ def marginal_rows(workload: str, runs: int, out: str) -> tuple[list[list[str]], 
             f"{med[(name, LARGE)]:.2f}",
             f"{marginal[name]:.2f}",
             f"{marginal[name] / marginal[WARM]:.1f}x",
+            f"{marginal[name] / marginal[WARM_ALL]:.1f}x",
         ]
         for name in small
     ]
@@ -95,11 +103,16 @@ def main() -> None:
     for workload in ("allreduce", "train"):
         workload_rows, marginal = marginal_rows(workload, args.runs, out)
         rows += workload_rows
-        peers = {k: v for k, v in marginal.items() if k not in (WARM, COLD)}
+        peers = {k: v for k, v in marginal.items() if k not in (WARM, WARM_ALL, COLD)}
+        one_at_a_time = {k: v for k, v in peers.items() if k != ALL_AT_ONCE}
         verdicts.append(
-            f"{workload}: warm {marginal[WARM]:.2f} s per point; cold runner "
-            f"{marginal[COLD] / marginal[WARM]:.1f}x that; fastest peer "
-            f"({min(peers, key=peers.get)}) {min(peers.values()) / marginal[WARM]:.1f}x."
+            f"{workload}: warm {marginal[WARM]:.2f} s per point one at a time; cold runner "
+            f"{marginal[COLD] / marginal[WARM]:.1f}x that; fastest peer one at a time "
+            f"({min(one_at_a_time, key=one_at_a_time.get)}) "
+            f"{min(one_at_a_time.values()) / marginal[WARM]:.1f}x. All points at once: "
+            f"warm {marginal[WARM_ALL]:.2f} s per point, {ALL_AT_ONCE} "
+            f"{marginal[ALL_AT_ONCE] / marginal[WARM_ALL]:.1f}x that "
+            f"({marginal[ALL_AT_ONCE] / marginal[WARM]:.1f}x warm one at a time)."
         )
     sweep = [
         PY,
@@ -124,6 +137,7 @@ def main() -> None:
             f"{LARGE}-point sweep s",
             "marginal s / point",
             "per point vs warm",
+            "vs warm, all at once",
         ],
         rows,
     )
@@ -133,8 +147,9 @@ def main() -> None:
         f"max_parallel): warm {warm20:.1f} s, cold {cold20:.1f} s: warm takes "
         f"{warm20 / cold20:.2f} of the cold time."
         f"\n\nMedians of {args.runs} runs, round-robin; marginal = "
-        f"(T({LARGE}) - T({SMALL})) / {LARGE - SMALL}, one point at a time except submitit "
-        "(no parallelism knob: all at once)."
+        f"(T({LARGE}) - T({SMALL})) / {LARGE - SMALL}, one point at a time, except "
+        f"'{WARM_ALL}' (max_parallel={LARGE}) and submitit's local executor (no "
+        "parallelism knob: it starts every point at once)."
     )
     body += failed_runs_note()
     publish("Warm start", body, f"python bench/warm.py --runs {args.runs}")
