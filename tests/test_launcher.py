@@ -288,12 +288,11 @@ def test_agents_see_ended_ranks_at_once_not_at_their_next_look(tmp_path, mode):
             *mode,
         ],
         check=False,
-        timeout=150,  # far under one look
+        timeout=150,  # far under one look: stock torchrun's agent would still be asleep
     )
     assert proc.returncode != 0, proc.stderr[-3000:]
     launches = [read_json(tmp_path / str(n) / "launch.json") for n in (0, 1)]
     assert [launch["status"] for launch in launches] == ["COMPLETED", "FAILED"]
-    assert all(launch["duration_s"] < 600 for launch in launches)
     tee = (tmp_path / "1" / "torchrun.log").read_text()
     assert "ValueError: probe failure on rank 0" in tee
 
