@@ -63,6 +63,10 @@ SLURM_KEYS = (
 )
 # Slurm states of a job that may still produce a result.
 UNFINISHED = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING"}
+# Every node has returned its result: how long to wait for Slurm to finish the job too
+# (the batch script's end, epilogs, the record reaching sacct), and how often to look.
+RELEASE_WAIT_S = 120.0
+RELEASE_LOOK_S = 0.25
 PORT_WAIT_S = 300.0
 
 
@@ -241,6 +245,8 @@ class SlurmJob:
         self.state = "NOT SUBMITTED"
         self.outcomes: list[dict] = []
         self.started_at: float | None = None
+        self.results_at: float | None = None
+        self.last_look = float("-inf")
         self.ended_at: float | None = None
         self.returncode: int | None = None
         self.timed_out = False
@@ -303,7 +309,10 @@ class SlurmJob:
             return self.returncode
         assert self.sjob is not None
         tasks = self._tasks()
-        if not all(t.paths.result_pickle.exists() for t in tasks):
+        if all(t.paths.result_pickle.exists() for t in tasks):
+            if not self._released():
+                return None
+        else:
             if (
                 self.launch.timeout
                 and not self.timed_out
@@ -315,6 +324,32 @@ class SlurmJob:
                 return None
         self._collect(tasks)
         return self.returncode
+
+    def _released(self) -> bool:
+        """Whether Slurm has finished the job whose nodes have all returned: it has left
+        the queue and sacct has its final state. Until then the job still holds its
+        allocation and sacct says RUNNING. Looks every RELEASE_LOOK_S, waits at most
+        RELEASE_WAIT_S (then the state stays what Slurm last said)."""
+        now = time.monotonic()
+        if self.results_at is None:
+            self.results_at = now
+        if now - self.results_at > RELEASE_WAIT_S:
+            return True
+        if now - self.last_look < RELEASE_LOOK_S:
+            return False
+        self.last_look = now
+        queue = subprocess.run(
+            ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"], capture_output=True, text=True
+        )
+        listed = (
+            queue.stdout.strip() if queue.returncode == 0 else "Invalid job id" not in queue.stderr
+        )
+        if listed:
+            return False  # RUNNING or COMPLETING (or squeue could not answer)
+        self.sjob.watcher.update()  # one sacct call: the final state
+        self.state = self.sjob.watcher.get_state(self.sjob.job_id, mode="cache")
+        # UNKNOWN: sacct has no record (a cluster without accounting); the queue is the word.
+        return self.state == "UNKNOWN" or self.state.upper().split()[0] not in UNFINISHED
 
     def _collect(self, tasks: list) -> None:
         outcomes = []
@@ -341,8 +376,8 @@ class SlurmJob:
         self.rank0_here = bool(head.get("rank0_here"))
         self.port = head.get("port")
         self.command = head.get("command") or []
-        if ok and self.state in ("SUBMITTED", "UNKNOWN", "PENDING", "RUNNING"):
-            self.state = "COMPLETED"
+        if ok and self.state == "UNKNOWN":
+            self.state = "COMPLETED"  # no accounting: every node returned, the queue let go
 
     def wait(self) -> int:
         while (code := self.poll()) is None:

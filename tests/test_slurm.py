@@ -82,8 +82,14 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_two_point_two_rank_sweep_returns_every_result(tmp_path, slurm):
+    # Each job's batch script lingers 3 s after its node has written the result (an
+    # EXIT trap runs after srun), as a slow epilog would: a point is over only once
+    # Slurm has finished its job, so its recorded state is Slurm's own.
+    linger = "hydra.launcher.setup=[\"trap 'sleep 3' EXIT\"]"
     proc = run(
-        slurm_sweep(tmp_path, "value=1,2", "allreduce=true", "hydra.launcher.cpus_per_task=1")
+        slurm_sweep(
+            tmp_path, "value=1,2", "allreduce=true", "hydra.launcher.cpus_per_task=1", linger
+        )
     )
     for num, value in enumerate([1.0, 2.0]):
         job_dir = tmp_path / str(num)
@@ -95,6 +101,7 @@ def test_two_point_two_rank_sweep_returns_every_result(tmp_path, slurm):
         launch = read_json(job_dir / "launch.json")
         assert launch["status"] == "COMPLETED" and launch["slurm_state"] == "COMPLETED"
         assert launch["slurm_job_id"] and job_state(launch["slurm_job_id"]) == "COMPLETED"
+        assert not in_queue([launch["slurm_job_id"]])
         assert all(Path(p).is_file() for p in launch["slurm_logs"])
         assert launch["rank0_here"] is True
         done = [line for line in (proc.stdout + proc.stderr).splitlines() if f"#{num} done" in line]
