@@ -246,7 +246,8 @@ class SlurmJob:
         self.outcomes: list[dict] = []
         self.started_at: float | None = None
         self.results_at: float | None = None
-        self.last_look = float("-inf")
+        self.next_look = 0.0
+        self.look_every = RELEASE_LOOK_S
         self.ended_at: float | None = None
         self.returncode: int | None = None
         self.timed_out = False
@@ -292,15 +293,19 @@ class SlurmJob:
         if refresh and self.state == "UNKNOWN" and time.time() - (self.started_at or 0) > 10:
             # sacct does not know the job (a cluster without accounting?): once squeue
             # no longer lists it either, it is over, whatever it left behind.
-            queue = subprocess.run(
-                ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"],
-                capture_output=True,
-                text=True,
-            )
-            gone = queue.returncode == 0 and not queue.stdout.strip()
-            if gone or "Invalid job id" in queue.stderr:
+            if self._queue_state() == "":
                 self.state = "ENDED (gone from squeue; sacct has no record)"
         return self.state
+
+    def _queue_state(self) -> str | None:
+        """The job's state in squeue: "" once it has left the queue, None if squeue
+        could not answer."""
+        queue = subprocess.run(
+            ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"], capture_output=True, text=True
+        )
+        if queue.returncode == 0:
+            return queue.stdout.strip()
+        return "" if "Invalid job id" in queue.stderr else None
 
     def poll(self) -> int | None:
         """0 or 1 once the job has ended (every node reported, or Slurm says it is
@@ -328,23 +333,20 @@ class SlurmJob:
     def _released(self) -> bool:
         """Whether Slurm has finished the job whose nodes have all returned: it has left
         the queue and sacct has its final state. Until then the job still holds its
-        allocation and sacct says RUNNING. Looks every RELEASE_LOOK_S, waits at most
-        RELEASE_WAIT_S (then the state stays what Slurm last said)."""
+        allocation and sacct says RUNNING. Looks after RELEASE_LOOK_S, then twice as
+        long each time up to ``poll_interval`` (a lagging or down slurmdbd is not
+        hammered), and waits at most RELEASE_WAIT_S (then the state stays what Slurm
+        last said)."""
         now = time.monotonic()
         if self.results_at is None:
-            self.results_at = now
+            self.results_at = self.next_look = now
         if now - self.results_at > RELEASE_WAIT_S:
             return True
-        if now - self.last_look < RELEASE_LOOK_S:
+        if now < self.next_look:
             return False
-        self.last_look = now
-        queue = subprocess.run(
-            ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"], capture_output=True, text=True
-        )
-        listed = (
-            queue.stdout.strip() if queue.returncode == 0 else "Invalid job id" not in queue.stderr
-        )
-        if listed:
+        self.next_look = now + self.look_every
+        self.look_every = min(2 * self.look_every, float(self.settings.get("poll_interval", 5.0)))
+        if self._queue_state() != "":
             return False  # RUNNING or COMPLETING (or squeue could not answer)
         self.sjob.watcher.update()  # one sacct call: the final state
         self.state = self.sjob.watcher.get_state(self.sjob.job_id, mode="cache")
@@ -457,12 +459,7 @@ class SlurmJob:
         """Wait until Slurm no longer lists the job; past ``deadline``, SIGKILL it."""
         killed = False
         while True:
-            queue = subprocess.run(
-                ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"],
-                capture_output=True,
-                text=True,
-            )
-            if not queue.stdout.strip():
+            if not self._queue_state():  # gone, or squeue cannot answer
                 break
             if time.monotonic() > deadline and not killed:
                 subprocess.run(["scancel", "-s", "KILL", str(self.job_id)], capture_output=True)
