@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runner.data import spirals
-from runner.models import MLP
+from runner.trainer.data import spirals
+from runner.trainer.models import MLP
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--n-samples", type=int, default=20000)

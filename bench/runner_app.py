@@ -13,12 +13,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
 def main(cfg: DictConfig) -> float:
-    from runner.app import inside_torchrun
+    from runner.trainer.task import inside_torchrun
 
     if not inside_torchrun():
         from hydra.core.hydra_config import HydraConfig
 
-        from runner.dist import LaunchConfig, launch
+        from runner.launch.job import launch
+        from runner.launch.options import LaunchConfig
 
         return launch(
             cfg, task, LaunchConfig(nproc_per_node=2, tee=""), HydraConfig.get().runtime.output_dir

@@ -26,8 +26,8 @@ def train(steps: int = TRAIN_STEPS) -> float:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from runner.data import spirals
-    from runner.models import MLP
+    from runner.trainer.data import spirals
+    from runner.trainer.models import MLP
 
     torch.set_num_threads(1)  # as torchrun sets it; submitit's local executor does not
     dist.init_process_group("gloo")

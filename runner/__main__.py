@@ -4,8 +4,8 @@ from pathlib import Path
 
 import hydra
 
-import runner.config  # noqa: F401  (stores the schemas before Hydra composes)
-from runner.app import main
+import runner.trainer.config  # noqa: F401  (stores the schemas before Hydra composes)
+from runner.trainer.task import main
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 

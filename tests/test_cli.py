@@ -49,7 +49,7 @@ def test_parent_commands_do_not_import_torch(args):
 
 def test_cfg_job_prints_composed_config():
     out = runner_cli("--cfg", "job", "model=resmlp", "trainer.epochs=3").stdout
-    assert "_target_: runner.models.ResidualMLP" in out and "epochs: 3" in out
+    assert "_target_: runner.trainer.models.ResidualMLP" in out and "epochs: 3" in out
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-import runner.config  # noqa: F401
+import runner.trainer.config  # noqa: F401
 from runner.__main__ import CONF_DIR
-from runner.app import ConfigError, check_config
+from runner.trainer.task import ConfigError, check_config
 
 
 def make(*overrides: str):
@@ -19,8 +19,8 @@ def make(*overrides: str):
 
 def test_default_composition():
     cfg = make()
-    assert cfg.data._target_ == "runner.data.spirals"
-    assert cfg.model._target_ == "runner.models.MLP"
+    assert cfg.data._target_ == "runner.trainer.data.spirals"
+    assert cfg.model._target_ == "runner.trainer.models.MLP"
     assert cfg.optim._target_ == "torch.optim.AdamW"
     assert cfg.scheduler is None
     assert cfg.trainer.nproc_per_node == 1
@@ -30,16 +30,16 @@ def test_default_composition():
 
 def test_group_swap_and_override():
     cfg = make("model=resmlp", "optim=sgd", "optim.lr=0.3", "scheduler=cosine", "seed=7")
-    assert cfg.model._target_ == "runner.models.ResidualMLP"
+    assert cfg.model._target_ == "runner.trainer.models.ResidualMLP"
     assert cfg.optim.lr == 0.3 and cfg.optim.momentum == 0.9
-    assert cfg.scheduler._target_ == "runner.train.cosine_schedule"
+    assert cfg.scheduler._target_ == "runner.trainer.train.cosine_schedule"
     assert cfg.data.seed == 7
 
 
 def test_experiment_preset_is_global():
     cfg = make("+experiment=blobs_resmlp")
-    assert cfg.data._target_ == "runner.data.blobs"
-    assert cfg.model._target_ == "runner.models.ResidualMLP"
+    assert cfg.data._target_ == "runner.trainer.data.blobs"
+    assert cfg.model._target_ == "runner.trainer.models.ResidualMLP"
     assert cfg.trainer.objective == "val_acc" and cfg.trainer.objective_mode == "max"
     assert cfg.optim.lr == 0.05
 

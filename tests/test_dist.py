@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from runner.dist import LaunchConfig, LaunchError, free_port, launch, release_port
+from runner.launch.job import LaunchError, launch
+from runner.launch.options import LaunchConfig
+from runner.launch.procs import free_port, release_port
 from tests.conftest import (
     APPS,
     REPO,
@@ -174,7 +176,7 @@ def test_tee_tailer_stops_at_once_and_copies_everything(tmp_path):
 
     import torch.distributed.elastic.multiprocessing.api as processes
 
-    from runner.agent import install
+    from runner.launch.agent import install
 
     install()
     log = tmp_path / "stdout.log"
@@ -252,7 +254,7 @@ def listeners(port: int) -> list[str]:
 
 @pytest.mark.slow
 def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
-    from runner.dist import TorchrunJob
+    from runner.launch.job import TorchrunJob
 
     cfg = job_config(tmp_path, "sleep=4")
     from tests.apps.probe_app import probe
@@ -286,7 +288,7 @@ INTERRUPTIBLE = textwrap.dedent(
     import sys
     from tests.test_dist import job_config, two_ranks
     from tests.apps.probe_app import probe
-    from runner.dist import launch
+    from runner.launch.job import launch
     from pathlib import Path
     job_dir = Path(sys.argv[1])
     launch(job_config(job_dir, "sleep=600"), probe, two_ranks(), job_dir, console=False)
@@ -355,8 +357,8 @@ def test_ddp_is_exact_and_parent_stays_light(tmp_path):
 def test_resolved_strings_survive_the_round_trip(text):
     """Whatever a resolved string holds (``${``, backslashes, braces), the rank reads it
     back as that literal string, never as an interpolation."""
-    from runner.dist import _escape, resolved_data
-    from runner.worker import restore_config
+    from runner.launch.entry import _escape, resolved_data
+    from runner.launch.worker import restore_config
 
     parent = OmegaConf.create({"v": _escape(text)})
     assert parent.v == text  # the parent holds the literal

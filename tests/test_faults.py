@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from runner.dist import LaunchTimeout, TorchrunJob
-from runner.train import CheckpointError, train
+from runner.launch.job import LaunchTimeout, TorchrunJob
+from runner.trainer.train import CheckpointError, train
 from tests.conftest import (
     PROBE_APP,
     entry_dirs,

@@ -17,7 +17,7 @@ from hydra.test_utils.launcher_common_tests import (
 )
 from omegaconf import OmegaConf
 
-from runner.dist import LaunchError
+from runner.launch.job import LaunchError
 from tests.conftest import (
     FAST,
     PROBE_APP,
@@ -132,7 +132,7 @@ def test_points_overlap_on_distinct_ports(probe_sweep):
             str(record["port"])
         }
         assert record["exit_code"] == 0 and record["status"] == "COMPLETED"
-        assert record["command"][:3] == [sys.executable, "-m", "runner.agent"]
+        assert record["command"][:3] == [sys.executable, "-m", "runner.launch.agent"]
     spans = [
         (
             min(r["start"] for r in probe_records(sweep / f"point_{n}")),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.dist import LaunchConfig, torchrun_command
+from runner.launch.options import LaunchConfig
 from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json
 
 pytestmark = pytest.mark.slow
@@ -300,8 +300,8 @@ def test_every_point_gets_its_own_rendezvous_id_and_port():
     points = [launch.for_point(n) for n in range(3)]
     assert [p.rdzv_id for p in points] == ["exp-0", "exp-1", "exp-2"]
     assert [p.rdzv_endpoint for p in points] == ["head:29400", "head:29401", "head:29402"]
-    command = torchrun_command(points[1], Path("/x/entry.py"), None)
-    flags = dict(zip(command[3::2], command[4::2], strict=False))
+    command = points[1].agent_args("/x/entry.py", None, [])
+    flags = dict(zip(command[::2], command[1::2], strict=False))
     assert flags["--rdzv_backend"] == "c10d"
     assert "--rdzv_endpoint" in command and "head:29401" in command
     assert "exp-1" in command
@@ -313,7 +313,7 @@ def test_every_point_gets_its_own_rendezvous_id_and_port():
 
 NODE_MAIN = """
 import pickle, sys
-from runner.slurm import run_node
+from runner.sweep.slurm import run_node
 outcome = run_node(pickle.loads(open(sys.argv[1], "rb").read()))
 open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 """
@@ -321,7 +321,7 @@ open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 
 @pytest.mark.parametrize("network", ["loopback", "netns"])
 def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
-    """What a 2-node Slurm job runs on each node (``runner.slurm.run_node``), under the
+    """What a 2-node Slurm job runs on each node (``runner.sweep.slurm.run_node``), under the
     environment Slurm gives each node's task: the head node publishes a free port in
     the job folder, both agents meet over c10d at the head node, rank 0's value comes
     back from the node where it ran. (The one-node test cluster cannot allocate two
@@ -379,7 +379,7 @@ def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
 
 def test_slurm_job_asks_for_the_launchers_node_count():
     """Each node's agent sees a one-node launch; the allocation must still be nnodes."""
-    from runner.slurm import sbatch_parameters
+    from runner.sweep.slurm import sbatch_parameters
 
     settings = {"nnodes": 2, "time_min": 30, "cpus_per_task": None, "partition": "gpu"}
     params = sbatch_parameters(settings, LaunchConfig(nproc_per_node=4))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from hydra_plugins.torchrun_launcher.torchrun_launcher import TorchrunLauncherConf
-from runner.dist import LaunchConfig
+from runner.launch.options import LaunchConfig
 
 
 def test_plugin_discovery_does_not_import_torch():

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from runner.report import collect, main
+from runner.sweep.report import collect, main
 from tests.conftest import (
     FAST,
     PROBE_APP,

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from runner.data import blobs, regression, spirals
-from runner.train import train
+from runner.trainer.data import blobs, regression, spirals
+from runner.trainer.train import train
 from tests.test_config import make
 
 

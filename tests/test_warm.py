@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from runner import warm
+from runner.launch import warm
 from tests.conftest import (
     APPS,
     FAST,
@@ -145,11 +145,11 @@ def test_cuda_initialised_in_the_warm_process_is_refused(monkeypatch):
 
 
 def test_no_fork_means_cold_with_a_notice(monkeypatch, caplog):
-    from runner.dist import start_warm_server
+    from runner.launch.job import warm_starter
 
     monkeypatch.delattr(warm.os, "fork")
     assert warm.warm_available() is not None
-    assert start_warm_server(lambda cfg: None, str(REPO)) is None
+    assert warm_starter(lambda cfg: None, str(REPO)) is None
     assert "has no fork" in caplog.text and "running cold" in caplog.text
 
 
@@ -165,7 +165,8 @@ def test_warm_workers_take_their_own_thread_count(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from runner.dist import LaunchConfig, launch
+    from runner.launch.job import launch
+    from runner.launch.options import LaunchConfig
 
     HydraConfig.instance().cfg = None  # plain Python, whatever earlier tests composed
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})

@@ -2,13 +2,16 @@
 torchrun, several at a time, each on its own port; every result goes back to Hydra.
 
 This module is what Hydra imports when it discovers plugins, so it stays thin and
-light: the dataclass config and a Launcher shell. The scheduling lives in
-:mod:`runner.launcher`, imported only when a sweep is launched; neither imports torch.
+light: the config, composed from runner's option dataclasses (torchrun's, the
+scheduler's, Slurm's: each key written once), and a Launcher shell. The scheduling
+lives in :mod:`runner.sweep`, imported only when a sweep is launched; nothing here
+imports torch. (No ``from __future__ import annotations``: Hydra executes plugin
+modules outside ``sys.modules``, where dataclasses cannot read string annotations.)
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -16,72 +19,27 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from runner.launch.options import LaunchConfig, option_names
+from runner.sweep.options import SchedulerOptions, SlurmOptions
+
+if TYPE_CHECKING:
+    from runner.sweep.scheduler import JobFactory
+
 
 @dataclass
-class TorchrunLauncherConf:
+class TorchrunLauncherConf(SchedulerOptions, LaunchConfig):
+    """``hydra/launcher=torchrun``: torchrun's options under torchrun's names, and the
+    scheduler's."""
+
     _target_: str = "hydra_plugins.torchrun_launcher.torchrun_launcher.TorchrunLauncher"
-    # torchrun's options, under torchrun's names.
-    nproc_per_node: int = 1
-    nnodes: str = "1"
-    node_rank: int = 0
-    rdzv_backend: str = "static"
-    rdzv_endpoint: str = ""
-    rdzv_id: str = "none"
-    rdzv_conf: str = ""
-    master_addr: str = "127.0.0.1"
-    master_port: Any = None
-    max_restarts: int = 0
-    monitor_interval: float = 0.1
-    # Rank output goes to files under log_dir (default: <job dir>/torchrun);
-    # tee "0:3" also copies rank 0's to the agent's output (console or torchrun.log).
-    redirects: str = "3"
-    tee: str = "0:3"
-    log_dir: Any = None
-    # Extra environment for every point's agent and workers.
-    env: dict[str, str] = field(default_factory=dict)
-    # Seconds a point may run before it is stopped; null for no limit.
-    timeout: Any = None
-    # Points running at once; null: as many as fit (GPUs // nproc_per_node; on CPU,
-    # cores // nproc_per_node but at least 2).
-    max_parallel: Any = None
-    # Stop the sweep at the first failed point instead of finishing the batch.
-    fail_fast: bool = False
-    # How accelerators are shared by concurrent points: "auto" (disjoint
-    # CUDA_VISIBLE_DEVICES slices when CUDA exists), "none", or a list like "0,1,2,3".
-    devices: str = "auto"
-    # Seconds between SIGTERM and SIGKILL when points are stopped.
-    stop_grace: float = 10.0
-    # Re-running into the same hydra.sweep.dir: keep points that completed (their stored
-    # result is returned to the sweeper) and run the failed or unfinished ones again.
-    resume: bool = False
-    # Fork every point's agent and workers from one warm process that has imported
-    # torch and the task (fractions of a second per point instead of seconds); falls
-    # back to cold start, with a notice, where that cannot work.
-    warm: bool = False
 
 
 @dataclass
-class TorchrunSlurmLauncherConf(TorchrunLauncherConf):
+class TorchrunSlurmLauncherConf(SlurmOptions, TorchrunLauncherConf):
     """``hydra/launcher=torchrun_slurm``: every point is one Slurm job (submitit) whose
     nodes run torchrun; ``nnodes`` nodes, ``nproc_per_node`` ranks on each."""
 
     _target_: str = "hydra_plugins.torchrun_launcher.torchrun_launcher.TorchrunSlurmLauncher"
-    partition: Any = None
-    # Cores per node for the agent and its ranks; null: one per rank.
-    cpus_per_task: Any = None
-    gpus_per_node: Any = None
-    mem_gb: Any = None
-    # The job's Slurm time limit, in minutes.
-    time_min: int = 60
-    account: Any = None
-    qos: Any = None
-    job_name: str = "${hydra.job.name}"
-    # Any other sbatch option, e.g. {constraint: a100, exclusive: true}.
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    # Shell lines run before the job (module load ..., source venv/bin/activate).
-    setup: list[str] = field(default_factory=list)
-    # Seconds between sacct checks (jobs that die outside Python are seen this way).
-    poll_interval: float = 5.0
 
 
 ConfigStore.instance().store(
@@ -96,12 +54,11 @@ ConfigStore.instance().store(
 
 
 class TorchrunLauncher(Launcher):
-    conf = TorchrunLauncherConf
+    conf: type = TorchrunLauncherConf
     name = "torchrun"
-    slurm = False
 
     def __init__(self, **params: Any) -> None:
-        known = {f.name for f in fields(self.conf)}
+        known = option_names(self.conf)
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(
@@ -109,20 +66,24 @@ class TorchrunLauncher(Launcher):
                 f"known keys: {sorted(known - {'_target_'})}"
             )
         self.params = params
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig
+        self.task_function: TaskFunction
+        self.hydra_context: HydraContext
+        # Made at the first batch and kept for the next ones (a warm process lives here).
+        self.jobs: "JobFactory | None" = None
+
+    def job_factory(self) -> type:
+        """The sweep's kind of job (imported only when a sweep is set up)."""
+        from runner.sweep.local import LocalJobs
+
+        return LocalJobs
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from runner.launcher import check_launcher_params, check_sweep_dir
+        from runner.sweep.scheduler import check_sweep_dir
 
-        check_launcher_params(self.params, slurm=self.slurm)
-        if self.slurm:
-            from runner.slurm import check_slurm_client
-
-            check_slurm_client()
+        self.job_factory().check(self.params)
         if config.hydra.mode is not None and config.hydra.mode.name == "MULTIRUN":
             check_sweep_dir(str(config.hydra.sweep.dir))
         self.config = config
@@ -132,12 +93,18 @@ class TorchrunLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from runner.launcher import launch_sweep
+        from runner.sweep.scheduler import launch_sweep
 
-        return launch_sweep(self, job_overrides, initial_job_idx)
+        if self.jobs is None:
+            self.jobs = self.job_factory()(self)
+        return launch_sweep(self, job_overrides, initial_job_idx, self.jobs)
 
 
 class TorchrunSlurmLauncher(TorchrunLauncher):
     conf = TorchrunSlurmLauncherConf
     name = "torchrun_slurm"
-    slurm = True
+
+    def job_factory(self) -> type:
+        from runner.sweep.slurm import SlurmJobs
+
+        return SlurmJobs

@@ -28,7 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.dist import RESULT_FILE, TASK_FILE, die_with_parent, write_atomic
+from runner.launch.entry import RESULT_FILE, TASK_FILE
+from runner.launch.procs import die_with_parent, write_atomic
 
 log = logging.getLogger(__name__)
 

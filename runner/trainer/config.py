@@ -49,7 +49,7 @@ class TrainerConf:
 
 @dataclass
 class SpiralsConf:
-    _target_: str = "runner.data.spirals"
+    _target_: str = "runner.trainer.data.spirals"
     n_samples: int = 2000
     n_classes: int = 2
     turns: float = 1.5
@@ -60,7 +60,7 @@ class SpiralsConf:
 
 @dataclass
 class BlobsConf:
-    _target_: str = "runner.data.blobs"
+    _target_: str = "runner.trainer.data.blobs"
     n_samples: int = 4000
     n_features: int = 16
     n_classes: int = 4
@@ -72,7 +72,7 @@ class BlobsConf:
 
 @dataclass
 class RegressionConf:
-    _target_: str = "runner.data.regression"
+    _target_: str = "runner.trainer.data.regression"
     n_samples: int = 4000
     n_features: int = 8
     noise: float = 0.1
@@ -82,7 +82,7 @@ class RegressionConf:
 
 @dataclass
 class MLPConf:
-    _target_: str = "runner.models.MLP"
+    _target_: str = "runner.trainer.models.MLP"
     hidden: int = 64
     depth: int = 3
     activation: str = "relu"
@@ -91,7 +91,7 @@ class MLPConf:
 
 @dataclass
 class ResidualMLPConf:
-    _target_: str = "runner.models.ResidualMLP"
+    _target_: str = "runner.trainer.models.ResidualMLP"
     hidden: int = 64
     blocks: int = 3
     dropout: float = 0.0
@@ -117,7 +117,7 @@ class AdamWConf:
 @dataclass
 class CosineConf:
     # Called as target(optimizer, total_steps=...) by the trainer.
-    _target_: str = "runner.train.cosine_schedule"
+    _target_: str = "runner.trainer.train.cosine_schedule"
     _partial_: bool = True
     warmup_fraction: float = 0.0
     min_lr_fraction: float = 0.0

@@ -1,13 +1,15 @@
-"""The sweep scheduler behind ``hydra/launcher=torchrun``.
+"""The sweep scheduler behind ``hydra/launcher=torchrun`` (and ``torchrun_slurm``).
 
 For every point of a batch it does what Hydra's basic launcher does (load the sweep
 config, set the job's num and id, fix its output dir, write ``.hydra/``), resolves the
-config once, and hands it to the launch core as one torchrun. Up to ``max_parallel``
-points run at once, each on its own loopback port, with its own slice of the GPUs (or
-its share of the CPU threads); their output goes to files in their job dirs. Results
-come back as ``JobReturn``s in the order of the input, with rank 0's return value, so
-optimising sweepers work over distributed trials. A failed point does not stop the
-others; Ctrl-C or SIGTERM stops every running point and removes its entry files.
+config once, and hands it to a :class:`~runner.launch.job.Job` made by the sweep's
+:class:`JobFactory`: a local torchrun (cold or warm) or a Slurm job; the scheduler
+never asks which. Up to ``max_parallel`` points run at once, each with its own slice
+of the device pool (:mod:`runner.sweep.devices`); their output goes to files in their
+job dirs. Results come back as ``JobReturn``\\ s in the order of the input, with rank
+0's return value, so optimising sweepers work over distributed trials. A failed point
+does not stop the others; Ctrl-C or SIGTERM stops every running point and removes its
+entry files.
 
 Nothing here imports torch.
 """
@@ -16,97 +18,66 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
-import os
-import shutil
-import subprocess
 import sys
 import time
-import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.dist import (
-    LaunchConfig,
-    LaunchError,
-    TorchrunJob,
-    remove_stale_entry_dirs,
-    sigterm_as_exit,
-    start_warm_server,
-    stop_jobs,
-    write_atomic,
-)
-from runner.report import write_summary
-from runner.slurm import SLURM_KEYS, SlurmJob, check_slurm_params
-from runner.worker import task_config
+from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, remove_stale_entry_dirs
+from runner.launch.job import Job, LaunchError, stop_jobs
+from runner.launch.options import LaunchConfig, invalid, option_names
+from runner.launch.procs import sigterm_as_exit, write_atomic
+from runner.launch.worker import task_config
+from runner.sweep.devices import DevicePool
+from runner.sweep.options import SchedulerOptions
+from runner.sweep.report import write_summary
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_KEYS = ("max_parallel", "fail_fast", "devices", "stop_grace", "resume", "warm")
-LAUNCH_RECORD = "launch.json"
-RETURN_VALUE = "return_value.pkl"
+# Points looked at (composed) behind a waiting head to backfill free devices.
+BACKFILL_WINDOW = 8
+# How long the loop sleeps when nothing ended, unless the factory hears of an end sooner.
+IDLE_WAIT_S = 0.02
 
 
 class LauncherConfigError(ValueError):
     """A ``hydra.launcher`` value that cannot work."""
 
 
-def _bad(key: str, value: Any, rule: str, fix: str) -> LauncherConfigError:
-    return LauncherConfigError(f"hydra.launcher.{key}={value!r} is invalid: {rule}. Fix: {fix}")
+class JobFactory(Protocol):
+    """Makes the jobs of one sweep, and says how they share what they run on."""
+
+    pool: DevicePool
+    # What every point's LaunchConfig takes from the factory (Slurm: each node's
+    # agent is a one-node launch).
+    launch_overrides: dict[str, Any]
+    # How the log says where the points run ("" for this machine).
+    where: str
+
+    def default_parallel(self, points: int, nproc: int) -> int: ...
+
+    def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job: ...
+
+    def wait_for_news(self, timeout: float) -> None: ...
 
 
-def local_launch_params(params: Mapping[str, Any], slurm: bool) -> dict[str, Any]:
-    """The torchrun options among the launcher's keys. In Slurm mode the node count is
-    Slurm's to allocate and the rendezvous is set up on the nodes, so each node's
-    agent is checked as a one-node launch here."""
-    skip = SCHEDULER_KEYS + (SLURM_KEYS if slurm else ())
-    local = {k: v for k, v in params.items() if k not in skip}
-    if slurm:
-        local["nnodes"] = "1"
-    return local
+class SweepLauncher(Protocol):
+    """What the scheduler needs of the Hydra launcher plugin."""
 
-
-def check_launcher_params(params: Mapping[str, Any], slurm: bool = False) -> None:
-    """Validate the launcher's own keys and the torchrun options, before anything starts."""
-    max_parallel = params.get("max_parallel")
-    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
-        raise _bad(
-            "max_parallel",
-            max_parallel,
-            "must be an integer >= 1, or null for as many as fit",
-            "hydra.launcher.max_parallel=2",
-        )
-    devices = str(params.get("devices", "auto"))
-    if devices not in ("auto", "none") and not all(d.strip().isdigit() for d in devices.split(",")):
-        raise _bad(
-            "devices",
-            devices,
-            "must be auto, none, or GPU ids like 0,1,2,3",
-            "hydra.launcher.devices=auto",
-        )
-    if params.get("stop_grace", 10.0) < 0:
-        raise _bad(
-            "stop_grace",
-            params["stop_grace"],
-            "must be >= 0 seconds",
-            "hydra.launcher.stop_grace=10",
-        )
-    if slurm:
-        problems = check_slurm_params(params)
-        if problems:
-            raise LauncherConfigError("\n".join(problems))
-    try:
-        LaunchConfig.from_config(local_launch_params(params, slurm))
-    except ValueError as error:
-        raise LauncherConfigError(str(error)) from None
+    config: DictConfig
+    hydra_context: Any
+    task_function: Any
+    params: dict[str, Any]
 
 
 def check_sweep_dir(sweep_dir: str) -> None:
@@ -123,33 +94,42 @@ def check_sweep_dir(sweep_dir: str) -> None:
         ) from None
 
 
-def visible_gpus(devices: str) -> list[str]:
-    """GPU ids concurrent points may share out, found without importing torch."""
-    if devices == "none":
-        return []
-    if devices != "auto":
-        return [d.strip() for d in devices.split(",")]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d for d in visible.split(",") if d.strip()]
-    if shutil.which("nvidia-smi") is None:
-        return []
+def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> None:
+    """Check the scheduler's keys and the torchrun options before anything starts."""
+    options = SchedulerOptions(**{k: params[k] for k in option_names(SchedulerOptions) if k in params})
+    problems = options.problems()
+    if problems:
+        raise LauncherConfigError("\n".join(problems))
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+        LaunchConfig.from_config(params, **launch_overrides)
+    except ValueError as error:
+        raise LauncherConfigError(str(error)) from None
+
+
+def too_many_devices(nproc: int, pool: DevicePool, where: str) -> str | None:
+    """The error for a point whose ranks outnumber the pool's devices, else None."""
+    if not pool or pool.needed(nproc) <= len(pool.ids):
+        return None
+    return invalid(
+        "hydra.launcher.nproc_per_node",
+        nproc,
+        f"{where} needs {nproc} devices, one per local rank, and hydra.launcher.devices "
+        f"has {len(pool.ids)} ({','.join(pool.ids)})",
+        f"nproc_per_node={len(pool.ids)} or fewer, or name more devices "
+        "(hydra.launcher.devices='0,1,...')",
+    )
 
 
 @dataclass
 class Point:
-    """One sweep point: its overrides, its config, and its torchrun while it runs."""
+    """One sweep point: its overrides, its config, and its job while it runs."""
 
     idx: int
     overrides: list[str]
     config: DictConfig | None = None
-    job: TorchrunJob | None = None
-    gpus: list[str] = field(default_factory=list)
+    launch: LaunchConfig | None = None
+    job: Job | None = None
+    devices: list[str] = field(default_factory=list)
     result: JobReturn | None = None
 
     @property
@@ -158,61 +138,33 @@ class Point:
 
 
 class SweepScheduler:
-    """Runs the points of one batch, ``max_parallel`` at a time."""
+    """Runs the points of one batch, ``max_parallel`` at a time, on ``jobs``."""
 
     def __init__(
-        self, launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+        self,
+        launcher: SweepLauncher,
+        job_overrides: Sequence[Sequence[str]],
+        initial_job_idx: int,
+        jobs: JobFactory,
     ) -> None:
         self.launcher = launcher
+        self.jobs = jobs
+        self.pool = jobs.pool
         self.config: DictConfig = launcher.config
-        self.params = dict(launcher.params)
+        params = launcher.params
         self.points = [Point(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        self.gpus_free = visible_gpus(str(self.params.get("devices", "auto")))
-        self.has_gpus = bool(self.gpus_free)
-        self.nproc = int(self.params.get("nproc_per_node", 1))
-        # Slurm mode: the cluster allocates nodes, CPUs and GPUs; every point is queued
-        # at once unless max_parallel says otherwise.
-        self.slurm = bool(getattr(launcher, "slurm", False))
-        if self.slurm:
-            self.gpus_free, self.has_gpus = [], False
-        self.max_parallel = self.params.get("max_parallel") or (
-            len(self.points) if self.slurm else self._what_fits(self.nproc)
+        self.max_parallel: int = params.get("max_parallel") or jobs.default_parallel(
+            len(self.points), int(params.get("nproc_per_node") or 1)
         )
-        self.fail_fast = bool(self.params.get("fail_fast", False))
-        self.grace = float(self.params.get("stop_grace", 10.0))
-        self.resume = bool(self.params.get("resume", False))
+        self.fail_fast = bool(params.get("fail_fast", False))
+        self.grace = float(params.get("stop_grace", 10.0))
+        self.resume = bool(params.get("resume", False))
         self.running: list[Point] = []
         self.done = self.failed = 0
         self.live = sys.stderr.isatty()
         self.started = time.monotonic()
         self.drawn_at = 0.0
         self.maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
-        self.warm = self._warm_server() if self.params.get("warm") and not self.slurm else None
-
-    def _warm_server(self) -> Any:
-        """The sweep's warm process: started for the first batch and kept for the next
-        ones (optimising sweepers launch many); ends with the parent."""
-        server = getattr(self.launcher, "warm_server", None)
-        if server is not None and server.proc.poll() is None:
-            return server
-        if getattr(self.launcher, "warm_unavailable", False):
-            return None
-        cwd = str(self.config.hydra.runtime.cwd)
-        server = start_warm_server(self.launcher.task_function, cwd)
-        self.launcher.warm_server = server
-        self.launcher.warm_unavailable = server is None
-        if server is not None:
-            # Ends with the launcher (Hydra drops it after the sweep), or at exit.
-            weakref.finalize(self.launcher, server.close)
-        return server
-
-    def _what_fits(self, nproc: int) -> int:
-        """GPUs: as many disjoint slices as exist. CPU: a core per rank, but at least two
-        points, so one point's start-up (importing torch, rendezvous) overlaps another's
-        work; OMP_NUM_THREADS is split so the ranks don't oversubscribe the cores."""
-        if self.gpus_free:
-            return max(1, len(self.gpus_free) // nproc)
-        return max(2, (os.cpu_count() or 1) // nproc)
 
     # ------------------------------------------------------------------ per point
 
@@ -231,7 +183,7 @@ class SweepScheduler:
         point.config = sweep_config
 
     def _compose_ahead(self, point: Point) -> None:
-        """Compose a pending point early; an error is left for ``_start`` to raise when
+        """Compose a pending point early; an error is left for ``_prepare`` to raise when
         the point's turn comes, so it does not interrupt the points running now."""
         try:
             self._compose(point)
@@ -239,6 +191,29 @@ class SweepScheduler:
             point.config = None
         finally:
             HydraConfig.instance().set_config(self.config)
+
+    def _prepare(self, point: Point) -> bool:
+        """Make the point ready to start: composed, its launch options read. False if it
+        will not run: completed in an earlier run (``resume``), or asking for more
+        devices than the pool has (then it fails, and nothing of it starts)."""
+        if point.config is None:
+            self._compose(point)
+            HydraConfig.instance().set_config(self.config)
+        if point.launch is not None:
+            return True
+        assert point.config is not None
+        earlier = self._completed_earlier(point)
+        if earlier is not None:
+            self._keep(point, earlier)
+            return False
+        point.launch = self._launch_config(point)
+        problem = too_many_devices(
+            point.launch.nproc_per_node, self.pool, f"sweep point #{point.idx} ({point.label})"
+        )
+        if problem is not None:
+            self._refuse(point, LauncherConfigError(problem))
+            return False
+        return True
 
     def _write_hydra_dir(self, point: Point) -> None:
         """The job dir and its .hydra/ (config, hydra config, overrides), once per job."""
@@ -284,86 +259,65 @@ class SweepScheduler:
 
         return self._job_return(point, JobStatus.COMPLETED, cloudpickle.loads(stored))
 
+    def _keep(self, point: Point, earlier: JobReturn) -> None:
+        """Hand a point completed in an earlier run to the sweeper as if run now."""
+        assert point.config is not None
+        callbacks = self.launcher.hydra_context.callbacks
+        HydraConfig.instance().set_config(point.config)
+        callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
+        point.result = earlier
+        self.done += 1
+        callbacks.on_job_end(config=point.config, job_return=earlier)
+        HydraConfig.instance().set_config(self.config)
+        self._log(
+            logging.INFO,
+            "#%d kept   %s  completed in an earlier run -> %r  %s",
+            point.idx,
+            point.label,
+            earlier._return_value,
+            self.progress(),
+        )
+
+    def _refuse(self, point: Point, error: Exception) -> None:
+        """A point that cannot run: it fails before anything of it starts."""
+        point.result = self._job_return(point, JobStatus.FAILED, error)
+        self.failed += 1
+        self._log(logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress())
+
     def _launch_config(self, point: Point) -> LaunchConfig:
         assert point.config is not None
         params = OmegaConf.to_container(point.config.hydra.launcher, resolve=True)
         assert isinstance(params, dict)
         try:
-            return LaunchConfig.from_config(local_launch_params(params, self.slurm)).for_point(
-                point.idx
-            )
+            launch = LaunchConfig.from_config(params, **self.jobs.launch_overrides)
         except ValueError as error:
-            raise LauncherConfigError(
-                f"sweep point #{point.idx} ({point.label}): {error}"
-            ) from None
+            raise LauncherConfigError(f"sweep point #{point.idx} ({point.label}): {error}") from None
+        return launch.for_point(point.idx)
 
-    def _start(self, point: Point) -> None:
-        if point.config is None:
-            self._compose(point)
-        else:  # composed ahead, while other points ran: make it Hydra's current job again
-            HydraConfig.instance().set_config(point.config)
-        assert point.config is not None
-        earlier = self._completed_earlier(point)
-        if earlier is not None:
+    def _start(self, point: Point, devices: list[str]) -> None:
+        """Start a prepared point's job on ``devices``."""
+        config, launch = point.config, point.launch
+        assert config is not None and launch is not None
+        HydraConfig.instance().set_config(config)
+        point.devices = devices
+        try:
+            self._write_hydra_dir(point)
+            env = self.pool.environment(devices, launch.nproc_per_node, self.max_parallel, launch.env)
             self.launcher.hydra_context.callbacks.on_job_start(
-                config=point.config, task_function=self.launcher.task_function
+                config=config, task_function=self.launcher.task_function
             )
-            point.result = earlier
-            self.done += 1
-            self.launcher.hydra_context.callbacks.on_job_end(
-                config=point.config, job_return=earlier
-            )
-            self._log(
-                logging.INFO,
-                "#%d kept   %s  completed in an earlier run -> %r  %s",
-                point.idx,
-                point.label,
-                earlier._return_value,
-                self.progress(),
-            )
-            return
-        self._write_hydra_dir(point)
-        launch_config = self._launch_config(point)
-        extra_env: dict[str, str] = {}
-        if self.slurm:
-            pass  # Slurm allocates CPUs and GPUs to the job
-        elif self.has_gpus:
-            point.gpus = self.gpus_free[: launch_config.nproc_per_node]
-            del self.gpus_free[: len(point.gpus)]
-            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(point.gpus)
-        elif "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in launch_config.env:
-            share = (os.cpu_count() or 1) // (self.max_parallel * launch_config.nproc_per_node)
-            extra_env["OMP_NUM_THREADS"] = str(max(1, share))
-        self.launcher.hydra_context.callbacks.on_job_start(
-            config=point.config, task_function=self.launcher.task_function
-        )
-        job_dir = point.config.hydra.runtime.output_dir
-        if self.slurm:
-            point_params = OmegaConf.to_container(point.config.hydra.launcher, resolve=True)
-            assert isinstance(point_params, dict)
-            point.job = SlurmJob(
-                point.config, self.launcher.task_function, launch_config, job_dir, point_params
-            )
-        else:
-            point.job = TorchrunJob(
-                point.config,
-                self.launcher.task_function,
-                launch_config,
-                job_dir,
-                console=False,
-                warm=self.warm,
-            )
-        point.job.start(extra_env=extra_env)
+            job_dir = Path(config.hydra.runtime.output_dir)
+            point.job = self.jobs.make(config, launch, job_dir)
+            point.job.start(extra_env=env)
+        except BaseException:
+            self.pool.give_back(point.devices)
+            point.devices = []
+            raise
         self.running.append(point)
         # Recorded at once, so a running (or orphaned) point can be found: its Slurm job
         # id, or its agent's pid and port.
         self._write_record(point, "RUNNING")
-        nproc = launch_config.nproc_per_node
-        where = (
-            f"Slurm job {point.job.job_id}, {point_params['nnodes']} node(s)"
-            if isinstance(point.job, SlurmJob)
-            else f"port {point.job.port}"
-        )
+        nproc = launch.nproc_per_node
         self._log(
             logging.INFO,
             "#%d start  %s  (%d rank%s per node, %s%s)",
@@ -371,14 +325,19 @@ class SweepScheduler:
             point.label,
             nproc,
             "s" if nproc > 1 else "",
-            where,
-            f", GPUs {','.join(point.gpus)}" if point.gpus else "",
+            point.job.describe(),
+            f", devices {','.join(devices)}" if devices else "",
         )
 
     def _write_record(self, point: Point, status: str, error: Any = None) -> dict:
         """launch.json of the point: how it ran, and its status."""
         assert point.job is not None and point.config is not None
-        record = {**point.job.launch_record(), "overrides": point.overrides, "status": status}
+        record = {
+            **point.job.launch_record(),
+            "overrides": point.overrides,
+            "devices": point.devices,
+            "status": status,
+        }
         if error is not None:
             record["error"] = str(error)
         job_dir = Path(point.config.hydra.runtime.output_dir)
@@ -386,7 +345,7 @@ class SweepScheduler:
         return record
 
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
-        """Turn an ended torchrun into the point's JobReturn; record how it ran."""
+        """Turn an ended job into the point's JobReturn; record how it ran."""
         job, config = point.job, point.config
         assert job is not None and config is not None
         try:
@@ -399,7 +358,7 @@ class SweepScheduler:
             self.failed += 1
         finally:
             job.cleanup()
-            self.gpus_free.extend(point.gpus)
+            self.pool.give_back(point.devices)
             if point in self.running:
                 self.running.remove(point)
         job_dir = Path(ret.working_dir)
@@ -475,23 +434,52 @@ class SweepScheduler:
 
     # ------------------------------------------------------------------ the loop
 
+    def _start_what_fits(self, pending: deque[Point]) -> None:
+        """Start pending points while slots and devices allow: the head first; while it
+        waits for devices, later points that fit in the free ones (backfill)."""
+        while pending and len(self.running) < self.max_parallel:
+            head = pending[0]
+            if not self._prepare(head):
+                pending.popleft()
+                self.pool.new_head()
+                continue
+            assert head.launch is not None
+            devices = self.pool.take(self.pool.needed(head.launch.nproc_per_node), head=True)
+            if devices is None:
+                self._backfill(pending)
+                return
+            pending.popleft()
+            self._start(head, devices)
+
+    def _backfill(self, pending: deque[Point]) -> None:
+        for point in list(itertools.islice(pending, 1, 1 + BACKFILL_WINDOW)):
+            if len(self.running) >= self.max_parallel or not self.pool.free:
+                return
+            if point.config is None:
+                self._compose_ahead(point)
+                if point.config is None:
+                    continue  # its compose error is raised at its turn
+            if not self._prepare(point):
+                pending.remove(point)
+                continue
+            assert point.launch is not None
+            devices = self.pool.take(self.pool.needed(point.launch.nproc_per_node), head=False)
+            if devices is not None:
+                pending.remove(point)
+                self._start(point, devices)
+
     def run(self) -> list[JobReturn]:
         pending = deque(self.points)
         stopping = False
         with sigterm_as_exit():
             try:
                 while pending or self.running:
-                    while (
-                        pending
-                        and not stopping
-                        and len(self.running) < self.max_parallel
-                        and (not self.has_gpus or len(self.gpus_free) >= self.nproc)
-                    ):
-                        self._start(pending.popleft())
-                    if pending and not stopping and pending[0].config is None:
-                        # Compose the next point while the running ones work, so it
-                        # starts the moment a slot frees (composing takes ~0.25 s).
-                        self._compose_ahead(pending[0])
+                    if not stopping:
+                        self._start_what_fits(pending)
+                        if pending and pending[0].config is None:
+                            # Compose the next point while the running ones work, so it
+                            # starts the moment a slot frees (composing takes ~0.25 s).
+                            self._compose_ahead(pending[0])
                     ended = False
                     for point in list(self.running):
                         assert point.job is not None
@@ -510,7 +498,7 @@ class SweepScheduler:
                         pending.clear()
                     self._status_line()
                     if not ended:  # else a slot is free now: start the next point at once
-                        self._wait_for_news(0.02)
+                        self.jobs.wait_for_news(IDLE_WAIT_S)
             finally:
                 if self.live:
                     sys.stderr.write("\r\x1b[K")
@@ -522,18 +510,6 @@ class SweepScheduler:
             if point.result is None:
                 point.result = self._cancelled(point, "was not started: fail_fast")
         return [point.result for point in self.points if point.result is not None]
-
-    def _wait_for_news(self, timeout: float) -> None:
-        """Sleep up to ``timeout``; a warm process's report of an ended agent ends it."""
-        from runner.warm import WarmStartError
-
-        try:
-            if self.warm is not None:
-                self.warm.wait_for_news(timeout)
-                return
-        except WarmStartError:
-            pass  # it ended: its points' polls report them killed
-        time.sleep(timeout)
 
     def _stop_running(self, reason: str | None) -> None:
         points = list(self.running)
@@ -550,20 +526,25 @@ class SweepScheduler:
 
 
 def launch_sweep(
-    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    launcher: SweepLauncher,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    jobs: JobFactory,
 ) -> Sequence[JobReturn]:
-    """What ``TorchrunLauncher.launch`` does: run one batch of points, return JobReturns."""
+    """What the launcher plugin's ``launch`` does: run one batch of points on ``jobs``,
+    return their JobReturns in order."""
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     remove_stale_entry_dirs()
-    scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx)
+    scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx, jobs)
     log.info(
-        "Launching %d job(s) with torchrun%s, %d at a time",
+        "Launching %d job(s) with torchrun%s, %d at a time%s",
         len(scheduler.points),
-        " as Slurm jobs" if scheduler.slurm else "",
+        jobs.where,
         scheduler.max_parallel,
+        f", on devices {','.join(jobs.pool.ids)}" if jobs.pool else "",
     )
     try:
         return scheduler.run()

@@ -2,10 +2,11 @@
 one Slurm job, submitted with submitit.
 
 The sweep parent composes and resolves each point exactly as in local mode (the same
-:class:`~runner.launcher.SweepScheduler` does the bookkeeping); only "how the job
-runs" changes. :class:`SlurmJob` submits :func:`run_node` as one Slurm task per
+:class:`~runner.sweep.scheduler.SweepScheduler` does the bookkeeping); only "how the
+job runs" changes: :class:`SlurmJobs` is the sweep's job factory, and each
+:class:`SlurmJob` (a :class:`~runner.launch.job.Job`) submits :func:`run_node` as one Slurm task per
 allocated node. On each node, :func:`run_node` starts runner's torchrun agent
-(:class:`~runner.dist.TorchrunJob`, the same entry file and worker as a local run):
+(:class:`~runner.launch.job.TorchrunJob`, the same entry file and worker as a local run):
 one node alone uses the loopback path of a local run; several nodes meet over
 torchrun's c10d rendezvous at the head node (the first of the allocation) on a port
 the head node picks for this job and shares through the job's folder. Rank 0's
@@ -35,32 +36,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from runner.dist import (
-    LaunchConfig,
-    LaunchError,
-    LaunchTimeout,
-    TorchrunJob,
-    job_config_data,
-    run_times,
-    write_atomic,
-)
+from runner.launch.job import Job, LaunchError, LaunchTimeout, TorchrunJob, run_times
+from runner.launch.entry import job_config_data
+from runner.launch.options import LaunchConfig, option_names
+from runner.launch.procs import exit_on_signal, import_path, write_atomic
+from runner.sweep.devices import DevicePool
+from runner.sweep.options import SlurmOptions
+from runner.sweep.scheduler import LauncherConfigError, SweepLauncher, check_options
 
-# The launcher keys of Slurm mode that are not torchrun options (see the plugin).
-SLURM_KEYS = (
-    "partition",
-    "cpus_per_task",
-    "gpus_per_node",
-    "mem_gb",
-    "time_min",
-    "account",
-    "qos",
-    "job_name",
-    "additional_parameters",
-    "setup",
-    "poll_interval",
-)
 # Slurm states of a job that may still produce a result.
 UNFINISHED = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING"}
 # Every node has returned its result: how long to wait for Slurm to finish the job too
@@ -83,30 +68,6 @@ def check_slurm_client() -> None:
             "are not on PATH here. Fix: run the sweep on a Slurm login node, or use "
             "hydra/launcher=torchrun to run on this machine."
         )
-
-
-def check_slurm_params(params: Mapping[str, Any]) -> list[str]:
-    """Problems with the Slurm keys, each naming the key, the value and the fix."""
-    problems = []
-
-    def bad(key: str, rule: str, fix: str) -> None:
-        problems.append(
-            f"hydra.launcher.{key}={params.get(key)!r} is invalid: {rule}. "
-            f"Fix: hydra.launcher.{fix}"
-        )
-
-    if not str(params.get("nnodes", "1")).isdigit():
-        bad("nnodes", "Slurm allocates a fixed number of nodes", "nnodes=2")
-    for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
-        value = params.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            bad(key, "must be an integer >= 1, or null for the cluster's default", f"{key}=null")
-    time_min = params.get("time_min")
-    if not isinstance(time_min, int) or time_min < 1:
-        bad("time_min", "the job's time limit must be whole minutes >= 1", "time_min=60")
-    if params.get("poll_interval", 5.0) <= 0:
-        bad("poll_interval", "must be > 0 seconds", "poll_interval=5")
-    return problems
 
 
 def sbatch_parameters(settings: Mapping[str, Any], launch: LaunchConfig) -> dict[str, Any]:
@@ -150,10 +111,6 @@ def _rendezvous_port(port_file: Path, head: bool) -> int:
     return int(port_file.read_text())
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def run_node(payload: dict) -> dict:
     """One Slurm task (one per node): run this node's torchrun agent for the point.
 
@@ -188,7 +145,7 @@ def run_node(payload: dict) -> dict:
     where = {"node": env.node, "host": socket.gethostname(), "slurm_job_id": env.job_id}
     # submitit ignores SIGTERM (for its preemption handling); here it must stop the
     # agent, which stops its workers, before Slurm's SIGKILL.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     try:
         job.start()
         job.wait()
@@ -215,9 +172,42 @@ def run_node(payload: dict) -> dict:
 # --------------------------------------------------------------------------- the parent
 
 
+class SlurmJobs:
+    """Makes the points of a sweep as Slurm jobs. The cluster allocates nodes, CPUs
+    and GPUs, so the device pool is empty and every point is queued at once unless
+    ``max_parallel`` says otherwise; each node's agent is a one-node launch."""
+
+    where = " as Slurm jobs"
+    launch_overrides: dict[str, Any] = {"nnodes": "1"}
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Before anything is submitted: every key, and the Slurm client tools."""
+        check_options(params, cls.launch_overrides)
+        options = SlurmOptions(**{k: params[k] for k in option_names(SlurmOptions) if k in params})
+        problems = options.problems(str(params.get("nnodes", "1")))
+        if problems:
+            raise LauncherConfigError("\n".join(problems))
+        check_slurm_client()
+
+    def __init__(self, launcher: SweepLauncher) -> None:
+        self.task_function = launcher.task_function
+        self.pool = DevicePool([], split_threads=False)
+
+    def default_parallel(self, points: int, nproc: int) -> int:
+        return points
+
+    def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
+        settings = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        assert isinstance(settings, dict)
+        return SlurmJob(config, self.task_function, launch, job_dir, settings)
+
+    def wait_for_news(self, timeout: float) -> None:
+        time.sleep(timeout)  # each job spaces out its own sacct calls
+
+
 class SlurmJob:
-    """One sweep point as one Slurm job; the interface of TorchrunJob (start, poll,
-    result, launch_record, cleanup, and stop_jobs' running/terminate/wait_stopped)."""
+    """One sweep point as one Slurm job: a :class:`~runner.launch.job.Job`."""
 
     # One sacct call refreshes every job of this process (submitit's shared watcher);
     # space them out across jobs.
@@ -237,7 +227,7 @@ class SlurmJob:
         self.config_data = job_config_data(config)
         self.task_function = task_function
         self.cwd = str(self.config_data["hydra"]["runtime"]["cwd"])
-        self.sys_path = list(dict.fromkeys(os.path.abspath(p) if p else self.cwd for p in sys.path))
+        self.sys_path = import_path(self.cwd)
         self.folder = self.job_dir / ".slurm"
         self.sjob: Any = None
         self.port: int | None = None
@@ -441,10 +431,11 @@ class SlurmJob:
             "timed_out": self.timed_out,
         }
 
+    def describe(self) -> str:
+        return f"Slurm job {self.job_id}, {self.settings.get('nnodes', 1)} node(s)"
+
     def cleanup(self) -> None:
         """Nothing local to remove: entry dirs live, and go, on the nodes."""
-
-    # stop_jobs' interface
 
     def running(self) -> bool:
         return self.sjob is not None and self.returncode is None

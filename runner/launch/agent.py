@@ -1,4 +1,4 @@
-"""``python -m runner.agent``: torchrun, plus what runner needs around it.
+"""``python -m runner.launch.agent``: torchrun, plus what runner needs around it.
 
 It takes torchrun's arguments and runs ``torch.distributed.run`` in this process,
 adding what the launch core asks for through environment variables, and one
@@ -15,14 +15,9 @@ rendezvous backend:
   rendezvous hands restarted workers the store of the failed attempt, still holding
   its gloo addresses, and the new group then hangs or fails to connect
   (``max_restarts`` would not work); torch's own comment assumes a new store per retry.
-* Prompt ends: torchrun's agent sleeps ``monitor_interval`` before each look at its
-  workers, and its log tailers (``tee``) poll every 0.1 s, so a job that is done is
-  seen up to 0.1 s late and closing the two tailers waits out their sleeps: 0.15-0.3
-  s a job here, half of a warm point. This agent still looks no more often than
-  ``monitor_interval``, but wakes at once when a worker ends or hands back its value,
-  and its tailers stop at once (after copying what is left). Both lean on torch
-  2.13's internals (what the set-up installs); with another torch whose internals
-  differ, the agent falls back to torchrun's own sleeps.
+* Prompt ends: the agent wakes at once when a worker ends or hands back its value
+  (:mod:`runner.launch.prompt`, where that is known to work; else it says so in its
+  output and keeps torchrun's own sleeps).
 * ``RUNNER_PARENT_PID`` / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
   SIGTERM this agent when the parent dies (torchrun then stops its workers); if the
   parent is gone when the agent ends, the agent removes the job's entry dir itself.
@@ -35,9 +30,12 @@ import os
 import shutil
 import signal
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+from runner.launch import prompt
+from runner.launch.procs import exit_on_signal, pid_alive
 
 
 def _parent_gone() -> bool:
@@ -48,11 +46,7 @@ def _parent_gone() -> bool:
         return False
     if os.environ.get("RUNNER_WARM_AGENT") != "1":
         return os.getppid() != int(expected)
-    try:
-        state = Path(f"/proc/{expected}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
+    return not pid_alive(int(expected))
 
 
 def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | None:
@@ -69,7 +63,7 @@ def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | N
     return next((str(p) for p in candidates if p.is_file()), None)
 
 
-def failure_report(error, log_dir: Path | None) -> dict:
+def failure_report(error: Any, log_dir: Path | None) -> dict:
     """JSON-able report of a ChildFailedError, root cause first."""
     first_rank, _ = error.get_first_failure()
     failures = []
@@ -116,7 +110,10 @@ def install() -> None:
     if _installed:
         return
     _register_rendezvous()
-    _make_prompt()
+    reason = prompt.install()
+    if reason is not None:
+        print(f"runner: prompt agent off ({reason}): ranks' ends are seen at torchrun's "
+              "monitor_interval", file=sys.stderr)
     _installed = True
 
 
@@ -170,100 +167,6 @@ def _register_rendezvous() -> None:
     handler_registry.register(RDZV_BACKEND, create)
 
 
-def _wait_for_news(pcontext, timeout: float) -> None:
-    """Sleep up to ``timeout``, waking as soon as one of the workers has news: a worker
-    started by multiprocessing (warm start) hands back its value through a queue and
-    then waits for the agent; a subprocess worker (cold start) just ends."""
-    import multiprocessing.connection
-
-    from torch.distributed.elastic.multiprocessing.api import (
-        MultiprocessContext,
-        SubprocessContext,
-    )
-
-    ready: list = []
-    pidfds: list[int] = []
-    try:
-        if isinstance(pcontext, MultiprocessContext) and pcontext._pc is not None:
-            ready += [
-                queue._reader
-                for rank, queue in pcontext._ret_vals.items()
-                if rank not in pcontext._return_values
-            ]
-            ready += [p.sentinel for p in pcontext._pc.processes if p.exitcode is None]
-        elif isinstance(pcontext, SubprocessContext) and hasattr(os, "pidfd_open"):
-            for handler in pcontext.subprocess_handlers.values():
-                if handler.proc.poll() is None:  # an ended one stays ready: leave it out
-                    pidfds.append(os.pidfd_open(handler.proc.pid))
-        multiprocessing.connection.wait(ready + pidfds, timeout)
-    except (OSError, AttributeError):  # no pidfd (Linux < 5.3), another torch: its sleep
-        time.sleep(timeout)
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-
-
-def _make_prompt() -> None:
-    import torch.distributed.elastic.multiprocessing.api as processes
-    import torch.distributed.launcher.api as launcher
-    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
-    from torch.distributed.elastic.multiprocessing.tail_log import TailLog
-
-    class PromptAgent(LocalElasticAgent):
-        """torchrun's agent, waking at once when a worker has news (see above)."""
-
-        def __init__(self, spec, *args, **kwargs) -> None:
-            # torchrun sleeps spec.monitor_interval before each look; the wait for
-            # news takes that time instead, so the looks stay as far apart.
-            self._look_every = spec.monitor_interval
-            spec.monitor_interval = 1e-4
-            super().__init__(spec, *args, **kwargs)
-
-        def _monitor_workers(self, worker_group):
-            _wait_for_news(self._pcontext, self._look_every)
-            return super()._monitor_workers(worker_group)
-
-    def tail(header, path, dst, finished, interval_sec, log_line_filter=None) -> None:
-        """torchrun's tail of a rank's log file, sleeping on its ``finished`` event."""
-        while not os.path.exists(path):
-            if finished.wait(interval_sec) and not os.path.exists(path):
-                return
-        with open(path, errors="replace") as file:
-            while True:
-                line = file.readline()
-                if line:
-                    if log_line_filter is None or log_line_filter(line):
-                        dst.write(f"{header}{line}")
-                elif finished.is_set():
-                    break
-                else:
-                    finished.wait(interval_sec)
-
-    class PromptTailLog(TailLog):
-        """torchrun's log tailer (``tee``) that stops as soon as it is told to."""
-
-        def start(self) -> TailLog:
-            try:
-                pool, files, prefixes = self._threadpool, self._log_files, self._log_line_prefixes
-                events, futures = self._finished_events, self._futs
-                interval, keep = self._interval_sec, self._log_line_filter
-            except AttributeError:  # another torch's TailLog: its own start
-                return super().start()
-            if not pool or not self._dst:
-                return self
-            for local_rank, path in files.items():
-                header = f"[{self._name}{local_rank}]:"
-                if prefixes and local_rank in prefixes:
-                    header = prefixes[local_rank]
-                futures.append(
-                    pool.submit(tail, header, path, self._dst, events[local_rank], interval, keep)
-                )
-            return self
-
-    launcher.LocalElasticAgent = PromptAgent
-    processes.TailLog = PromptTailLog
-
-
 def _port_of(argv: list[str]) -> int:
     for flag in ("--rdzv_endpoint", "--rdzv-endpoint"):
         if flag in argv:
@@ -271,15 +174,11 @@ def _port_of(argv: list[str]) -> int:
     return int(argv[argv.index("--master_port") + 1])
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Until torchrun installs its own handlers, a SIGTERM (e.g. the parent died while
     # torch was still importing) must still unwind through the clean-up below.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     listen_fd = os.environ.pop("RUNNER_LISTEN_FD", None)
     failure_file = os.environ.pop("RUNNER_FAILURE_FILE", None)
     store = None

@@ -2,12 +2,12 @@
 
 A cold point pays Python start-up and ``import torch`` in its torchrun agent and again
 in every worker (seconds each). In warm mode (``hydra.launcher.warm=true``) the sweep
-parent starts one *warm process* (``python -m runner.warm``) that imports torch,
+parent starts one *warm process* (``python -m runner.launch.warm``) that imports torch,
 torchrun, Hydra, runner's worker and the task's module once, and never initialises
 CUDA. For every point the parent sends it a request and it forks a child from that
 pristine state; the child is the point's torchrun agent, the same
-``runner.agent`` with the same arguments as a cold point, plus torchrun's own
-``--start_method fork --run_path``: its workers are forked too, and run the same
+``runner.launch.agent`` with the same arguments as a cold point, plus torchrun's own
+``--start_method fork --run_path`` (:data:`WARM_AGENT_FLAGS`): its workers are forked too, and run the same
 entry file with the same worker code path. So each point keeps its own agent, free
 port, rendezvous, entry dir, logs, failure report, timeout and elastic restarts, and
 module state one point changes is never seen by the next (each starts from a fresh
@@ -21,8 +21,9 @@ process group). When the parent dies (even by SIGKILL) the kernel sends the warm
 process SIGTERM, and each agent SIGTERM when the warm process dies: every agent stops
 its workers, as in cold mode.
 
-The parent side (:class:`WarmServer`, :class:`WarmProcess`) imports neither torch nor
-the task; only ``python -m runner.warm`` does.
+The parent side (:class:`WarmServer`, the job's
+:class:`~runner.launch.job.AgentStarter` in warm mode, and :class:`WarmProcess`)
+imports neither torch nor the task; only ``python -m runner.launch.warm`` does.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import NoReturn
 
-from runner.dist import die_with_parent
+from runner.launch.entry import AGENT_MODULE
+from runner.launch.procs import die_with_parent, exit_on_signal
 
 WARM_FD_ENV = "RUNNER_WARM_FD"
 # torchrun's own options for an agent whose workers are forked, running the entry file
@@ -66,7 +69,7 @@ def warm_available() -> str | None:
 
 class WarmProcess:
     """A forked agent, seen from the parent: the part of ``subprocess.Popen`` that
-    :class:`~runner.dist.TorchrunJob` uses (pid, poll, wait, returncode)."""
+    :class:`~runner.launch.job.TorchrunJob` uses (pid, poll, wait, returncode)."""
 
     def __init__(self, server: WarmServer, pid: int) -> None:
         self.server = server
@@ -89,7 +92,10 @@ class WarmProcess:
 
 
 class WarmServer:
-    """The parent's handle on one warm process."""
+    """The parent's handle on one warm process, and the
+    :class:`~runner.launch.job.AgentStarter` of warm jobs."""
+
+    flags = WARM_AGENT_FLAGS
 
     def __init__(self, preload: list[str], cwd: str, sys_path: list[str]) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,7 +106,7 @@ class WarmServer:
             [*sys_path, *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.warm", json.dumps(preload)],
+            [sys.executable, "-m", __name__, json.dumps(preload)],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -153,8 +159,16 @@ class WarmServer:
             return self._replies.pop(0)
 
     def wait_for_news(self, timeout: float) -> None:
-        with self._lock:
-            self._read(timeout)
+        """Sleep up to ``timeout``; a report of an ended agent ends it sooner. If the
+        warm process itself has ended, just sleep: its agents' polls report them."""
+        try:
+            with self._lock:
+                self._read(timeout)
+        except WarmStartError:
+            time.sleep(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def exit_code(self, pid: int) -> int | None:
         with self._lock:
@@ -164,15 +178,25 @@ class WarmServer:
                 return -signal.SIGKILL  # the warm process died: its agents are gone too
             return self._exits.get(pid)
 
-    def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str, log: str | None, listen_fd: int | None
+    def command(self, args: list[str]) -> list[str]:
+        """What a forked agent runs, as a cold agent would run it (for launch.json)."""
+        return [sys.executable, "-m", AGENT_MODULE, *args]
+
+    def start(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: Path | None,
+        listen: socket.socket | None,
     ) -> WarmProcess:
-        """Fork an agent for one point: ``python -m runner.agent ARGV``, warm."""
-        request = {"argv": argv, "env": env, "cwd": cwd, "log": log}
+        """Fork an agent for one job: ``python -m runner.launch.agent ARGS``, warm; its
+        output goes to ``log`` (else to the warm process's, the console)."""
+        request = {"argv": args, "env": env, "cwd": cwd, "log": str(log) if log else None}
         data = (json.dumps(request) + "\n").encode()
         with self._lock:
-            if listen_fd is not None:
-                socket.send_fds(self.sock, [data], [listen_fd])
+            if listen is not None:
+                socket.send_fds(self.sock, [data], [listen.fileno()])
             else:
                 self.sock.sendall(data)
         reply = self._next_reply(60.0)
@@ -221,12 +245,12 @@ def _preload(modules: list[str]) -> list[str]:
         "hydra.conf",
         "hydra.core.hydra_config",
         "hydra.core.utils",
-        "runner.agent",
-        "runner.worker",
+        AGENT_MODULE,
+        "runner.launch.worker",
     ]
     for name in [*base, *modules]:
         importlib.import_module(name)
-    from runner.agent import install
+    from runner.launch.agent import install
 
     install()
     return [*base, *modules]
@@ -256,9 +280,9 @@ def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:
             out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(out, 1)
             os.dup2(out, 2)
-        from runner.agent import main as agent_main
+        from runner.launch.agent import main as agent_main
 
-        sys.argv = ["runner.agent", *request["argv"]]
+        sys.argv = [AGENT_MODULE, *request["argv"]]
         code = agent_main(request["argv"])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -320,10 +344,7 @@ def serve(control: socket.socket, preload: list[str]) -> int:
     def send(message: dict) -> None:
         control.sendall((json.dumps(message) + "\n").encode())
 
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         try:
@@ -380,7 +401,7 @@ def main() -> NoReturn:
         code = exit_.code if isinstance(exit_.code, int) else 1
     # Its agents are stopped and it ran no task: skip the interpreter's teardown of
     # torch, which takes ~0.5 s the sweep would wait for (and can abort, see
-    # runner.worker.exit_now).
+    # runner.launch.worker.exit_now).
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -4,7 +4,7 @@ to torchrun.
 A run that wants one process trains here. A run that wants more (``nproc_per_node``
 or ``nnodes`` above 1) and is not yet inside a torchrun worker is handed, whole, to
 the launch core, which starts one torchrun whose every rank calls this same function
-and lands in :func:`runner.train.train`. Nothing here imports torch until training
+and lands in :func:`runner.trainer.train.train`. Nothing here imports torch until training
 starts, so composing, printing and scheduling stay light.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.dist import wanted_world_size
+from runner.launch.job import wanted_world_size
+from runner.launch.options import invalid
 
 
 class ConfigError(ValueError):
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
 
 def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix: {fix}")
+        raise ConfigError(invalid(key, value, rule, fix))
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -32,7 +33,7 @@ def check_keys(cfg: DictConfig) -> None:
     override appends even to a typed node, so ``+trainer.nope=1`` would pass silently."""
     from dataclasses import fields
 
-    from runner.config import BUILT_IN_SCHEMAS, LoggerConf, PathsConf, TrainerConf
+    from runner.trainer.config import BUILT_IN_SCHEMAS, LoggerConf, PathsConf, TrainerConf
 
     nodes = {"trainer": TrainerConf, "paths": PathsConf, "logger": LoggerConf}
     for group in ("data", "model", "optim", "scheduler"):
@@ -198,9 +199,9 @@ def main(cfg: DictConfig) -> float:
     if not inside_torchrun():
         check_not_slurm_single_run()
     if not inside_torchrun() and wanted_world_size(default=cfg.trainer.nproc_per_node) > 1:
-        from runner.dist import launch_current_job
+        from runner.launch.job import launch_current_job
 
         return launch_current_job(main, cfg)
-    from runner.train import train
+    from runner.trainer.train import train
 
     return train(cfg)

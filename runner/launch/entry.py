@@ -1,0 +1,186 @@
+"""The config as data: what the parent writes for a job and what every rank reads.
+
+The job's full config, ``hydra`` node included, is resolved once in the parent and
+written as JSON into a private entry directory (0700, files 0600) beside a fixed entry
+script. Every rank runs that script, which hands the data to
+:mod:`runner.launch.worker`: no value is ever turned into code, and ``${now:...}``
+and friends have the same value in every rank. The task travels by import path when
+it has one, else by value (cloudpickle), so closures and functions defined in a
+script's ``__main__`` work too.
+
+The names of the files parent, agent and ranks share (in the entry dir and in a job
+dir) are defined here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from runner.launch.procs import import_path, pid_alive
+
+# What every agent runs: ``python -m runner.launch.agent`` (torchrun, and runner's parts).
+AGENT_MODULE = "runner.launch.agent"
+# In the entry dir (private, removed when the job ends).
+ENTRY_SCRIPT = "entry.py"
+JOB_FILE = "job.json"
+TASK_FILE = "task.pkl"
+RESULT_FILE = "result.pkl"
+FAILURE_FILE = "failure.json"
+# In a job dir (kept).
+AGENT_LOG = "torchrun.log"
+LAUNCH_RECORD = "launch.json"
+RETURN_VALUE = "return_value.pkl"
+
+# The entry script is fixed text: the job is data in job.json beside it. Only as
+# __main__ does it run the worker: a process the task starts with the "spawn" method
+# re-imports this file as __mp_main__ and must not start the task again.
+ENTRY_SOURCE = f"""\
+# Written by runner for one torchrun job; removed when the job ends.
+# Every rank runs this file. The job itself is data, in {JOB_FILE} beside it.
+import json
+import sys
+from pathlib import Path
+
+_job_dir = Path(__file__).resolve().parent
+_job = json.loads((_job_dir / "{JOB_FILE}").read_text())
+sys.path[:0] = [p for p in _job["sys_path"] if p not in sys.path]
+
+if __name__ == "__main__":
+    from runner.launch.worker import main
+
+    main(_job, _job_dir)
+"""
+
+
+def _escape(value: str) -> str:
+    """Escape ``${`` (and backslashes before it) so OmegaConf reads the literal string."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+
+
+def resolved_data(node: DictConfig | ListConfig) -> Any:
+    """The config as plain JSON-able data, every interpolation resolved here and now.
+
+    Resolved strings are escaped so that a value which itself reads ``${...}`` stays
+    that literal string when the rank rebuilds the config. An interpolation that cannot
+    be resolved yet (``hydra.job.num`` in a single run) is kept as written, so it
+    behaves in the rank exactly as it would have in the parent.
+    """
+    keys: Iterator[Any]
+    out: Any
+    if isinstance(node, DictConfig):
+        keys = iter(node.keys())
+        out = {}
+    else:
+        keys = iter(range(len(node)))
+        out = []
+    for key in keys:
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            value = node._get_node(key)._value()  # type: ignore[union-attr]  # unresolvable: keep it as written
+        else:
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = None if value._is_none() else resolved_data(value)
+            elif isinstance(value, Enum):
+                value = value.name
+            elif isinstance(value, str):
+                value = _escape(value)
+            elif isinstance(value, bytes | Path):
+                value = str(value)
+        if isinstance(out, dict):
+            out[str(key.name if isinstance(key, Enum) else key)] = value
+        else:
+            out.append(value)
+    return out
+
+
+def job_config_data(config: DictConfig) -> dict:
+    """The full job config (task config plus its ``hydra`` node) as resolved data."""
+    from hydra.core.hydra_config import HydraConfig
+
+    data = resolved_data(config)
+    if "hydra" not in data and HydraConfig.initialized():
+        hydra_cfg = HydraConfig.instance().cfg
+        assert hydra_cfg is not None
+        data["hydra"] = resolved_data(hydra_cfg)["hydra"]
+    return data
+
+
+def entry_base() -> Path:
+    """Where entry dirs are made: ``$RUNNER_TMPDIR`` or the system temp dir."""
+    base = Path(os.environ.get("RUNNER_TMPDIR") or tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def remove_stale_entry_dirs() -> list[Path]:
+    """Remove entry dirs left by runner parents that no longer exist (killed with -9
+    together with their agents); returns what was removed."""
+    removed = []
+    for path in entry_base().glob("runner-*-*"):
+        match = re.fullmatch(r"runner-(\d+)-.*", path.name)
+        if match and path.is_dir() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def task_reference(task_function: Callable) -> str | None:
+    """``module:qualname`` when the task can be imported by name in another process."""
+    module = getattr(task_function, "__module__", None)
+    qualname = getattr(task_function, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        import importlib
+
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if obj is task_function else None
+
+
+def write_entry(
+    config_data: dict, task_function: Callable, cwd: str, sys_path: list[str] | None = None
+) -> Path:
+    """Create the private entry dir (0700) with the entry script, job.json and, for a
+    task with no import path, task.pkl (all 0600). Returns the entry script's path.
+    ``sys_path``: the import path the ranks get (default: this process's)."""
+    entry_dir = Path(tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-", dir=entry_base()))
+    try:
+        reference = task_reference(task_function)
+        if reference is None:
+            import cloudpickle
+
+            _write_private(entry_dir / TASK_FILE, cloudpickle.dumps(task_function))
+        job = {
+            "config": config_data,
+            "task": reference,
+            "sys_path": list(dict.fromkeys(sys_path or import_path(cwd))),
+            "cwd": cwd,
+        }
+        _write_private(entry_dir / JOB_FILE, json.dumps(job).encode())
+        _write_private(entry_dir / ENTRY_SCRIPT, ENTRY_SOURCE.encode())
+    except BaseException:
+        shutil.rmtree(entry_dir, ignore_errors=True)
+        raise
+    return entry_dir / ENTRY_SCRIPT

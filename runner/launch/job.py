@@ -1,0 +1,539 @@
+"""One job as one torchrun: the :class:`Job` interface, the local job, and ``launch``.
+
+What a user sees:
+
+* The job's config is resolved once, here in the parent, and travels as data
+  (:mod:`runner.launch.entry`).
+* Single-node jobs get a loopback port that this module binds itself and hands to the
+  agent as an open socket: no other process can take it between pick and use, and
+  the rendezvous store listens on 127.0.0.1 only.
+* The agent (``python -m runner.launch.agent``: torchrun with a structured failure
+  report) runs in its own session and dies with its parent; :func:`launch` waits for
+  it, returns rank 0's return value, or raises :class:`LaunchError` naming the failing
+  rank, its exit code, its exception and the tail of its log. Entry files are removed
+  on success, failure, Ctrl-C and SIGTERM.
+
+"What to run" (the entry dir and a :class:`LaunchConfig`) stays apart from "how the
+agent starts": an :class:`AgentStarter` the job is given, a fresh subprocess
+(:class:`SubprocessStarter`) or a fork of the warm process
+(:class:`runner.launch.warm.WarmServer`). Every kind of job (this one, the Slurm job
+of :mod:`runner.sweep.slurm`, the tests' fakes) implements :class:`Job`, so whoever
+runs jobs never asks which kind it holds.
+
+Nothing here imports torch: the parent stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from omegaconf import DictConfig
+
+from runner.launch.entry import (
+    AGENT_LOG,
+    AGENT_MODULE,
+    FAILURE_FILE,
+    RESULT_FILE,
+    job_config_data,
+    remove_stale_entry_dirs,
+    task_reference,
+    write_entry,
+)
+from runner.launch.options import LaunchConfig
+from runner.launch.procs import (
+    die_with_parent,
+    free_port,
+    import_path,
+    release_port,
+    sigterm_as_exit,
+)
+
+
+class LaunchError(RuntimeError):
+    """A job failed: which rank, how, and the end of its log."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        rank: int | None = None,
+        failures: list[dict] | None = None,
+        log_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.rank = rank
+        self.failures = failures or []
+        self.log_tail = log_tail
+
+
+class LaunchTimeout(LaunchError):
+    """The job ran past its ``timeout`` and was stopped."""
+
+
+class Job(Protocol):
+    """One job, however it runs: a local torchrun (cold or warm), a Slurm job, a fake.
+
+    ``start`` it, ``poll`` it until it returns an exit code (a job past its
+    ``launch.timeout`` stops itself and reports :class:`LaunchTimeout`), then take its
+    ``result`` (rank 0's return value, or the :class:`LaunchError`), its
+    ``launch_record`` (what ``launch.json`` says) and ``cleanup``. To stop jobs,
+    :func:`stop_jobs` asks each to ``terminate`` and then waits in ``wait_stopped``.
+    """
+
+    launch: LaunchConfig
+    job_dir: Path
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None: ...
+
+    def poll(self) -> int | None: ...
+
+    def running(self) -> bool: ...
+
+    def terminate(self) -> None: ...
+
+    def wait_stopped(self, deadline: float) -> None: ...
+
+    def result(self) -> Any: ...
+
+    def launch_record(self) -> dict: ...
+
+    def describe(self) -> str: ...
+
+    def cleanup(self) -> None: ...
+
+
+class AgentProcess(Protocol):
+    """A started agent, as the job sees it (what ``subprocess.Popen`` offers)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class AgentStarter(Protocol):
+    """How an agent starts: ``flags`` are torchrun options it needs (before the entry
+    file); ``command`` is what launch.json records; ``start`` runs it;
+    ``wait_for_news`` sleeps until an agent may have ended; ``alive`` says whether it
+    can still start agents; ``close`` ends what the starter itself keeps running."""
+
+    flags: list[str]
+
+    def command(self, args: list[str]) -> list[str]: ...
+
+    def start(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: Path | None,
+        listen: socket.socket | None,
+    ) -> AgentProcess: ...
+
+    def wait_for_news(self, timeout: float) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SubprocessStarter:
+    """Cold start: the agent is a fresh ``python -m runner.launch.agent``, in its own
+    session, told to die with its parent; it imports torch itself."""
+
+    flags: list[str] = []
+
+    def command(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", AGENT_MODULE, *args]
+
+    def start(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: Path | None,
+        listen: socket.socket | None,
+    ) -> AgentProcess:
+        out: IO[bytes] | None = open(log, "ab") if log is not None else None
+        try:
+            return subprocess.Popen(
+                self.command(args),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+                pass_fds=[listen.fileno()] if listen else (),
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the agent has its own copy
+
+    def wait_for_news(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to end: each agent is its own process."""
+
+
+def run_times(started: float | None, ended: float | None) -> dict[str, float | None]:
+    """The start, end and duration fields of a job's ``launch.json``."""
+    duration = round(ended - started, 3) if started and ended else None
+    return {"start_time": started, "end_time": ended, "duration_s": duration}
+
+
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file ("" if there is none)."""
+    if path is None or not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class TorchrunJob:
+    """One job as one torchrun agent on this machine: start it, poll it, stop it,
+    collect its result. Implements :class:`Job`."""
+
+    def __init__(
+        self,
+        config: DictConfig | None,
+        task_function: Callable,
+        launch: LaunchConfig,
+        job_dir: str | Path,
+        *,
+        console: bool = True,
+        config_data: dict | None = None,
+        sys_path: list[str] | None = None,
+        starter: AgentStarter | None = None,
+    ) -> None:
+        """``config`` is resolved here; or pass ``config_data`` resolved elsewhere (a
+        Slurm node runs what its submitter resolved), with that process's ``sys_path``.
+        ``console``: the agent's output goes to this process's console, else to
+        ``torchrun.log`` in the job dir. ``starter``: how the agent starts (default: a
+        fresh subprocess)."""
+        self.launch = launch
+        self.job_dir = Path(job_dir)
+        self.console = console
+        data = config_data if config is None else job_config_data(config)
+        assert data is not None, "pass config or config_data"
+        self.config_data: dict = data
+        self.task_function = task_function
+        self.sys_path = sys_path
+        self.starter: AgentStarter = starter or SubprocessStarter()
+        self.cwd = str(data["hydra"]["runtime"]["cwd"]) if "hydra" in data else os.getcwd()
+        self.entry_file: Path | None = None
+        self.proc: AgentProcess | None = None
+        self.port: int | None = None
+        self.command: list[str] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.returncode: int | None = None
+        self.timed_out = False
+        self.rank0_here = False
+
+    @property
+    def entry_dir(self) -> Path | None:
+        return self.entry_file.parent if self.entry_file else None
+
+    @property
+    def agent_log(self) -> Path:
+        return self.job_dir / AGENT_LOG
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        """Write the entry dir and start the agent in its own session."""
+        launch = self.launch
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        if launch.log_dir is None:
+            launch = self.launch = dataclasses.replace(
+                launch, log_dir=str(self.job_dir / "torchrun")
+            )
+        self.entry_file = write_entry(self.config_data, self.task_function, self.cwd, self.sys_path)
+        listen = free_port() if launch.single_node else None
+        try:
+            if listen is not None:
+                self.port = listen.getsockname()[1]
+            elif launch.rdzv_endpoint:
+                self.port = int(launch.rdzv_endpoint.rpartition(":")[2])
+            else:
+                self.port = launch.master_port
+            args = launch.agent_args(str(self.entry_file), self.port, self.starter.flags)
+            self.command = self.starter.command(args)
+            env = dict(os.environ)
+            env.update(launch.env)
+            env.update(extra_env or {})
+            env["RUNNER_PARENT_PID"] = str(os.getpid())
+            env["RUNNER_ENTRY_DIR"] = str(self.entry_file.parent)
+            env["RUNNER_FAILURE_FILE"] = str(self.entry_file.parent / FAILURE_FILE)
+            env["PYTHONUNBUFFERED"] = "1"
+            if listen is not None:
+                env["RUNNER_LISTEN_FD"] = str(listen.fileno())
+                env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # ranks talk over loopback only
+            self.started_at = time.time()
+            log = None if self.console else self.agent_log
+            self.proc = self.starter.start(args, env, self.cwd, log, listen)
+        except BaseException:
+            if listen is not None:
+                release_port(listen.getsockname()[1])
+            self.cleanup()
+            raise
+        finally:
+            if listen is not None:
+                listen.close()  # the agent holds it now
+
+    def poll(self) -> int | None:
+        """The agent's exit code, or None while it runs; stops it past its timeout."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if (
+            code is None
+            and self.launch.timeout
+            and self.started_at
+            and time.time() - self.started_at > self.launch.timeout
+        ):
+            self.timed_out = True
+            stop_jobs([self])
+            code = self.proc.poll()
+        if code is not None and self.returncode is None:
+            self.returncode = code
+            self.ended_at = time.time()
+            assert self.entry_dir is not None
+            self.rank0_here = (self.entry_dir / RESULT_FILE).is_file()
+            if self.port is not None and self.launch.single_node:
+                release_port(self.port)
+        return code
+
+    def wait(self) -> int:
+        """Block until the agent ends (or its timeout stops it)."""
+        while (code := self.poll()) is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                assert self.proc is not None
+                self.proc.wait(timeout=0.2)
+        return code
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM to the agent's process group: torchrun stops its workers."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the agent until ``deadline`` (monotonic), then SIGKILL its group."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def result(self) -> Any:
+        """Rank 0's return value; raises LaunchError if the job failed."""
+        assert self.returncode is not None, "result() before the job ended"
+        assert self.entry_dir is not None
+        if self.returncode == 0:
+            import cloudpickle
+
+            result_file = self.entry_dir / RESULT_FILE
+            if not result_file.is_file() and not self.launch.single_node:
+                return None  # rank 0 ran on another node: its parent has the result
+            if not result_file.is_file():
+                raise LaunchError(
+                    f"torchrun exited 0 but rank 0 left no result in {result_file}", exitcode=0
+                )
+            return cloudpickle.loads(result_file.read_bytes())
+        raise self.error()
+
+    def error(self) -> LaunchError:
+        """The failure of this job as a LaunchError, from the agent's failure report."""
+        assert self.entry_dir is not None
+        report_file = self.entry_dir / FAILURE_FILE
+        report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        failures = report.get("failures", [])
+        where = f"job dir {self.job_dir}"
+        if self.timed_out:
+            return LaunchTimeout(
+                f"torchrun job timed out after {self.launch.timeout:g} s and was stopped "
+                f"(raise hydra.launcher.timeout if it needs longer); {where}",
+                exitcode=self.returncode,
+                failures=failures,
+                log_tail=log_tail(self.agent_log),
+            )
+        if not failures:
+            tail = log_tail(self.agent_log)
+            detail = report.get("error") or "the agent failed before any worker reported"
+            return LaunchError(
+                f"torchrun exited with code {self.returncode}: {detail}; {where}"
+                + (f"\n--- {AGENT_LOG} (last lines) ---\n{tail}" if tail else ""),
+                exitcode=self.returncode,
+                log_tail=tail,
+            )
+        first = failures[0]
+        log_path = Path(first["log_file"]) if first.get("log_file") else None
+        tail = log_tail(log_path)
+        how = (
+            f"was killed by {first['signal']}"
+            if first.get("signal")
+            else f"exited with code {first['exitcode']}"
+        )
+        message = (
+            f"rank {first['rank']} (local rank {first['local_rank']}) {how}: "
+            f"{first.get('exception') or 'no exception recorded'}; {where}"
+        )
+        if tail:
+            message += f"\n--- {log_path} (last lines) ---\n{tail}"
+        return LaunchError(
+            message,
+            exitcode=first["exitcode"],
+            rank=first["rank"],
+            failures=failures,
+            log_tail=tail,
+        )
+
+    def launch_record(self) -> dict:
+        """What launch.json records: enough to see, and repeat, how the job ran."""
+        launch = self.launch
+        multinode = {
+            "node_rank": launch.node_rank,
+            "rdzv_backend": launch.rdzv_backend,
+            "rdzv_endpoint": launch.rdzv_endpoint,
+            "rdzv_id": launch.rdzv_id,
+            "rank0_here": self.rank0_here,
+        }
+        return {
+            "command": self.command,
+            "cwd": self.cwd,
+            "port": self.port,
+            "nproc_per_node": launch.nproc_per_node,
+            "nnodes": launch.nnodes,
+            **({} if launch.single_node else multinode),
+            **run_times(self.started_at, self.ended_at),
+            "exit_code": self.returncode,
+            "timed_out": self.timed_out,
+            "agent_pid": self.proc.pid if self.proc else None,
+            "warm": bool(self.starter.flags),
+        }
+
+    def describe(self) -> str:
+        return f"port {self.port}"
+
+    def cleanup(self) -> None:
+        """Remove the entry dir (idempotent)."""
+        if self.entry_dir is not None:
+            shutil.rmtree(self.entry_dir, ignore_errors=True)
+
+
+def stop_jobs(jobs: Sequence[Job], grace: float = 10.0) -> None:
+    """Ask every running job to stop (a torchrun agent gets SIGTERM and stops its own
+    workers; a Slurm job is cancelled), wait up to ``grace`` seconds in all, then force
+    what is left (SIGKILL; ``scancel -s KILL``). Workers outliving their agent get
+    SIGKILL from the kernel (they ask for it at start, see runner.launch.worker)."""
+    live = [job for job in jobs if job.running()]
+    for job in live:
+        job.terminate()
+    deadline = time.monotonic() + grace
+    for job in live:
+        job.wait_stopped(deadline)
+
+
+def warm_starter(task_function: Callable, cwd: str) -> AgentStarter | None:
+    """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
+    when warm start cannot work here: no fork, or the task's module fails to import
+    ahead. Then jobs run cold, as if warm were off."""
+    from runner.launch.warm import WarmServer, WarmStartError, warm_available
+
+    reason = warm_available()
+    if reason is None:
+        reference = task_reference(task_function)
+        preload = [reference.partition(":")[0]] if reference else []
+        try:
+            return WarmServer(preload, cwd, import_path(cwd))
+        except WarmStartError as error:
+            reason = str(error).splitlines()[0]
+    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
+    return None
+
+
+def launch(
+    config: DictConfig,
+    task_function: Callable,
+    launch_config: LaunchConfig,
+    job_dir: str | Path,
+    *,
+    console: bool = True,
+    warm: bool = False,
+) -> Any:
+    """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
+    return value or raise LaunchError. Clean-up happens whatever way this ends.
+    ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm)."""
+    remove_stale_entry_dirs()
+    job = TorchrunJob(config, task_function, launch_config, job_dir, console=console)
+    with sigterm_as_exit():
+        server = warm_starter(task_function, job.cwd) if warm else None
+        if server is not None:
+            job.starter = server
+        try:
+            job.start()
+            job.wait()
+            return job.result()
+        finally:
+            if job.proc is not None:
+                stop_jobs([job])
+            job.cleanup()
+            if server is not None:
+                server.close()
+
+
+def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
+    """From inside a Hydra task: run this same job through torchrun, launched as
+    ``hydra.launcher`` says, and return rank 0's return value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    launch_config = LaunchConfig.from_config(hydra_cfg.launcher)
+    return launch(
+        task_cfg,
+        task_function,
+        launch_config,
+        hydra_cfg.runtime.output_dir,
+        warm=bool(hydra_cfg.launcher.get("warm", False)),
+    )
+
+
+def wanted_world_size(default: int = 1) -> int:
+    """Processes the current Hydra job asks for (``hydra.launcher``: nproc x nnodes)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    launcher = HydraConfig.get().launcher
+    if "nproc_per_node" not in launcher:
+        return default
+    return int(launcher.nproc_per_node) * int(str(launcher.get("nnodes", 1)).split(":")[-1])

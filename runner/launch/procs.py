@@ -1,0 +1,111 @@
+"""Process helpers shared by the parent, the agent, the warm process and the ranks.
+
+Small and dependency-free (no torch, no Hydra): the parent-death signal, whether a
+pid is alive, atomic writes, SIGTERM as ``SystemExit``, loopback ports reserved for
+the lifetime of a job, and the import path handed to other processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+LOOPBACK = "127.0.0.1"
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits (no-op elsewhere)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process: it exists and is not a zombie waiting to be
+    reaped (a dead parent's pid stays in the table as a zombie until then)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in ("Z", "X")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path`` and rename it into place: a reader sees
+    the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: end like ``kill`` would (exit code 128 + signal), but through
+    ``SystemExit``, so ``finally`` blocks clean up."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) so ``finally`` clean-up runs
+    (only the main thread can install handlers; elsewhere the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_ports_lock = threading.Lock()
+_ports_in_use: set[int] = set()
+
+
+def free_port(host: str = LOOPBACK) -> socket.socket:
+    """Return a socket bound to a free port on ``host`` (port from ``getsockname()``).
+
+    The port is never one already handed to a job of this process that is still
+    running; it stays reserved until :func:`release_port`. Keep the socket open until
+    the agent has it, so no other process can take the port in between.
+    """
+    with _ports_lock:
+        for _ in range(100):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in _ports_in_use:
+                _ports_in_use.add(port)
+                return sock
+            sock.close()
+    raise RuntimeError("no free loopback port found in 100 tries")
+
+
+def release_port(port: int) -> None:
+    """Make ``port`` available to :func:`free_port` again (its job has ended)."""
+    with _ports_lock:
+        _ports_in_use.discard(port)
+
+
+def import_path(cwd: str) -> list[str]:
+    """This process's ``sys.path`` as absolute paths (the script's dir, "", as ``cwd``),
+    without repeats: what another process needs to import what this one can."""
+    return list(dict.fromkeys(os.path.abspath(p) if p else cwd for p in sys.path))

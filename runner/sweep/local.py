@@ -1,0 +1,79 @@
+"""Sweep points as torchrun jobs on this machine (``hydra/launcher=torchrun``).
+
+The :class:`~runner.sweep.scheduler.JobFactory` of local sweeps: every point is a
+:class:`~runner.launch.job.TorchrunJob` whose agent is a fresh process (cold) or a
+fork of the sweep's warm process (``hydra.launcher.warm=true``); its devices come
+from the pool of ``hydra.launcher.devices``.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.launch.job import AgentStarter, Job, SubprocessStarter, TorchrunJob, warm_starter
+from runner.launch.options import LaunchConfig
+from runner.sweep.devices import DevicePool, visible_devices
+from runner.sweep.scheduler import (
+    LauncherConfigError,
+    SweepLauncher,
+    check_options,
+    too_many_devices,
+)
+
+
+class LocalJobs:
+    """Makes the points of a sweep on this machine, cold or warm."""
+
+    where = ""
+    launch_overrides: dict[str, Any] = {}
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Before anything starts: every key, and the sweep's ranks per point against
+        the named devices."""
+        check_options(params, cls.launch_overrides)
+        nproc = int(params.get("nproc_per_node") or 1)
+        problem = too_many_devices(
+            nproc, DevicePool(visible_devices(str(params.get("devices", "auto")))), "every point"
+        )
+        if problem is not None:
+            raise LauncherConfigError(problem)
+
+    def __init__(self, launcher: SweepLauncher) -> None:
+        self.task_function = launcher.task_function
+        self.cwd = str(launcher.config.hydra.runtime.cwd)
+        self.pool = DevicePool(visible_devices(str(launcher.params.get("devices", "auto"))))
+        self.warm = bool(launcher.params.get("warm", False))
+        self.starter: AgentStarter = self._starter()
+
+    def _starter(self) -> AgentStarter:
+        """The warm process (ending with this factory, or at exit), else cold start."""
+        server = warm_starter(self.task_function, self.cwd) if self.warm else None
+        if server is None:
+            self.warm = False  # unavailable: said once, not tried again
+            return SubprocessStarter()
+        weakref.finalize(self, server.close)
+        return server
+
+    def default_parallel(self, points: int, nproc: int) -> int:
+        """What fits: with devices, as many points as devices (the pool gives each its
+        slice); on CPU, a core per rank but at least two points, so one point's
+        start-up (importing torch, rendezvous) overlaps another's work."""
+        if self.pool:
+            return len(self.pool.ids)
+        return max(2, (os.cpu_count() or 1) // nproc)
+
+    def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
+        if not self.starter.alive():
+            self.starter = self._starter()  # the warm process ended: a new one
+        return TorchrunJob(
+            config, self.task_function, launch, job_dir, console=False, starter=self.starter
+        )
+
+    def wait_for_news(self, timeout: float) -> None:
+        self.starter.wait_for_news(timeout)

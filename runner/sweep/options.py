@@ -1,0 +1,116 @@
+"""The sweep's own launcher options, beside torchrun's (:class:`LaunchConfig`).
+
+The launcher plugin's config is composed from these dataclasses and
+:class:`~runner.launch.options.LaunchConfig`, so every ``hydra.launcher`` key, its
+type and its default are written once. Light on purpose: Hydra imports this at
+plugin discovery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.launch.options import invalid
+
+
+def _key(name: str) -> str:
+    return f"hydra.launcher.{name}"
+
+
+@dataclass
+class SchedulerOptions:
+    """How the points of a sweep share this machine."""
+
+    # Points running at once; null: as many as fit (with devices, the device pool
+    # decides; on CPU, cores // nproc_per_node but at least 2).
+    max_parallel: int | None = None
+    # Stop the sweep at the first failed point instead of finishing the batch.
+    fail_fast: bool = False
+    # Devices concurrent points share out, one per local rank: "auto" (the GPUs
+    # CUDA_VISIBLE_DEVICES or nvidia-smi shows), "none", or ids like "0,1,2,3".
+    devices: str = "auto"
+    # Seconds between SIGTERM and SIGKILL when points are stopped.
+    stop_grace: float = 10.0
+    # Re-running into the same hydra.sweep.dir: keep points that completed (their stored
+    # result is returned to the sweeper) and run the failed or unfinished ones again.
+    resume: bool = False
+    # Fork every point's agent and workers from one warm process that has imported
+    # torch and the task (fractions of a second per point instead of seconds); falls
+    # back to cold start, with a notice, where that cannot work.
+    warm: bool = False
+
+    def problems(self) -> list[str]:
+        """What cannot work, each naming the key, the value and the fix."""
+        found = []
+        if self.max_parallel is not None and self.max_parallel < 1:
+            found.append(
+                invalid(
+                    _key("max_parallel"),
+                    self.max_parallel,
+                    "must be an integer >= 1, or null for as many as fit",
+                    "hydra.launcher.max_parallel=2",
+                )
+            )
+        if self.devices not in ("auto", "none") and not all(
+            d.strip().isdigit() for d in self.devices.split(",")
+        ):
+            found.append(
+                invalid(
+                    _key("devices"),
+                    self.devices,
+                    "must be auto, none, or GPU ids like 0,1,2,3",
+                    "hydra.launcher.devices=auto",
+                )
+            )
+        if self.stop_grace < 0:
+            found.append(
+                invalid(
+                    _key("stop_grace"),
+                    self.stop_grace,
+                    "must be >= 0 seconds",
+                    "hydra.launcher.stop_grace=10",
+                )
+            )
+        return found
+
+
+@dataclass
+class SlurmOptions:
+    """Where and how each point's Slurm job runs (``hydra/launcher=torchrun_slurm``)."""
+
+    partition: str | None = None
+    # Cores per node for the agent and its ranks; null: one per rank.
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    mem_gb: int | None = None
+    # The job's Slurm time limit, in minutes.
+    time_min: int = 60
+    account: str | None = None
+    qos: str | None = None
+    job_name: str = "${hydra.job.name}"
+    # Any other sbatch option, e.g. {constraint: a100, exclusive: true}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    # Shell lines run before the job (module load ..., source venv/bin/activate).
+    setup: list[str] = field(default_factory=list)
+    # Seconds between sacct checks (jobs that die outside Python are seen this way).
+    poll_interval: float = 5.0
+
+    def problems(self, nnodes: str) -> list[str]:
+        """What cannot work, each naming the key, the value and the fix."""
+        found = []
+
+        def bad(key: str, value: Any, rule: str, fix: str) -> None:
+            found.append(invalid(_key(key), value, rule, f"hydra.launcher.{fix}"))
+
+        if not nnodes.isdigit():
+            bad("nnodes", nnodes, "Slurm allocates a fixed number of nodes", "nnodes=2")
+        for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                bad(key, value, "must be an integer >= 1, or null for the cluster's default", f"{key}=null")
+        if self.time_min < 1:
+            bad("time_min", self.time_min, "the job's time limit must be whole minutes >= 1", "time_min=60")
+        if self.poll_interval <= 0:
+            bad("poll_interval", self.poll_interval, "must be > 0 seconds", "poll_interval=5")
+        return found
