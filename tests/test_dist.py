@@ -254,7 +254,7 @@ def listeners(port: int) -> list[str]:
 
 @pytest.mark.slow
 def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
-    from runner.launch.job import TorchrunJob
+    from runner.launch.job import TorchrunJob, stop_jobs
 
     cfg = job_config(tmp_path, "sleep=4")
     from tests.apps.probe_app import probe
@@ -275,7 +275,7 @@ def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
         seen = listeners(job.port) or seen
         assert job.wait() == 0
     finally:
-        job.stop()
+        stop_jobs([job])
         job.cleanup()
     assert seen and set(seen) == {"0100007F"}, seen  # 127.0.0.1, nothing else
     records = probe_records(tmp_path)

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from runner.launch.job import LaunchTimeout, TorchrunJob
+from runner.launch.job import LaunchTimeout, TorchrunJob, stop_jobs
 from runner.trainer.train import CheckpointError, train
 from tests.conftest import (
     PROBE_APP,
@@ -129,7 +129,7 @@ def test_port_cannot_be_taken_between_pick_and_bind(tmp_path, entry_base):
         assert job.wait() == 0
         assert job.result() == 1.0
     finally:
-        job.stop()
+        stop_jobs([job])
         job.cleanup()
     assert entry_dirs(entry_base) == []
 

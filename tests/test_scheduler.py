@@ -1,0 +1,246 @@
+"""The scheduler's rules in milliseconds: the real launcher plugin and scheduler over
+fake jobs (tests/fakes.py). The same rules are tested with real torchrun processes in
+tests/test_launcher.py, tests/test_faults.py and tests/test_warm.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import JobStatus
+
+from runner.launch.job import LaunchError
+from runner.sweep.devices import DevicePool
+from runner.sweep.scheduler import LauncherConfigError
+from tests.conftest import PROBE_APP, read_json
+from tests.fakes import FakeJobs
+
+
+@pytest.fixture(autouse=True)
+def fake_jobs(monkeypatch):
+    """``hydra/launcher=torchrun`` with fake jobs."""
+    FakeJobs.reset()
+    monkeypatch.setattr("runner.sweep.local.LocalJobs", FakeJobs)
+    yield
+    FakeJobs.reset()
+
+
+def fake_sweep(hydra_sweep_runner, sweep_dir: Path, *overrides: str):
+    """The probe app's sweep over fake jobs; returns the batch's JobReturns. The sweep
+    dir stays (Hydra's runner removes it when a sweep succeeds)."""
+    kept = sweep_dir.with_name(f"{sweep_dir.name}.kept")
+    with hydra_sweep_runner(
+        calling_file=str(PROBE_APP),
+        calling_module=None,
+        task_function=None,
+        config_path="probe_conf",
+        config_name="config",
+        overrides=list(overrides),
+        temp_dir=str(sweep_dir),
+    ) as sweep:
+        shutil.copytree(sweep_dir, kept)
+    shutil.move(kept, sweep_dir)
+    return sweep.returns[0]
+
+
+def spans(num: int) -> tuple[float, float]:
+    start = next(e.at for e in FakeJobs.events if e.point == num and e.what == "start")
+    end = next(e.at for e in FakeJobs.events if e.point == num and e.what == "end")
+    return start, end
+
+
+def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
+    FakeJobs.sleeps = {0: 0.8, 1: 0.4, 2: 0.0}
+    returns = fake_sweep(hydra_sweep_runner, tmp_path, "value=3,2,1", "hydra.launcher.max_parallel=3")
+    assert [r.return_value for r in returns] == [3.0, 2.0, 1.0]
+    assert [r.overrides[0] for r in returns] == ["value=3", "value=2", "value=1"]
+    ends = [spans(n)[1] for n in range(3)]
+    assert ends[2] < ends[1] < ends[0]  # they ended in the other order
+    assert all(job.cleaned for job in FakeJobs.jobs)
+
+
+def test_max_parallel_bounds_the_points_at_once(hydra_sweep_runner, tmp_path):
+    fake_sweep(
+        hydra_sweep_runner, tmp_path, "value=1,2,3,4,5", "sleep=0.2", "hydra.launcher.max_parallel=2"
+    )
+    moments = sorted({e.at for e in FakeJobs.events})
+    for moment in moments:
+        running = [n for n in range(5) if spans(n)[0] <= moment < spans(n)[1]]
+        assert len(running) <= 2
+
+
+def test_a_failed_point_does_not_stop_those_running(hydra_sweep_runner, tmp_path):
+    """The healthy points are still running when the other one fails, and finish."""
+    FakeJobs.sleeps = {0: 0.4, 1: 0.02, 2: 0.4}
+    with pytest.raises(LaunchError, match="fake point 1 failed"):
+        fake_sweep(
+            hydra_sweep_runner, tmp_path, "fail_rank=-1,0,-1", "hydra.launcher.max_parallel=3"
+        )
+    assert spans(1)[1] < min(spans(0)[1], spans(2)[1])
+    statuses = [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)]
+    assert statuses == ["COMPLETED", "FAILED", "COMPLETED"]
+
+
+def test_fail_fast_stops_running_points_and_starts_no_more(hydra_sweep_runner, tmp_path):
+    FakeJobs.sleeps = {0: 0.05, 1: 600.0}
+    with pytest.raises(LaunchError):
+        fake_sweep(
+            hydra_sweep_runner,
+            tmp_path,
+            "fail_rank=0,-1,-1,-1",  # four points; only the first fails
+            "hydra.launcher.max_parallel=2",
+            "hydra.launcher.fail_fast=true",
+        )
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "FAILED"
+    # Point 1 would run for 10 minutes: fail_fast stopped it.
+    record = read_json(tmp_path / "1" / "launch.json")
+    assert record["status"] == "FAILED" and "fail_fast" in record["error"]
+    assert FakeJobs.jobs[1].stopped
+    assert {e.point for e in FakeJobs.events} == {0, 1}  # 2 and 3 never started
+
+
+def test_timeout_stops_that_point_only(hydra_sweep_runner, tmp_path):
+    FakeJobs.sleeps = {0: 600.0, 1: 1.0}
+    with pytest.raises(LaunchError, match="timed out"):
+        fake_sweep(
+            hydra_sweep_runner,
+            tmp_path,
+            "value=0.3,30",
+            "hydra.launcher.timeout=${value}",  # read per point: 0.3 s, then 30 s
+            "hydra.launcher.max_parallel=2",
+        )
+    assert FakeJobs.jobs[0].timed_out and not FakeJobs.jobs[1].timed_out
+    # The other point was still running when the first was stopped, and completed.
+    assert spans(0)[1] < spans(1)[1]
+    assert read_json(tmp_path / "1" / "launch.json")["status"] == "COMPLETED"
+
+
+def test_resume_keeps_completed_points_and_reruns_the_rest(hydra_sweep_runner, tmp_path):
+    FakeJobs.failing = {1}
+    with pytest.raises(LaunchError):
+        fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2,3")
+    FakeJobs.reset()
+    returns = fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2,3", "hydra.launcher.resume=true")
+    assert [r.return_value for r in returns] == [1.0, 2.0, 3.0]
+    assert all(r.status == JobStatus.COMPLETED for r in returns)
+    assert {e.point for e in FakeJobs.events} == {1}  # only the failed point ran again
+
+
+def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(hydra_sweep_runner, tmp_path):
+    FakeJobs.interrupt_after = 0.6
+    FakeJobs.sleeps = {0: 0.0, 1: 600.0, 2: 600.0, 3: 600.0}
+    with pytest.raises(KeyboardInterrupt):
+        fake_sweep(hydra_sweep_runner, tmp_path, "value=0,1,2,3", "hydra.launcher.max_parallel=3")
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+    for num in (1, 2, 3):  # running when Ctrl-C came: point 3 took point 0's slot
+        record = read_json(tmp_path / str(num) / "launch.json")
+        assert record["status"] == "FAILED" and "was interrupted" in record["error"]
+    assert [job.stopped for job in FakeJobs.jobs] == [False, True, True, True]
+    assert all(job.cleaned for job in FakeJobs.jobs)
+
+
+def test_the_next_point_is_composed_ahead_and_keeps_its_own_job(hydra_sweep_runner, tmp_path):
+    """The third point is composed while the first two run; its .hydra/ still says
+    it is job 2 with its own overrides and output dir."""
+    returns = fake_sweep(
+        hydra_sweep_runner, tmp_path, "value=1,2,3", "sleep=0.3", "hydra.launcher.max_parallel=2"
+    )
+    for num, ret in enumerate(returns):
+        hydra_yaml = (Path(ret.working_dir) / ".hydra" / "hydra.yaml").read_text()
+        assert f"num: {num}" in hydra_yaml and f"- value={num + 1}" in hydra_yaml
+        assert ret.working_dir == str(tmp_path / str(num))
+
+
+DEVICES = "hydra.launcher.devices='0,1,2,3'"
+
+
+def test_every_point_gets_one_device_per_rank_sized_by_its_own_world_size(
+    hydra_sweep_runner, tmp_path
+):
+    """World sizes 1, 3, 2, 1 through an app key the launcher interpolates: each point
+    holds exactly its own world size in devices, and points that overlap never share."""
+    returns = fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "ranks=1,3,2,1",
+        
+        "sleep=0.3",
+        DEVICES,
+    )
+    assert all(r.status == JobStatus.COMPLETED for r in returns)
+    starts = {e.point: e for e in FakeJobs.events if e.what == "start"}
+    slices = {n: starts[n].devices.split(",") for n in range(4)}
+    assert [len(slices[n]) for n in range(4)] == [1, 3, 2, 1]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            (a0, a1), (b0, b1) = spans(a), spans(b)
+            if a0 < b1 and b0 < a1:  # ran at the same time
+                assert not set(slices[a]) & set(slices[b]), (a, b, slices)
+    records = [read_json(tmp_path / str(n) / "launch.json") for n in range(4)]
+    assert [r["devices"] for r in records] == [slices[n] for n in range(4)]
+
+
+def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep_runner, tmp_path):
+    with pytest.raises(LauncherConfigError) as err:
+        fake_sweep(
+            hydra_sweep_runner, tmp_path, "ranks=1,8", DEVICES
+        )
+    message = str(err.value)
+    assert "hydra.launcher.nproc_per_node=8 is invalid: sweep point #1 (ranks=8)" in message
+    assert "needs 8 devices" in message and "Fix: nproc_per_node=4 or fewer" in message
+    assert {e.point for e in FakeJobs.events} == {0}  # nothing of point 1 started
+    assert not (tmp_path / "1" / "launch.json").exists()
+    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
+
+
+def test_a_waiting_large_point_is_not_starved_by_small_ones(hydra_sweep_runner, tmp_path):
+    """Four devices, a 4-rank point behind a long 1-rank point, then many short 1-rank
+    points: the short ones may fill the devices free while the large one waits, but
+    devices freed after it began to wait are held for it, so it starts when the
+    long point ends, before the small points behind it are done."""
+    FakeJobs.sleeps = {0: 1.5, 1: 0.1, **{n: 0.3 for n in range(2, 10)}}
+    fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "ranks=1,4," + ",".join(["1"] * 8),
+        
+        DEVICES,
+    )
+    large_start = spans(1)[0]
+    assert large_start >= spans(0)[1]  # it waited for the long point...
+    backfilled = [n for n in range(2, 10) if spans(n)[0] < large_start]
+    assert 1 <= len(backfilled) <= 3  # ...while the three free devices were used
+    assert all(spans(n)[1] <= large_start for n in backfilled)
+    assert large_start < max(spans(n)[0] for n in range(2, 10))  # and did not go last
+
+
+def test_pool_policy_holds_freed_devices_for_the_waiting_head():
+    pool = DevicePool(["0", "1", "2", "3"])
+    assert pool.take(1, head=True) == ["0"]
+    assert pool.take(4, head=True) is None  # the head waits
+    assert pool.take(1, head=False) == ["1"]  # backfill onto a device free now
+    pool.give_back(["0"])  # freed while the head waits: held for it
+    assert pool.take(1, head=False) == ["2"]
+    assert pool.take(1, head=False) == ["3"]
+    assert pool.take(1, head=False) is None  # "0" is the head's
+    pool.give_back(["1", "2", "3"])
+    assert pool.take(4, head=True) == ["0", "1", "2", "3"]
+    pool.give_back(["0", "1", "2", "3"])
+    assert pool.take(2, head=False) == ["0", "1"]  # no head waiting: all free again
+
+
+def test_cpu_points_split_the_cores_instead_of_devices(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    pool = DevicePool([])
+    assert pool.take(3, head=True) == []
+    assert pool.environment([], 2, 4, {}) == {"OMP_NUM_THREADS": "2"}
+    assert pool.environment([], 2, 4, {"OMP_NUM_THREADS": "7"}) == {}
+    assert DevicePool([], split_threads=False).environment([], 2, 4, {}) == {}
+
+
+def test_launch_records_are_json(hydra_sweep_runner, tmp_path):
+    fake_sweep(hydra_sweep_runner, tmp_path, "value=1")
+    assert json.loads((tmp_path / "0" / "launch.json").read_text())["status"] == "COMPLETED"
