@@ -28,7 +28,7 @@ test-quick: setup
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 # Benchmarks print ratios against peers measured in the same run and write BENCHMARKS.md.
 bench: setup

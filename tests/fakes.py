@@ -1,13 +1,13 @@
-"""A fake Job and job factory, for millisecond tests of the scheduler's rules.
+"""A fake Job and job factory, for fast tests of the scheduler's rules.
 
 With :class:`FakeJobs` as the job factory of ``hydra/launcher=torchrun`` (the
 ``fake_jobs`` fixture of tests/test_scheduler.py), the real launcher plugin and the
 real scheduler run (Hydra composes every point; ``.hydra/``, ``launch.json``, results,
-resume and callbacks are real) over jobs that run no process: a point of the probe app's config "runs" for ``sleep``
-seconds, then returns ``value``, or fails if ``fail_rank >= 0``, or never ends if
-``hang_rank >= 0`` (until stopped or past ``hydra.launcher.timeout``). Every start
-and end lands in ``FakeJobs.events``; the real-process tests cover the same rules
-with torchrun.
+resume and callbacks are real) over jobs that run no process: a point of the probe
+app's config "runs" for ``sleep`` seconds (or ``FakeJobs.sleeps[num]``), then returns
+``value``, or fails if ``fail_rank >= 0``, or never ends if ``hang_rank >= 0`` (until
+stopped or past ``hydra.launcher.timeout``). Every start and end lands in
+``FakeJobs.events``; the real-process tests cover the same rules with torchrun.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ class FakeJobs:
 
     @classmethod
     def record(cls, job: FakeJob, what: str) -> None:
-        cls.events.append(Event(job.num, what, time.monotonic(), job.env.get("CUDA_VISIBLE_DEVICES")))
+        cls.events.append(
+            Event(job.num, what, time.monotonic(), job.env.get("CUDA_VISIBLE_DEVICES"))
+        )
 
     @classmethod
     def reset(cls) -> None:
@@ -140,6 +142,9 @@ class FakeJobs:
         return job
 
     def wait_for_news(self, timeout: float) -> None:
-        if self.interrupt_after is not None and time.monotonic() - self.began > self.interrupt_after:
+        if (
+            self.interrupt_after is not None
+            and time.monotonic() - self.began > self.interrupt_after
+        ):
             raise KeyboardInterrupt
         time.sleep(min(timeout, 0.005))

@@ -12,6 +12,8 @@ from tests.conftest import run
 pytestmark = pytest.mark.slow
 
 CASES = [
+    # malformed overrides: which one, and what is wrong with it
+    (["optim.lr=[0.1"], "override 'optim.lr=[0.1' is invalid: optim.lr='[0.1' cannot be parsed"),
     # unknown groups and options: Hydra lists what there is
     (["model=nope"], "Could not find 'model/nope'"),
     (["data=mnist"], "Available options in 'data'"),

@@ -9,6 +9,7 @@ from omegaconf.errors import ValidationError
 
 import runner.trainer.config  # noqa: F401
 from runner.__main__ import CONF_DIR
+from runner.trainer.cli import malformed_override
 from runner.trainer.task import ConfigError, check_config
 
 
@@ -92,3 +93,25 @@ def test_nonsense_values_fail_before_training(overrides, key):
         check_config(make(*overrides))
     assert key in str(err.value)
     assert "Fix:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, what",
+    [
+        ("optim.lr=[0.1", "it opens a bracket that is never closed (a ']' is missing)"),
+        ("model={hidden:3", "(a '}' is missing)"),
+        ("seed='3", "its ' quote is never closed"),
+        ("optim.lr=0.1)", "it closes a ')' that was never opened"),
+        ("optim.lr=0.1,,0.2", "Hydra's override grammar cannot read it (extraneous input ','"),
+        ("+trainer", "it has no '='"),
+    ],
+)
+def test_malformed_override_names_itself_and_the_fix(override, what):
+    message = malformed_override(["-m", override, "--cfg", "job"])
+    assert message is not None and message.startswith(f"override {override!r} is invalid")
+    assert what in message and "Fix: " in message
+
+
+def test_well_formed_overrides_pass():
+    args = ["-m", "optim.lr=0.1,0.01", "+experiment=ddp", "~scheduler", "--cfg", "job", "-cn", "x"]
+    assert malformed_override(args) is None

@@ -53,7 +53,9 @@ def spans(num: int) -> tuple[float, float]:
 
 def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
     FakeJobs.sleeps = {0: 0.8, 1: 0.4, 2: 0.0}
-    returns = fake_sweep(hydra_sweep_runner, tmp_path, "value=3,2,1", "hydra.launcher.max_parallel=3")
+    returns = fake_sweep(
+        hydra_sweep_runner, tmp_path, "value=3,2,1", "hydra.launcher.max_parallel=3"
+    )
     assert [r.return_value for r in returns] == [3.0, 2.0, 1.0]
     assert [r.overrides[0] for r in returns] == ["value=3", "value=2", "value=1"]
     ends = [spans(n)[1] for n in range(3)]
@@ -63,7 +65,11 @@ def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
 
 def test_max_parallel_bounds_the_points_at_once(hydra_sweep_runner, tmp_path):
     fake_sweep(
-        hydra_sweep_runner, tmp_path, "value=1,2,3,4,5", "sleep=0.2", "hydra.launcher.max_parallel=2"
+        hydra_sweep_runner,
+        tmp_path,
+        "value=1,2,3,4,5",
+        "sleep=0.2",
+        "hydra.launcher.max_parallel=2",
     )
     moments = sorted({e.at for e in FakeJobs.events})
     for moment in moments:
@@ -165,7 +171,6 @@ def test_every_point_gets_one_device_per_rank_sized_by_its_own_world_size(
         hydra_sweep_runner,
         tmp_path,
         "ranks=1,3,2,1",
-        
         "sleep=0.3",
         DEVICES,
     )
@@ -184,9 +189,7 @@ def test_every_point_gets_one_device_per_rank_sized_by_its_own_world_size(
 
 def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep_runner, tmp_path):
     with pytest.raises(LauncherConfigError) as err:
-        fake_sweep(
-            hydra_sweep_runner, tmp_path, "ranks=1,8", DEVICES
-        )
+        fake_sweep(hydra_sweep_runner, tmp_path, "ranks=1,8", DEVICES)
     message = str(err.value)
     assert "hydra.launcher.nproc_per_node=8 is invalid: sweep point #1 (ranks=8)" in message
     assert "needs 8 devices" in message and "Fix: nproc_per_node=4 or fewer" in message
@@ -205,7 +208,6 @@ def test_a_waiting_large_point_is_not_starved_by_small_ones(hydra_sweep_runner, 
         hydra_sweep_runner,
         tmp_path,
         "ranks=1,4," + ",".join(["1"] * 8),
-        
         DEVICES,
     )
     large_start = spans(1)[0]

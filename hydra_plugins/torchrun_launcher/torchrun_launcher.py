@@ -70,9 +70,9 @@ class TorchrunLauncher(Launcher):
         self.task_function: TaskFunction
         self.hydra_context: HydraContext
         # Made at the first batch and kept for the next ones (a warm process lives here).
-        self.jobs: "JobFactory | None" = None
+        self.jobs: JobFactory | None = None
 
-    def job_factory(self) -> type:
+    def job_factory(self) -> "type[JobFactory]":
         """The sweep's kind of job (imported only when a sweep is set up)."""
         from runner.sweep.local import LocalJobs
 
@@ -104,7 +104,7 @@ class TorchrunSlurmLauncher(TorchrunLauncher):
     conf = TorchrunSlurmLauncherConf
     name = "torchrun_slurm"
 
-    def job_factory(self) -> type:
+    def job_factory(self) -> "type[JobFactory]":
         from runner.sweep.slurm import SlurmJobs
 
         return SlurmJobs

@@ -112,8 +112,11 @@ def install() -> None:
     _register_rendezvous()
     reason = prompt.install()
     if reason is not None:
-        print(f"runner: prompt agent off ({reason}): ranks' ends are seen at torchrun's "
-              "monitor_interval", file=sys.stderr)
+        print(
+            f"runner: prompt agent off ({reason}): ranks' ends are seen at torchrun's "
+            "monitor_interval",
+            file=sys.stderr,
+        )
     _installed = True
 
 

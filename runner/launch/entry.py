@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, Node
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.launch.procs import import_path, pid_alive
@@ -88,7 +88,9 @@ def resolved_data(node: DictConfig | ListConfig) -> Any:
         try:
             value = node[key]
         except OmegaConfBaseException:
-            value = node._get_node(key)._value()  # type: ignore[union-attr]  # unresolvable: keep it as written
+            child = node._get_node(key)
+            assert isinstance(child, Node)
+            value = child._value()  # unresolvable: keep it as written
         else:
             if isinstance(value, (DictConfig, ListConfig)):
                 value = None if value._is_none() else resolved_data(value)
@@ -111,8 +113,8 @@ def job_config_data(config: DictConfig) -> dict:
 
     data = resolved_data(config)
     if "hydra" not in data and HydraConfig.initialized():
-        hydra_cfg = HydraConfig.instance().cfg
-        assert hydra_cfg is not None
+        hydra_cfg = HydraConfig.instance().cfg  # a DictConfig, whatever its annotation
+        assert isinstance(hydra_cfg, DictConfig)
         data["hydra"] = resolved_data(hydra_cfg)["hydra"]
     return data
 

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing.tail_log import TailLog
 
 # torch releases (major.minor) the prompt agent was tested on.
 TESTED_TORCH = ("2.13",)
@@ -88,6 +92,7 @@ def install() -> str | None:
     import torch.distributed.elastic.multiprocessing.api as processes
     import torch.distributed.launcher.api as launcher
 
+    # The fenced replacement itself: the names torchrun looks up in this process.
     launcher.LocalElasticAgent = _prompt_agent()  # type: ignore[misc]
     processes.TailLog = _prompt_tail_log()  # type: ignore[misc]
     _state.update(active=True, reason=None)
@@ -127,7 +132,7 @@ def _wait_for_news(pcontext: Any, timeout: float) -> None:
             os.close(fd)
 
 
-def _prompt_agent() -> type:
+def _prompt_agent() -> type[LocalElasticAgent]:
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     class PromptAgent(LocalElasticAgent):
@@ -171,7 +176,7 @@ def _tail(
                 finished.wait(interval_sec)
 
 
-def _prompt_tail_log() -> type:
+def _prompt_tail_log() -> type[TailLog]:
     from torch.distributed.elastic.multiprocessing.tail_log import TailLog
 
     class PromptTailLog(TailLog):

@@ -7,9 +7,10 @@ torchrun, Hydra, runner's worker and the task's module once, and never initialis
 CUDA. For every point the parent sends it a request and it forks a child from that
 pristine state; the child is the point's torchrun agent, the same
 ``runner.launch.agent`` with the same arguments as a cold point, plus torchrun's own
-``--start_method fork --run_path`` (:data:`WARM_AGENT_FLAGS`): its workers are forked too, and run the same
-entry file with the same worker code path. So each point keeps its own agent, free
-port, rendezvous, entry dir, logs, failure report, timeout and elastic restarts, and
+``--start_method fork --run_path`` (:data:`WARM_AGENT_FLAGS`): its workers are forked
+too, and run the same entry file with the same worker code path. So each point keeps
+its own agent, free port, rendezvous, entry dir, logs, failure report, timeout and
+elastic restarts, and
 module state one point changes is never seen by the next (each starts from a fresh
 fork of the warm process, which runs no task itself).
 
@@ -357,7 +358,8 @@ def serve(control: socket.socket, preload: list[str]) -> int:
         buffer = b""
         while True:
             timeout = 0.02 if len(pidfds) < len(children) else 0.5
-            readable, _, _ = select.select([control, *pidfds.values()], [], [], timeout)
+            waitables: list[socket.socket | int] = [control, *pidfds.values()]
+            readable, _, _ = select.select(waitables, [], [], timeout)
             if control in readable:
                 try:
                     requests, buffer = _receive(control, buffer)

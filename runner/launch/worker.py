@@ -68,6 +68,7 @@ def configure_rank_logging(config: DictConfig, rank: int) -> None:
     job_logging = hydra_cfg.job_logging
     if job_logging is not None and rank > 0:
         spec = OmegaConf.to_container(job_logging, resolve=True)
+        assert isinstance(spec, dict)
         for handler in (spec.get("handlers") or {}).values():
             if isinstance(handler, dict) and handler.get("filename"):
                 path = Path(handler["filename"])

@@ -105,7 +105,11 @@ class DevicePool:
         process already sets it)."""
         if devices:
             return {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
-        if self.split_threads and "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in env:
+        if (
+            self.split_threads
+            and "OMP_NUM_THREADS" not in os.environ
+            and "OMP_NUM_THREADS" not in env
+        ):
             share = (os.cpu_count() or 1) // (slots * nproc)
             return {"OMP_NUM_THREADS": str(max(1, share))}
         return {}

@@ -40,7 +40,7 @@ class SchedulerOptions:
     # back to cold start, with a notice, where that cannot work.
     warm: bool = False
 
-    def problems(self) -> list[str]:
+    def scheduler_problems(self) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""
         found = []
         if self.max_parallel is not None and self.max_parallel < 1:
@@ -96,7 +96,7 @@ class SlurmOptions:
     # Seconds between sacct checks (jobs that die outside Python are seen this way).
     poll_interval: float = 5.0
 
-    def problems(self, nnodes: str) -> list[str]:
+    def slurm_problems(self, nnodes: str) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""
         found = []
 
@@ -108,9 +108,19 @@ class SlurmOptions:
         for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                bad(key, value, "must be an integer >= 1, or null for the cluster's default", f"{key}=null")
+                bad(
+                    key,
+                    value,
+                    "must be an integer >= 1, or null for the cluster's default",
+                    f"{key}=null",
+                )
         if self.time_min < 1:
-            bad("time_min", self.time_min, "the job's time limit must be whole minutes >= 1", "time_min=60")
+            bad(
+                "time_min",
+                self.time_min,
+                "the job's time limit must be whole minutes >= 1",
+                "time_min=60",
+            )
         if self.poll_interval <= 0:
             bad("poll_interval", self.poll_interval, "must be > 0 seconds", "poll_interval=5")
         return found

@@ -107,7 +107,7 @@ def _agent_alive(launch: dict) -> bool:
 
 def collect(sweep_dir: Path) -> list[Row]:
     """The rows of a sweep, read from its job dirs, in job order."""
-    rows = []
+    rows: list[Row] = []
     for job_dir in job_dirs(sweep_dir):
         hydra_cfg = {}
         try:
@@ -164,8 +164,8 @@ def ranked(rows: Sequence[Row]) -> list[Row]:
     """Rows with an objective first, best first (direction from the config), then the rest."""
     mode = _objective_mode(rows[0].job_dir) if rows else "min"
     sign = -1.0 if mode == "max" else 1.0
-    scored = [r for r in rows if r.objective is not None]
-    return sorted(scored, key=lambda r: sign * r.objective) + [
+    scored = [(r.objective, r) for r in rows if r.objective is not None]
+    return [r for _, r in sorted(scored, key=lambda pair: sign * pair[0])] + [
         r for r in rows if r.objective is None
     ]
 
@@ -277,6 +277,7 @@ def plot(sweep_dir: Path, rows: Sequence[Row]) -> list[Path]:
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     name = objective_name(rows)
@@ -287,9 +288,9 @@ def plot(sweep_dir: Path, rows: Sequence[Row]) -> list[Path]:
 
     for param in numeric:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        xs = [_as_float(r.params[param]) for r in scored]
-        ax.scatter(xs, [r.objective for r in scored], color="tab:blue")
-        positive = [x for x in xs if x is not None and x > 0]
+        xs = [_as_float(r.params[param]) or 0.0 for r in scored]  # numeric: checked above
+        ax.scatter(xs, [r.objective or 0.0 for r in scored], color="tab:blue")
+        positive = [x for x in xs if x > 0]
         if len(positive) == len(xs) and positive and max(positive) / min(positive) >= 100:
             ax.set_xscale("log")
         ax.set_xlabel(param)
@@ -308,7 +309,7 @@ def plot(sweep_dir: Path, rows: Sequence[Row]) -> list[Path]:
             key = metric or next(k for k in history[0] if k not in SKIP_METRICS)
             label = f"#{r.job} " + " ".join(f"{k}={r.params.get(k)}" for k in swept(rows))
             ax.plot([e["epoch"] for e in history], [e[key] for e in history], label=label[:60])
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric or "metric")
         ax.set_title("learning curves")
@@ -329,7 +330,8 @@ def _heatmap(plt, sweep_dir: Path, rows: Sequence[Row], params: list[str], name:
     ys = sorted({r.params[params[1]] for r in rows}, key=_sort_key)
     grid = [[float("nan")] * len(xs) for _ in ys]
     for r in rows:
-        grid[ys.index(r.params[params[1]])][xs.index(r.params[params[0]])] = r.objective
+        if r.objective is not None:
+            grid[ys.index(r.params[params[1]])][xs.index(r.params[params[0]])] = r.objective
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     ax.set_xticks(range(len(xs)), xs)

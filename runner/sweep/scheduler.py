@@ -64,6 +64,13 @@ class JobFactory(Protocol):
     # How the log says where the points run ("" for this machine).
     where: str
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Raise LauncherConfigError, before anything starts, for values that cannot work."""
+        ...
+
+    def __init__(self, launcher: SweepLauncher) -> None: ...
+
     def default_parallel(self, points: int, nproc: int) -> int: ...
 
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job: ...
@@ -96,8 +103,10 @@ def check_sweep_dir(sweep_dir: str) -> None:
 
 def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> None:
     """Check the scheduler's keys and the torchrun options before anything starts."""
-    options = SchedulerOptions(**{k: params[k] for k in option_names(SchedulerOptions) if k in params})
-    problems = options.problems()
+    options = SchedulerOptions(
+        **{k: params[k] for k in option_names(SchedulerOptions) if k in params}
+    )
+    problems = options.scheduler_problems()
     if problems:
         raise LauncherConfigError("\n".join(problems))
     try:
@@ -282,7 +291,9 @@ class SweepScheduler:
         """A point that cannot run: it fails before anything of it starts."""
         point.result = self._job_return(point, JobStatus.FAILED, error)
         self.failed += 1
-        self._log(logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress())
+        self._log(
+            logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress()
+        )
 
     def _launch_config(self, point: Point) -> LaunchConfig:
         assert point.config is not None
@@ -291,7 +302,9 @@ class SweepScheduler:
         try:
             launch = LaunchConfig.from_config(params, **self.jobs.launch_overrides)
         except ValueError as error:
-            raise LauncherConfigError(f"sweep point #{point.idx} ({point.label}): {error}") from None
+            raise LauncherConfigError(
+                f"sweep point #{point.idx} ({point.label}): {error}"
+            ) from None
         return launch.for_point(point.idx)
 
     def _start(self, point: Point, devices: list[str]) -> None:
@@ -302,7 +315,9 @@ class SweepScheduler:
         point.devices = devices
         try:
             self._write_hydra_dir(point)
-            env = self.pool.environment(devices, launch.nproc_per_node, self.max_parallel, launch.env)
+            env = self.pool.environment(
+                devices, launch.nproc_per_node, self.max_parallel, launch.env
+            )
             self.launcher.hydra_context.callbacks.on_job_start(
                 config=config, task_function=self.launcher.task_function
             )
@@ -361,7 +376,7 @@ class SweepScheduler:
             self.pool.give_back(point.devices)
             if point in self.running:
                 self.running.remove(point)
-        job_dir = Path(ret.working_dir)
+        job_dir = Path(str(ret.working_dir))
         if ret.status == JobStatus.COMPLETED:
             import cloudpickle
 

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,8 +36,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.launch.job import Job, LaunchError, LaunchTimeout, TorchrunJob, run_times
 from runner.launch.entry import job_config_data
+from runner.launch.job import (
+    Job,
+    LaunchError,
+    LaunchTimeout,
+    TorchrunJob,
+    run_times,
+    stop_jobs,
+)
 from runner.launch.options import LaunchConfig, option_names
 from runner.launch.procs import exit_on_signal, import_path, write_atomic
 from runner.sweep.devices import DevicePool
@@ -165,7 +170,7 @@ def run_node(payload: dict) -> dict:
     except LaunchError as error:
         return {**where, "ok": False, "error": str(error), "exitcode": error.exitcode}
     finally:
-        job.stop()
+        stop_jobs([job])
         job.cleanup()
 
 
@@ -185,7 +190,7 @@ class SlurmJobs:
         """Before anything is submitted: every key, and the Slurm client tools."""
         check_options(params, cls.launch_overrides)
         options = SlurmOptions(**{k: params[k] for k in option_names(SlurmOptions) if k in params})
-        problems = options.problems(str(params.get("nnodes", "1")))
+        problems = options.slurm_problems(str(params.get("nnodes", "1")))
         if problems:
             raise LauncherConfigError("\n".join(problems))
         check_slurm_client()
@@ -200,7 +205,9 @@ class SlurmJobs:
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
         settings = OmegaConf.to_container(config.hydra.launcher, resolve=True)
         assert isinstance(settings, dict)
-        return SlurmJob(config, self.task_function, launch, job_dir, settings)
+        return SlurmJob(
+            config, self.task_function, launch, job_dir, {str(k): v for k, v in settings.items()}
+        )
 
     def wait_for_news(self, timeout: float) -> None:
         time.sleep(timeout)  # each job spaces out its own sacct calls

@@ -22,6 +22,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -184,8 +185,8 @@ def train(cfg: DictConfig) -> float:
     micro_batch = cfg.trainer.batch_size // (world_size * accum)
     # Each rank takes every world_size-th index of one shared permutation, so the
     # union of the ranks' batches is exactly the single-process batch.
-    sampler = DistributedSampler(
-        range(len(data.x_train)),
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(data.x_train)),  # type: ignore[arg-type]  # any sized sequence works
         num_replicas=world_size,
         rank=rank,
         shuffle=True,
@@ -242,7 +243,7 @@ def train(cfg: DictConfig) -> float:
     def save(epoch: int, step_in_epoch: int, loss_total: torch.Tensor) -> None:
         """Every rank takes part (its RNG and partial loss travel); rank 0 writes."""
         mine = {"rng": torch.get_rng_state(), "loss_total": loss_total.item()}
-        per_rank = [mine]
+        per_rank: list[Any] = [mine]
         if world_size > 1:
             per_rank = [None] * world_size
             dist.all_gather_object(per_rank, mine)

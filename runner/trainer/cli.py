@@ -1,0 +1,64 @@
+"""What ``python -m runner`` checks before Hydra starts: every override parses.
+
+Hydra's own message for a malformed override names neither the override nor what is
+wrong with it in words (``no viable alternative at input '[0.1'``). This says which
+override, its key and value, what is wrong and how to write it, in runner's usual
+form, and nothing starts. Parsing uses Hydra's own override grammar, so what passes
+here is exactly what Hydra accepts; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+_PAIRS = {"[": "]", "{": "}", "(": ")"}
+
+
+def _what_is_wrong(value: str, parser_says: str) -> str:
+    """The likely mistake in a value, in words."""
+    for quote in ("'", '"'):
+        if value.count(quote) % 2:
+            return f"its {quote} quote is never closed"
+    stack: list[str] = []
+    for char in value:
+        if char in _PAIRS:
+            stack.append(_PAIRS[char])
+        elif char in _PAIRS.values():
+            if not stack or stack.pop() != char:
+                return f"it closes a {char!r} that was never opened"
+    if stack:
+        return f"it opens a bracket that is never closed (a {stack[-1]!r} is missing)"
+    first = parser_says.strip().splitlines()[-1] if parser_says.strip() else parser_says
+    return f"Hydra's override grammar cannot read it ({first})"
+
+
+def malformed_override(argv: Sequence[str]) -> str | None:
+    """The error message for the first command-line override Hydra cannot parse, or
+    None if every one parses. Flags (``-m``, ``--cfg job``) are Hydra's to check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or not ("=" in arg or arg.startswith(("+", "~"))):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as error:
+            key, sep, value = arg.partition("=")
+            lines = [line for line in str(error).splitlines() if not line.startswith("See ")]
+            said = lines[-1] if lines else str(error)
+            if not sep:
+                return (
+                    f"override {arg!r} is invalid: it has no '=' (an override is KEY=VALUE, "
+                    f"+KEY=VALUE to add a key, ~KEY to remove one). Fix: {arg}=VALUE"
+                )
+            return (
+                f"override {arg!r} is invalid: {key}={value!r} cannot be parsed: "
+                f"{_what_is_wrong(value, said)}. Fix: write {key}=VALUE in Hydra's override "
+                f"grammar, e.g. {key}=0.1, a list as '{key}=[0.1,0.2]' or a sweep as "
+                f"{key}=0.1,0.2, quoted for the shell where it has brackets, spaces or "
+                f"quotes (see {GRAMMAR_URL})"
+            )
+    return None
