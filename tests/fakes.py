@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from runner.launch.job import Job, LaunchError, LaunchTimeout, run_times
 from runner.launch.options import LaunchConfig
 from runner.sweep.devices import DevicePool, visible_devices
-from runner.sweep.scheduler import SweepLauncher, check_options
+from runner.sweep.options import check_options
+from runner.sweep.scheduler import SweepLauncher
 
 
 @dataclass

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 CASES = [
     # malformed overrides: which one, and what is wrong with it
-    (["optim.lr=[0.1"], "override 'optim.lr=[0.1' is invalid: optim.lr='[0.1' cannot be parsed"),
+    (["optim.lr=[0.1"], "override 'optim.lr=[0.1': optim.lr='[0.1' is invalid: cannot be parsed"),
     # unknown groups and options: Hydra lists what there is
     (["model=nope"], "Could not find 'model/nope'"),
     (["data=mnist"], "Available options in 'data'"),

@@ -103,12 +103,12 @@ def test_nonsense_values_fail_before_training(overrides, key):
         ("seed='3", "its ' quote is never closed"),
         ("optim.lr=0.1)", "it closes a ')' that was never opened"),
         ("optim.lr=0.1,,0.2", "Hydra's override grammar cannot read it (extraneous input ','"),
-        ("+trainer", "it has no '='"),
+        ("+trainer", "an override is KEY=VALUE"),
     ],
 )
 def test_malformed_override_names_itself_and_the_fix(override, what):
     message = malformed_override(["-m", override, "--cfg", "job"])
-    assert message is not None and message.startswith(f"override {override!r} is invalid")
+    assert message is not None and repr(override) in message.split(" is invalid: ")[0]
     assert what in message and "Fix: " in message
 
 

@@ -225,6 +225,33 @@ def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_pa
     assert launches[2]["start_time"] >= min(launches[0]["end_time"], launches[1]["end_time"])
 
 
+def test_points_of_different_world_sizes_get_one_device_per_rank(hydra_sweep_runner, tmp_path):
+    """World sizes 1, 3, 2, 1 through the app key the launcher reads (``ranks``), on
+    four named devices: every rank of a point sees the point's own slice, one device
+    per local rank, and points that run at the same time never share a device."""
+    with sweep_probe(
+        hydra_sweep_runner, tmp_path, "ranks=1,3,2,1", "sleep=2", "hydra.launcher.devices='0,1,2,3'"
+    ) as sweep:
+        records = [probe_records(Path(ret.working_dir)) for ret in sweep.returns[0]]
+        launches = [read_json(Path(r.working_dir) / "launch.json") for r in sweep.returns[0]]
+    slices = []
+    for point, ranks in zip(records, [1, 3, 2, 1], strict=True):
+        assert len(point) == ranks and {r["world_size"] for r in point} == {ranks}
+        seen = {r["cuda_visible_devices"] for r in point}
+        assert len(seen) == 1  # every rank of the point sees the same slice
+        slices.append(set(seen.pop().split(",")))
+        assert len(slices[-1]) == ranks
+    assert [set(record["devices"]) for record in launches] == slices
+    spans = [(min(r["start"] for r in p), max(r["end"] for r in p)) for p in records]
+    overlapped = 0
+    for a in range(4):
+        for b in range(a + 1, 4):
+            if spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]:
+                overlapped += 1
+                assert not slices[a] & slices[b], (a, b, slices)
+    assert overlapped >= 2  # 1 and 3 ranks ran together, then 2 and 1
+
+
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
 def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base, mode):
     """Like Hydra's basic launcher, the sweep raises the failure after the batch ends."""
@@ -363,6 +390,10 @@ def test_resumed_points_reach_the_sweeper_as_if_run_now(hydra_sweep_runner, tmp_
         ("hydra.launcher.procs=2", "Key 'procs' not in 'TorchrunLauncherConf'"),
         ("+hydra.launcher.procs=2", "unknown key(s) ['procs']"),
         ("hydra.launcher.max_parallel=many", "hydra.launcher.max_parallel"),
+        (
+            "hydra.launcher.devices='0'",  # the probe's points have 2 ranks each
+            "hydra.launcher.nproc_per_node=2 is invalid: every point needs 2 devices",
+        ),
     ],
 )
 def test_bad_launcher_config_fails_before_anything_starts(tmp_path, override, message):

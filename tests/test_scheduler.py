@@ -13,7 +13,7 @@ from hydra.core.utils import JobStatus
 
 from runner.launch.job import LaunchError
 from runner.sweep.devices import DevicePool
-from runner.sweep.scheduler import LauncherConfigError
+from runner.sweep.options import LauncherConfigError
 from tests.conftest import PROBE_APP, read_json
 from tests.fakes import FakeJobs
 

@@ -145,7 +145,7 @@ def test_cuda_initialised_in_the_warm_process_is_refused(monkeypatch):
 
 
 def test_no_fork_means_cold_with_a_notice(monkeypatch, caplog):
-    from runner.launch.job import warm_starter
+    from runner.launch.starters import warm_starter
 
     monkeypatch.delattr(warm.os, "fork")
     assert warm.warm_available() is not None

@@ -81,7 +81,7 @@ class TorchrunLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from runner.sweep.scheduler import check_sweep_dir
+        from runner.sweep.options import check_sweep_dir
 
         self.job_factory().check(self.params)
         if config.hydra.mode is not None and config.hydra.mode.name == "MULTIRUN":
@@ -95,9 +95,7 @@ class TorchrunLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from runner.sweep.scheduler import launch_sweep
 
-        if self.jobs is None:
-            self.jobs = self.job_factory()(self)
-        return launch_sweep(self, job_overrides, initial_job_idx, self.jobs)
+        return launch_sweep(self, job_overrides, initial_job_idx)
 
 
 class TorchrunSlurmLauncher(TorchrunLauncher):

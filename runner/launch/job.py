@@ -14,11 +14,11 @@ What a user sees:
   on success, failure, Ctrl-C and SIGTERM.
 
 "What to run" (the entry dir and a :class:`LaunchConfig`) stays apart from "how the
-agent starts": an :class:`AgentStarter` the job is given, a fresh subprocess
-(:class:`SubprocessStarter`) or a fork of the warm process
-(:class:`runner.launch.warm.WarmServer`). Every kind of job (this one, the Slurm job
-of :mod:`runner.sweep.slurm`, the tests' fakes) implements :class:`Job`, so whoever
-runs jobs never asks which kind it holds.
+agent starts": an :class:`~runner.launch.starters.AgentStarter` the job is given, a
+fresh subprocess or a fork of the warm process (:mod:`runner.launch.starters`).
+
+Every kind of job (this one, the Slurm job of :mod:`runner.sweep.slurm`, the tests'
+fakes) implements :class:`Job`, so whoever runs jobs never asks which kind it holds.
 
 Nothing here imports torch: the parent stays light.
 """
@@ -28,38 +28,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
 from runner.launch.entry import (
     AGENT_LOG,
-    AGENT_MODULE,
     FAILURE_FILE,
     RESULT_FILE,
     job_config_data,
     remove_stale_entry_dirs,
-    task_reference,
     write_entry,
 )
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import (
-    die_with_parent,
-    free_port,
-    import_path,
-    release_port,
-    sigterm_as_exit,
-)
+from runner.launch.procs import free_port, release_port, sigterm_as_exit
+from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter, warm_starter
 
 
 class LaunchError(RuntimeError):
@@ -115,87 +105,6 @@ class Job(Protocol):
     def describe(self) -> str: ...
 
     def cleanup(self) -> None: ...
-
-
-class AgentProcess(Protocol):
-    """A started agent, as the job sees it (what ``subprocess.Popen`` offers)."""
-
-    pid: int
-    returncode: int | None
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-class AgentStarter(Protocol):
-    """How an agent starts: ``flags`` are torchrun options it needs (before the entry
-    file); ``command`` is what launch.json records; ``start`` runs it;
-    ``wait_for_news`` sleeps until an agent may have ended; ``alive`` says whether it
-    can still start agents; ``close`` ends what the starter itself keeps running."""
-
-    flags: list[str]
-
-    def command(self, args: list[str]) -> list[str]: ...
-
-    def start(
-        self,
-        args: list[str],
-        env: dict[str, str],
-        cwd: str,
-        log: Path | None,
-        listen: socket.socket | None,
-    ) -> AgentProcess: ...
-
-    def wait_for_news(self, timeout: float) -> None: ...
-
-    def alive(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-class SubprocessStarter:
-    """Cold start: the agent is a fresh ``python -m runner.launch.agent``, in its own
-    session, told to die with its parent; it imports torch itself."""
-
-    flags: list[str] = []
-
-    def command(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", AGENT_MODULE, *args]
-
-    def start(
-        self,
-        args: list[str],
-        env: dict[str, str],
-        cwd: str,
-        log: Path | None,
-        listen: socket.socket | None,
-    ) -> AgentProcess:
-        out: IO[bytes] | None = open(log, "ab") if log is not None else None
-        try:
-            return subprocess.Popen(
-                self.command(args),
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-                start_new_session=True,
-                pass_fds=[listen.fileno()] if listen else (),
-                preexec_fn=die_with_parent,
-            )
-        finally:
-            if out is not None:
-                out.close()  # the agent has its own copy
-
-    def wait_for_news(self, timeout: float) -> None:
-        time.sleep(timeout)
-
-    def alive(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing to end: each agent is its own process."""
 
 
 def run_times(started: float | None, ended: float | None) -> dict[str, float | None]:
@@ -461,24 +370,6 @@ def stop_jobs(jobs: Sequence[Job], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     for job in live:
         job.wait_stopped(deadline)
-
-
-def warm_starter(task_function: Callable, cwd: str) -> AgentStarter | None:
-    """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
-    when warm start cannot work here: no fork, or the task's module fails to import
-    ahead. Then jobs run cold, as if warm were off."""
-    from runner.launch.warm import WarmServer, WarmStartError, warm_available
-
-    reason = warm_available()
-    if reason is None:
-        reference = task_reference(task_function)
-        preload = [reference.partition(":")[0]] if reference else []
-        try:
-            return WarmServer(preload, cwd, import_path(cwd))
-        except WarmStartError as error:
-            reason = str(error).splitlines()[0]
-    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
-    return None
 
 
 def launch(

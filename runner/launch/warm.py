@@ -23,7 +23,7 @@ process SIGTERM, and each agent SIGTERM when the warm process dies: every agent 
 its workers, as in cold mode.
 
 The parent side (:class:`WarmServer`, the job's
-:class:`~runner.launch.job.AgentStarter` in warm mode, and :class:`WarmProcess`)
+:class:`~runner.launch.starters.AgentStarter` in warm mode, and :class:`WarmProcess`)
 imports neither torch nor the task; only ``python -m runner.launch.warm`` does.
 """
 
@@ -94,7 +94,7 @@ class WarmProcess:
 
 class WarmServer:
     """The parent's handle on one warm process, and the
-    :class:`~runner.launch.job.AgentStarter` of warm jobs."""
+    :class:`~runner.launch.starters.AgentStarter` of warm jobs."""
 
     flags = WARM_AGENT_FLAGS
 

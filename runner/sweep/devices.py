@@ -27,6 +27,8 @@ import os
 import shutil
 import subprocess
 
+from runner.launch.options import invalid
+
 
 def visible_devices(option: str) -> list[str]:
     """The device ids ``hydra.launcher.devices`` names: ``none``; ids like ``0,1,2,3``;
@@ -64,6 +66,20 @@ class DevicePool:
     def free(self) -> list[str]:
         """Devices no point holds (held-for-the-head ones included)."""
         return sorted(self._free + self._held, key=self.ids.index)
+
+    def too_small_for(self, nproc: int, who: str) -> str | None:
+        """The error for ``who`` (a point, every point) whose ``nproc`` local ranks
+        outnumber the pool's devices, naming the key, the value and the fix; else None."""
+        if not self.ids or nproc <= len(self.ids):
+            return None
+        return invalid(
+            "hydra.launcher.nproc_per_node",
+            nproc,
+            f"{who} needs {nproc} devices, one per local rank, and hydra.launcher.devices "
+            f"has {len(self.ids)} ({','.join(self.ids)})",
+            f"nproc_per_node={len(self.ids)} or fewer, or name more devices "
+            "(hydra.launcher.devices='0,1,...')",
+        )
 
     def needed(self, nproc: int) -> int:
         """Devices a point with ``nproc`` local ranks takes: one per rank (none on CPU)."""

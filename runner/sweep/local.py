@@ -15,15 +15,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.launch.job import AgentStarter, Job, SubprocessStarter, TorchrunJob, warm_starter
+from runner.launch.job import Job, TorchrunJob
 from runner.launch.options import LaunchConfig
+from runner.launch.starters import AgentStarter, SubprocessStarter, warm_starter
 from runner.sweep.devices import DevicePool, visible_devices
-from runner.sweep.scheduler import (
-    LauncherConfigError,
-    SweepLauncher,
-    check_options,
-    too_many_devices,
-)
+from runner.sweep.options import LauncherConfigError, check_options
+from runner.sweep.scheduler import SweepLauncher
 
 
 class LocalJobs:
@@ -38,9 +35,8 @@ class LocalJobs:
         the named devices."""
         check_options(params, cls.launch_overrides)
         nproc = int(params.get("nproc_per_node") or 1)
-        problem = too_many_devices(
-            nproc, DevicePool(visible_devices(str(params.get("devices", "auto")))), "every point"
-        )
+        pool = DevicePool(visible_devices(str(params.get("devices", "auto"))))
+        problem = pool.too_small_for(nproc, "every point")
         if problem is not None:
             raise LauncherConfigError(problem)
 

@@ -2,16 +2,21 @@
 
 The launcher plugin's config is composed from these dataclasses and
 :class:`~runner.launch.options.LaunchConfig`, so every ``hydra.launcher`` key, its
-type and its default are written once. Light on purpose: Hydra imports this at
-plugin discovery.
+type and its default are written once; the checks that run before anything starts
+live here too. Light on purpose: Hydra imports this at plugin discovery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from runner.launch.options import invalid
+from runner.launch.options import LaunchConfig, invalid, option_names
+
+
+class LauncherConfigError(ValueError):
+    """A ``hydra.launcher`` value (or the sweep dir) that cannot work."""
 
 
 def _key(name: str) -> str:
@@ -124,3 +129,39 @@ class SlurmOptions:
         if self.poll_interval <= 0:
             bad("poll_interval", self.poll_interval, "must be > 0 seconds", "poll_interval=5")
         return found
+
+
+def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> None:
+    """Check the scheduler's keys and the torchrun options before anything starts."""
+    keys = option_names(SchedulerOptions) & set(params)
+    problems = SchedulerOptions(**{k: params[k] for k in keys}).scheduler_problems()
+    if problems:
+        raise LauncherConfigError("\n".join(problems))
+    try:
+        LaunchConfig.from_config(params, **launch_overrides)
+    except ValueError as error:
+        raise LauncherConfigError(str(error)) from None
+
+
+def check_slurm_options(params: dict[str, Any]) -> None:
+    """Check the Slurm keys before anything is submitted."""
+    keys = option_names(SlurmOptions) & set(params)
+    problems = SlurmOptions(**{k: params[k] for k in keys}).slurm_problems(
+        str(params.get("nnodes", "1"))
+    )
+    if problems:
+        raise LauncherConfigError("\n".join(problems))
+
+
+def check_sweep_dir(sweep_dir: str) -> None:
+    """Fail early, naming the key, if the sweep dir cannot be created and written."""
+    try:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(sweep_dir) / ".runner_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise LauncherConfigError(
+            f"hydra.sweep.dir={sweep_dir} cannot be created or written "
+            f"({error.strerror or error}). Fix: pass hydra.sweep.dir=A_WRITABLE_DIR"
+        ) from None

@@ -35,11 +35,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, remove_stale_entry_dirs
 from runner.launch.job import Job, LaunchError, stop_jobs
-from runner.launch.options import LaunchConfig, invalid, option_names
+from runner.launch.options import LaunchConfig
 from runner.launch.procs import sigterm_as_exit, write_atomic
 from runner.launch.worker import task_config
 from runner.sweep.devices import DevicePool
-from runner.sweep.options import SchedulerOptions
+from runner.sweep.options import LauncherConfigError
 from runner.sweep.report import write_summary
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 BACKFILL_WINDOW = 8
 # How long the loop sleeps when nothing ended, unless the factory hears of an end sooner.
 IDLE_WAIT_S = 0.02
-
-
-class LauncherConfigError(ValueError):
-    """A ``hydra.launcher`` value that cannot work."""
 
 
 class JobFactory(Protocol):
@@ -79,54 +75,16 @@ class JobFactory(Protocol):
 
 
 class SweepLauncher(Protocol):
-    """What the scheduler needs of the Hydra launcher plugin."""
+    """What the scheduler needs of the Hydra launcher plugin: its config and context,
+    and its job factory (made at the first batch, kept for the next ones)."""
 
     config: DictConfig
     hydra_context: Any
     task_function: Any
     params: dict[str, Any]
+    jobs: JobFactory | None
 
-
-def check_sweep_dir(sweep_dir: str) -> None:
-    """Fail early, naming the key, if the sweep dir cannot be created and written."""
-    try:
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(sweep_dir) / ".runner_write_test"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise LauncherConfigError(
-            f"hydra.sweep.dir={sweep_dir} cannot be created or written "
-            f"({error.strerror or error}). Fix: pass hydra.sweep.dir=A_WRITABLE_DIR"
-        ) from None
-
-
-def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> None:
-    """Check the scheduler's keys and the torchrun options before anything starts."""
-    options = SchedulerOptions(
-        **{k: params[k] for k in option_names(SchedulerOptions) if k in params}
-    )
-    problems = options.scheduler_problems()
-    if problems:
-        raise LauncherConfigError("\n".join(problems))
-    try:
-        LaunchConfig.from_config(params, **launch_overrides)
-    except ValueError as error:
-        raise LauncherConfigError(str(error)) from None
-
-
-def too_many_devices(nproc: int, pool: DevicePool, where: str) -> str | None:
-    """The error for a point whose ranks outnumber the pool's devices, else None."""
-    if not pool or pool.needed(nproc) <= len(pool.ids):
-        return None
-    return invalid(
-        "hydra.launcher.nproc_per_node",
-        nproc,
-        f"{where} needs {nproc} devices, one per local rank, and hydra.launcher.devices "
-        f"has {len(pool.ids)} ({','.join(pool.ids)})",
-        f"nproc_per_node={len(pool.ids)} or fewer, or name more devices "
-        "(hydra.launcher.devices='0,1,...')",
-    )
+    def job_factory(self) -> type[JobFactory]: ...
 
 
 @dataclass
@@ -216,8 +174,8 @@ class SweepScheduler:
             self._keep(point, earlier)
             return False
         point.launch = self._launch_config(point)
-        problem = too_many_devices(
-            point.launch.nproc_per_node, self.pool, f"sweep point #{point.idx} ({point.label})"
+        problem = self.pool.too_small_for(
+            point.launch.nproc_per_node, f"sweep point #{point.idx} ({point.label})"
         )
         if problem is not None:
             self._refuse(point, LauncherConfigError(problem))
@@ -541,18 +499,18 @@ class SweepScheduler:
 
 
 def launch_sweep(
-    launcher: SweepLauncher,
-    job_overrides: Sequence[Sequence[str]],
-    initial_job_idx: int,
-    jobs: JobFactory,
+    launcher: SweepLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> Sequence[JobReturn]:
-    """What the launcher plugin's ``launch`` does: run one batch of points on ``jobs``,
-    return their JobReturns in order."""
+    """What the launcher plugin's ``launch`` does: run one batch of points on the
+    launcher's jobs, return their JobReturns in order."""
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     remove_stale_entry_dirs()
+    if launcher.jobs is None:  # after logging is set up: a warm start says if it cannot
+        launcher.jobs = launcher.job_factory()(launcher)
+    jobs = launcher.jobs
     scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx, jobs)
     log.info(
         "Launching %d job(s) with torchrun%s, %d at a time%s",

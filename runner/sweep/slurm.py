@@ -45,11 +45,11 @@ from runner.launch.job import (
     run_times,
     stop_jobs,
 )
-from runner.launch.options import LaunchConfig, option_names
+from runner.launch.options import LaunchConfig
 from runner.launch.procs import exit_on_signal, import_path, write_atomic
 from runner.sweep.devices import DevicePool
-from runner.sweep.options import SlurmOptions
-from runner.sweep.scheduler import LauncherConfigError, SweepLauncher, check_options
+from runner.sweep.options import check_options, check_slurm_options
+from runner.sweep.scheduler import SweepLauncher
 
 # Slurm states of a job that may still produce a result.
 UNFINISHED = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING"}
@@ -189,10 +189,7 @@ class SlurmJobs:
     def check(cls, params: dict[str, Any]) -> None:
         """Before anything is submitted: every key, and the Slurm client tools."""
         check_options(params, cls.launch_overrides)
-        options = SlurmOptions(**{k: params[k] for k in option_names(SlurmOptions) if k in params})
-        problems = options.slurm_problems(str(params.get("nnodes", "1")))
-        if problems:
-            raise LauncherConfigError("\n".join(problems))
+        check_slurm_options(params)
         check_slurm_client()
 
     def __init__(self, launcher: SweepLauncher) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from runner.launch.options import invalid
+
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _PAIRS = {"[": "]", "{": "}", "(": ")"}
 
@@ -50,15 +52,13 @@ def malformed_override(argv: Sequence[str]) -> str | None:
             lines = [line for line in str(error).splitlines() if not line.startswith("See ")]
             said = lines[-1] if lines else str(error)
             if not sep:
-                return (
-                    f"override {arg!r} is invalid: it has no '=' (an override is KEY=VALUE, "
-                    f"+KEY=VALUE to add a key, ~KEY to remove one). Fix: {arg}=VALUE"
-                )
-            return (
-                f"override {arg!r} is invalid: {key}={value!r} cannot be parsed: "
-                f"{_what_is_wrong(value, said)}. Fix: write {key}=VALUE in Hydra's override "
-                f"grammar, e.g. {key}=0.1, a list as '{key}=[0.1,0.2]' or a sweep as "
-                f"{key}=0.1,0.2, quoted for the shell where it has brackets, spaces or "
-                f"quotes (see {GRAMMAR_URL})"
+                rule = "an override is KEY=VALUE (+KEY=VALUE adds a key, ~KEY removes one)"
+                return invalid("override", arg, rule, f"{arg}=VALUE")
+            fix = (
+                f"write {key}=VALUE in Hydra's override grammar, e.g. {key}=0.1, a list as "
+                f"'{key}=[0.1,0.2]' or a sweep as {key}=0.1,0.2, quoted for the shell where "
+                f"it has brackets, spaces or quotes (see {GRAMMAR_URL})"
             )
+            rule = f"cannot be parsed: {_what_is_wrong(value, said)}"
+            return f"override {arg!r}: " + invalid(key, value, rule, fix)
     return None

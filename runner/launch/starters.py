@@ -1,0 +1,122 @@
+"""How a job's torchrun agent starts: an :class:`AgentStarter` the job is given.
+
+Cold start (:class:`SubprocessStarter`): the agent is a fresh
+``python -m runner.launch.agent`` in its own session, told to die with its parent; it
+imports torch itself. Warm start (:class:`runner.launch.warm.WarmServer`, made by
+:func:`warm_starter`): the agent is forked from a process that has imported torch and
+the task already. Either way the agent gets the same arguments, port, entry dir and
+environment; only the starter differs, and the job never asks which it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Protocol
+
+from runner.launch.entry import AGENT_MODULE, task_reference
+from runner.launch.procs import die_with_parent, import_path
+
+
+class AgentProcess(Protocol):
+    """A started agent, as the job sees it (what ``subprocess.Popen`` offers)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class AgentStarter(Protocol):
+    """How an agent starts: ``flags`` are torchrun options it needs (before the entry
+    file); ``command`` is what launch.json records; ``start`` runs it;
+    ``wait_for_news`` sleeps until an agent may have ended; ``alive`` says whether it
+    can still start agents; ``close`` ends what the starter itself keeps running."""
+
+    flags: list[str]
+
+    def command(self, args: list[str]) -> list[str]: ...
+
+    def start(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: Path | None,
+        listen: socket.socket | None,
+    ) -> AgentProcess: ...
+
+    def wait_for_news(self, timeout: float) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SubprocessStarter:
+    """Cold start: the agent is a fresh ``python -m runner.launch.agent``, in its own
+    session, told to die with its parent; it imports torch itself."""
+
+    flags: list[str] = []
+
+    def command(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", AGENT_MODULE, *args]
+
+    def start(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: Path | None,
+        listen: socket.socket | None,
+    ) -> AgentProcess:
+        out: IO[bytes] | None = open(log, "ab") if log is not None else None
+        try:
+            return subprocess.Popen(
+                self.command(args),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+                pass_fds=[listen.fileno()] if listen else (),
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the agent has its own copy
+
+    def wait_for_news(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to end: each agent is its own process."""
+
+
+def warm_starter(task_function: Callable, cwd: str) -> AgentStarter | None:
+    """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
+    when warm start cannot work here: no fork, or the task's module fails to import
+    ahead. Then jobs run cold, as if warm were off."""
+    from runner.launch.warm import WarmServer, WarmStartError, warm_available
+
+    reason = warm_available()
+    if reason is None:
+        reference = task_reference(task_function)
+        preload = [reference.partition(":")[0]] if reference else []
+        try:
+            return WarmServer(preload, cwd, import_path(cwd))
+        except WarmStartError as error:
+            reason = str(error).splitlines()[0]
+    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
+    return None
