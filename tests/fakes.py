@@ -76,7 +76,7 @@ class FakeJob:
     def running(self) -> bool:
         return self.returncode is None
 
-    def terminate(self) -> None:
+    def stop(self) -> None:
         self.stopped = True
 
     def wait_stopped(self, deadline: float) -> None:

@@ -81,8 +81,9 @@ class Job(Protocol):
     ``start`` it, ``poll`` it until it returns an exit code (a job past its
     ``launch.timeout`` stops itself and reports :class:`LaunchTimeout`), then take its
     ``result`` (rank 0's return value, or the :class:`LaunchError`), its
-    ``launch_record`` (what ``launch.json`` says) and ``cleanup``. To stop jobs,
-    :func:`stop_jobs` asks each to ``terminate`` and then waits in ``wait_stopped``.
+    ``launch_record`` (what ``launch.json`` says) and ``cleanup``. ``stop`` asks a job
+    to stop and returns at once; ``wait_stopped`` waits for it and forces it past a
+    deadline. :func:`stop_jobs` stops many at once within one grace period.
     """
 
     launch: LaunchConfig
@@ -94,7 +95,7 @@ class Job(Protocol):
 
     def running(self) -> bool: ...
 
-    def terminate(self) -> None: ...
+    def stop(self) -> None: ...
 
     def wait_stopped(self, deadline: float) -> None: ...
 
@@ -247,7 +248,7 @@ class TorchrunJob:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def terminate(self) -> None:
+    def stop(self) -> None:
         """SIGTERM to the agent's process group: torchrun stops its workers."""
         assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):
@@ -366,7 +367,7 @@ def stop_jobs(jobs: Sequence[Job], grace: float = 10.0) -> None:
     SIGKILL from the kernel (they ask for it at start, see runner.launch.worker)."""
     live = [job for job in jobs if job.running()]
     for job in live:
-        job.terminate()
+        job.stop()
     deadline = time.monotonic() + grace
     for job in live:
         job.wait_stopped(deadline)

@@ -513,7 +513,7 @@ def launch_sweep(
     jobs = launcher.jobs
     scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx, jobs)
     log.info(
-        "Launching %d job(s) with torchrun%s, %d at a time%s",
+        "Launching %d job(s) with torchrun%s, up to %d at a time%s",
         len(scheduler.points),
         jobs.where,
         scheduler.max_parallel,

@@ -318,7 +318,7 @@ class SlurmJob:
                 and time.time() - (self.started_at or 0) > self.launch.timeout
             ):
                 self.timed_out = True
-                self.terminate()
+                self.stop()
             if self._refresh_state().upper().split()[0] in UNFINISHED:
                 return None
         self._collect(tasks)
@@ -444,7 +444,7 @@ class SlurmJob:
     def running(self) -> bool:
         return self.sjob is not None and self.returncode is None
 
-    def terminate(self) -> None:
+    def stop(self) -> None:
         """scancel: Slurm sends SIGTERM to the node tasks (which stop their agents),
         then SIGKILL; a queued job just leaves the queue."""
         self.cancelled = not self.timed_out

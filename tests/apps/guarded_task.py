@@ -4,7 +4,7 @@ for modules with import-time side effects): warm start must fall back to cold.""
 import os
 import sys
 
-if sys.argv[0].endswith(os.path.join("runner", "warm.py")):
+if sys.argv[0].endswith(os.path.join("runner", "launch", "warm.py")):
     raise RuntimeError("guarded_task refuses to be imported ahead of its job")
 
 
