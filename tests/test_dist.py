@@ -209,6 +209,39 @@ def test_launch_from_plain_python_without_hydra(tmp_path, entry_base):
     assert entry_dirs(entry_base) == []
 
 
+def report_pid(queue) -> None:
+    import os
+
+    queue.put(os.getpid())
+
+
+def start_a_spawned_process(cfg) -> int:
+    """What a DataLoader with a "spawn" context or Lightning's ddp_spawn does: the
+    child re-imports the main module (the entry script) as ``__mp_main__``."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=report_pid, args=(queue,))
+    child.start()
+    pid = queue.get(timeout=120)
+    child.join(timeout=120)
+    assert child.exitcode == 0 and pid == child.pid
+    return cfg.x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm):
+    """The entry script runs the worker only as ``__main__``, so a spawned child does
+    not start the task again inside itself."""
+    HydraConfig.instance().cfg = None
+    config = OmegaConf.create({"x": 7})
+    value = launch(config, start_a_spawned_process, two_ranks(), tmp_path, console=False, warm=warm)
+    assert value == 7
+    assert entry_dirs(entry_base) == []
+
+
 def test_free_ports_never_repeat_while_held():
     socks = [free_port() for _ in range(200)]
     ports = [s.getsockname()[1] for s in socks]

@@ -227,6 +227,7 @@ def test_pool_policy_holds_freed_devices_for_the_waiting_head():
     assert pool.take(1, head=False) == ["2"]
     assert pool.take(1, head=False) == ["3"]
     assert pool.take(1, head=False) is None  # "0" is the head's
+    assert not pool.backfillable and pool.free == ["0"]
     pool.give_back(["1", "2", "3"])
     assert pool.take(4, head=True) == ["0", "1", "2", "3"]
     pool.give_back(["0", "1", "2", "3"])

@@ -115,7 +115,7 @@ def _wait_for_news(pcontext: Any, timeout: float) -> None:
     try:
         if isinstance(pcontext, MultiprocessContext) and pcontext._pc is not None:
             ready += [
-                queue._reader  # type: ignore[attr-defined]
+                queue._reader  # type: ignore[attr-defined]  # the queue's pipe: fenced above
                 for rank, queue in pcontext._ret_vals.items()
                 if rank not in pcontext._return_values
             ]

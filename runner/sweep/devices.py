@@ -81,6 +81,11 @@ class DevicePool:
             "(hydra.launcher.devices='0,1,...')",
         )
 
+    @property
+    def backfillable(self) -> bool:
+        """Whether any device is free for a point behind the waiting head."""
+        return bool(self._free)
+
     def needed(self, nproc: int) -> int:
         """Devices a point with ``nproc`` local ranks takes: one per rank (none on CPU)."""
         return nproc if self.ids else 0

@@ -426,7 +426,7 @@ class SweepScheduler:
 
     def _backfill(self, pending: deque[Point]) -> None:
         for point in list(itertools.islice(pending, 1, 1 + BACKFILL_WINDOW)):
-            if len(self.running) >= self.max_parallel or not self.pool.free:
+            if len(self.running) >= self.max_parallel or not self.pool.backfillable:
                 return
             if point.config is None:
                 self._compose_ahead(point)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, TensorDataset
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> float:
     # Each rank takes every world_size-th index of one shared permutation, so the
     # union of the ranks' batches is exactly the single-process batch.
     sampler: DistributedSampler[int] = DistributedSampler(
-        range(len(data.x_train)),  # type: ignore[arg-type]  # any sized sequence works
+        TensorDataset(data.x_train),  # only its length is used
         num_replicas=world_size,
         rank=rank,
         shuffle=True,
