@@ -1,13 +1,17 @@
-"""The plugin shell: discovery stays light, and its config mirrors the launch core's."""
+"""The plugin shell: discovery stays light, and its config is the option dataclasses."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
 from hydra_plugins.torchrun_launcher.torchrun_launcher import TorchrunLauncherConf
-from runner.launch.options import LaunchConfig
+from runner.launch.options import option_names
+from tests.conftest import APPS
 
 
 def test_plugin_discovery_does_not_import_torch():
@@ -22,12 +26,14 @@ def test_plugin_discovery_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_plugin_config_carries_every_launch_option_with_the_same_default():
-    plugin = {f.name: f for f in dataclasses.fields(TorchrunLauncherConf)}
-    for option in dataclasses.fields(LaunchConfig):
-        assert option.name in plugin, option.name
-        ours, theirs = plugin[option.name], option
-        if option.default_factory is not dataclasses.MISSING:
-            assert ours.default_factory() == theirs.default_factory()
-        else:
-            assert ours.default == theirs.default, option.name
+def test_launcher_keys_are_typed_and_checked_when_hydra_composes():
+    """The plugin's config is the option dataclasses themselves (written once), so a
+    value of the wrong type fails at composition, naming the key."""
+    with initialize_config_dir(config_dir=str(APPS / "probe_conf"), version_base="1.3"):
+        config = compose("config", return_hydra_config=True)
+        assert set(config.hydra.launcher) == option_names(TorchrunLauncherConf)
+        for override in ("hydra.launcher.timeout=soon", "hydra.launcher.max_parallel=many"):
+            with pytest.raises(ConfigCompositionException) as err:
+                compose("config", overrides=[override], return_hydra_config=True)
+            key = override.split("=")[0].removeprefix("hydra.")
+            assert key in str(err.value.__cause__ or err.value)

@@ -4,7 +4,6 @@ tests/test_launcher.py, tests/test_faults.py and tests/test_warm.py."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -242,8 +241,3 @@ def test_cpu_points_split_the_cores_instead_of_devices(monkeypatch):
     assert pool.environment([], 2, 4, {}) == {"OMP_NUM_THREADS": "2"}
     assert pool.environment([], 2, 4, {"OMP_NUM_THREADS": "7"}) == {}
     assert DevicePool([], split_threads=False).environment([], 2, 4, {}) == {}
-
-
-def test_launch_records_are_json(hydra_sweep_runner, tmp_path):
-    fake_sweep(hydra_sweep_runner, tmp_path, "value=1")
-    assert json.loads((tmp_path / "0" / "launch.json").read_text())["status"] == "COMPLETED"

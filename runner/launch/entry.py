@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -31,6 +32,13 @@ from runner.launch.procs import import_path, pid_alive
 
 # What every agent runs: ``python -m runner.launch.agent`` (torchrun, and runner's parts).
 AGENT_MODULE = "runner.launch.agent"
+
+
+def agent_command(args: list[str]) -> list[str]:
+    """The agent's command line, however it is started (what launch.json records)."""
+    return [sys.executable, "-m", AGENT_MODULE, *args]
+
+
 # In the entry dir (private, removed when the job ends).
 ENTRY_SCRIPT = "entry.py"
 JOB_FILE = "job.json"

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
-from runner.launch.entry import AGENT_MODULE, task_reference
+from runner.launch.entry import agent_command, task_reference
 from runner.launch.procs import die_with_parent, import_path
 
 
@@ -67,7 +66,7 @@ class SubprocessStarter:
     flags: list[str] = []
 
     def command(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", AGENT_MODULE, *args]
+        return agent_command(args)
 
     def start(
         self,

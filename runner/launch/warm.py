@@ -44,7 +44,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from runner.launch.entry import AGENT_MODULE
+from runner.launch.entry import AGENT_MODULE, agent_command
 from runner.launch.procs import die_with_parent, exit_on_signal
 
 WARM_FD_ENV = "RUNNER_WARM_FD"
@@ -181,7 +181,7 @@ class WarmServer:
 
     def command(self, args: list[str]) -> list[str]:
         """What a forked agent runs, as a cold agent would run it (for launch.json)."""
-        return [sys.executable, "-m", AGENT_MODULE, *args]
+        return agent_command(args)
 
     def start(
         self,

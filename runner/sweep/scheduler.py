@@ -21,8 +21,6 @@ import copy
 import itertools
 import json
 import logging
-import sys
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from runner.launch.job import Job, LaunchError, stop_jobs
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import sigterm_as_exit, write_atomic
 from runner.launch.worker import task_config
+from runner.sweep.console import SweepConsole
 from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
 from runner.sweep.report import write_summary
@@ -128,10 +127,8 @@ class SweepScheduler:
         self.resume = bool(params.get("resume", False))
         self.running: list[Point] = []
         self.done = self.failed = 0
-        self.live = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.drawn_at = 0.0
-        self.maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
+        maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
+        self.console = SweepConsole(maximise)
 
     # ------------------------------------------------------------------ per point
 
@@ -236,7 +233,7 @@ class SweepScheduler:
         self.done += 1
         callbacks.on_job_end(config=point.config, job_return=earlier)
         HydraConfig.instance().set_config(self.config)
-        self._log(
+        self.console.log(
             logging.INFO,
             "#%d kept   %s  completed in an earlier run -> %r  %s",
             point.idx,
@@ -249,7 +246,7 @@ class SweepScheduler:
         """A point that cannot run: it fails before anything of it starts."""
         point.result = self._job_return(point, JobStatus.FAILED, error)
         self.failed += 1
-        self._log(
+        self.console.log(
             logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress()
         )
 
@@ -291,7 +288,7 @@ class SweepScheduler:
         # id, or its agent's pid and port.
         self._write_record(point, "RUNNING")
         nproc = launch.nproc_per_node
-        self._log(
+        self.console.log(
             logging.INFO,
             "#%d start  %s  (%d rank%s per node, %s%s)",
             point.idx,
@@ -348,7 +345,7 @@ class SweepScheduler:
         point.result = ret
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
-        self._log(
+        self.console.log(
             logging.INFO,
             "#%d %s  %s  in %.1fs %s  %s",
             point.idx,
@@ -359,42 +356,13 @@ class SweepScheduler:
             self.progress(),
         )
         if ret.status != JobStatus.COMPLETED:
-            self._log(logging.ERROR, "#%d %s", point.idx, ret._return_value)
+            self.console.log(logging.ERROR, "#%d %s", point.idx, ret._return_value)
 
     def progress(self) -> str:
-        """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``."""
-        text = (
-            f"[{self.done + self.failed}/{len(self.points)} ended: {self.done} done, "
-            f"{len(self.running)} running, {self.failed} failed]"
+        results = [(p.idx, p.result) for p in self.points]
+        return self.console.progress(
+            len(self.points), self.done, len(self.running), self.failed, results
         )
-        scored = [
-            (p.result._return_value, p.idx)
-            for p in self.points
-            if p.result is not None
-            and p.result.status == JobStatus.COMPLETED
-            and isinstance(p.result._return_value, (int, float))
-            and not isinstance(p.result._return_value, bool)
-        ]
-        if scored:
-            value, idx = max(scored) if self.maximise else min(scored)
-            text += f" best {value:.6g} (#{idx})"
-        return text
-
-    def _status_line(self) -> None:
-        """On a terminal, keep a live one-line status under the log; elsewhere nothing
-        (the start and end lines carry the counts, free of control codes)."""
-        now = time.monotonic()
-        if self.live and now - self.drawn_at >= 0.5:
-            self.drawn_at = now
-            sys.stderr.write(f"\r\x1b[K{self.progress()} {now - self.started:.0f}s")
-            sys.stderr.flush()
-
-    def _log(self, level: int, message: str, *args: Any) -> None:
-        if self.live:
-            sys.stderr.write("\r\x1b[K")  # the log line replaces the status line
-            sys.stderr.flush()
-            self.drawn_at = 0.0
-        log.log(level, message, *args)
 
     def _cancelled(self, point: Point, reason: str) -> JobReturn:
         ret = JobReturn()
@@ -469,14 +437,15 @@ class SweepScheduler:
                                 self._stop_running("stopped: fail_fast after a failed point")
                     if stopping:
                         pending.clear()
-                    self._status_line()
+                    self.console.status(self.progress)
                     if not ended:  # else a slot is free now: start the next point at once
                         self.jobs.wait_for_news(IDLE_WAIT_S)
             finally:
-                if self.live:
-                    sys.stderr.write("\r\x1b[K")
+                self.console.clear()
                 if self.running:
-                    self._log(logging.WARNING, "stopping %d running point(s)", len(self.running))
+                    self.console.log(
+                        logging.WARNING, "stopping %d running point(s)", len(self.running)
+                    )
                     self._stop_running(None)
                 HydraConfig.instance().set_config(self.config)
         for point in self.points:
