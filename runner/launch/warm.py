@@ -10,9 +10,8 @@ pristine state; the child is the point's torchrun agent, the same
 ``--start_method fork --run_path`` (:data:`WARM_AGENT_FLAGS`): its workers are forked
 too, and run the same entry file with the same worker code path. So each point keeps
 its own agent, free port, rendezvous, entry dir, logs, failure report, timeout and
-elastic restarts, and
-module state one point changes is never seen by the next (each starts from a fresh
-fork of the warm process, which runs no task itself).
+elastic restarts, and module state one point changes is never seen by the next (each
+starts from a fresh fork of the warm process, which runs no task itself).
 
 The parent and the warm process talk over a Unix socket pair, one JSON line per
 message; the parent's bound rendezvous socket travels with the request (SCM_RIGHTS),
