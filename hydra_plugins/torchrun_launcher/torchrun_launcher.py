@@ -23,7 +23,8 @@ from runner.launch.options import LaunchConfig, option_names
 from runner.sweep.options import SchedulerOptions, SlurmOptions
 
 if TYPE_CHECKING:
-    from runner.sweep.scheduler import JobFactory
+    from runner.sweep.console import SweepConsole
+    from runner.sweep.scheduler import JobFactory, PointSource
 
 
 @dataclass
@@ -69,8 +70,10 @@ class TorchrunLauncher(Launcher):
         self.config: DictConfig
         self.task_function: TaskFunction
         self.hydra_context: HydraContext
-        # Made at the first batch and kept for the next ones (a warm process lives here).
+        # Made at the first batch and kept for the next ones (a warm process lives in
+        # the jobs, the sweep's best in the console).
         self.jobs: JobFactory | None = None
+        self.console: SweepConsole | None = None
 
     def job_factory(self) -> "type[JobFactory]":
         """The sweep's kind of job (imported only when a sweep is set up)."""
@@ -93,9 +96,16 @@ class TorchrunLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from runner.sweep.scheduler import Batch, launch_sweep
+
+        return launch_sweep(self, Batch(job_overrides, initial_job_idx))
+
+    def launch_points(self, source: "PointSource") -> Sequence[JobReturn]:
+        """Run points as ``source`` hands them out, each the moment a slot frees: how
+        runner's search sweeper keeps every slot busy (Hydra's ``launch`` is one batch)."""
         from runner.sweep.scheduler import launch_sweep
 
-        return launch_sweep(self, job_overrides, initial_job_idx)
+        return launch_sweep(self, source)
 
 
 class TorchrunSlurmLauncher(TorchrunLauncher):

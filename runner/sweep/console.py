@@ -8,10 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -22,30 +21,28 @@ class SweepConsole:
         self.live = sys.stderr.isatty()
         self.started = time.monotonic()
         self.drawn_at = 0.0
+        # (value, point number) of the sweep's best completed point so far.
+        self.best: tuple[float, int] | None = None
 
-    def progress(
-        self,
-        total: int,
-        done: int,
-        running: int,
-        failed: int,
-        results: Sequence[tuple[int, JobReturn | None]],
-    ) -> str:
-        """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: ``results``
-        are (point number, result) pairs; the best numeric completed one is named."""
-        text = f"[{done + failed}/{total} ended: {done} done, {running} running, {failed} failed]"
-        scored = [
-            (result._return_value, idx)
-            for idx, result in results
-            if result is not None
-            and result.status == JobStatus.COMPLETED
-            and isinstance(result._return_value, (int, float))
-            and not isinstance(result._return_value, bool)
-        ]
-        if scored:
-            value, idx = max(scored) if self.maximise else min(scored)
-            text += f" best {value:.6g} (#{idx})"
-        return text
+    def scored(self, idx: int, value: Any) -> None:
+        """Point ``idx`` completed with ``value``: the sweep's best if it beats it (a
+        value that is not one number is not ranked)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            return
+        if self.best is None or (value > self.best[0] if self.maximise else value < self.best[0]):
+            self.best = (float(value), idx)
+
+    def best_text(self) -> str:
+        return f" best {self.best[0]:.6g} (#{self.best[1]})" if self.best else ""
+
+    def progress(self, total: int, done: int, running: int, failed: int, pruned: int = 0) -> str:
+        """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: the counts of
+        this batch, the best of the whole sweep (every batch of an optimising sweeper)."""
+        ended = done + failed + pruned
+        counts = f"{done} done, {running} running, {failed} failed"
+        if pruned:
+            counts += f", {pruned} pruned"
+        return f"[{ended}/{total} ended: {counts}]{self.best_text()}"
 
     def status(self, progress: Callable[[], str]) -> None:
         """On a terminal, redraw the live status line (at most twice a second)."""

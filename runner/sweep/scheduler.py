@@ -21,6 +21,7 @@ import copy
 import itertools
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,13 +76,15 @@ class JobFactory(Protocol):
 
 class SweepLauncher(Protocol):
     """What the scheduler needs of the Hydra launcher plugin: its config and context,
-    and its job factory (made at the first batch, kept for the next ones)."""
+    its job factory and its console (made at the first batch, kept for the next ones,
+    so the sweep's best is the whole sweep's)."""
 
     config: DictConfig
     hydra_context: Any
     task_function: Any
     params: dict[str, Any]
     jobs: JobFactory | None
+    console: SweepConsole | None
 
     def job_factory(self) -> type[JobFactory]: ...
 
@@ -97,38 +100,96 @@ class Point:
     job: Job | None = None
     devices: list[str] = field(default_factory=list)
     result: JobReturn | None = None
+    # How it ended, as launch.json says: COMPLETED, FAILED or PRUNED.
+    status: str | None = None
+    # Set when its source asked to stop it early (pruning): why, and when to force it.
+    stop_reason: str | None = None
+    stop_deadline: float | None = None
 
     @property
     def label(self) -> str:
         return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
 
 
+class PointSource(Protocol):
+    """Where a sweep's points come from: a fixed batch (:class:`Batch`), or a search
+    that asks for the next trial the moment a slot frees (:mod:`runner.sweep.search`)."""
+
+    # How many points the sweep expects in all (sizes the default parallelism).
+    size: int
+
+    def take(self, room: int) -> list[tuple[int, list[str]]]:
+        """Up to ``room`` new points as (job number, overrides); a batch gives all it
+        has. Empty: none now."""
+        ...
+
+    def exhausted(self) -> bool:
+        """No point will come any more."""
+        ...
+
+    def ended(self, point: Point) -> None:
+        """``point`` ended (its ``status`` and ``result`` set), or will never start."""
+        ...
+
+    def watch(self, point: Point) -> str | None:
+        """Called while ``point`` runs: why to stop it now (pruned), or None."""
+        ...
+
+    def progress(self, running: int) -> str | None:
+        """The sweep's progress line, or None for the scheduler's own."""
+        ...
+
+
+class Batch:
+    """The points of one ``Launcher.launch`` call: all known at once, in order."""
+
+    def __init__(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
+        self.points = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        self.size = len(self.points)
+
+    def take(self, room: int) -> list[tuple[int, list[str]]]:
+        points, self.points = self.points, []
+        return points
+
+    def exhausted(self) -> bool:
+        return not self.points
+
+    def ended(self, point: Point) -> None:
+        pass
+
+    def watch(self, point: Point) -> str | None:
+        return None
+
+    def progress(self, running: int) -> str | None:
+        return None
+
+
 class SweepScheduler:
-    """Runs the points of one batch, ``max_parallel`` at a time, on ``jobs``."""
+    """Runs the points of ``source``, ``max_parallel`` at a time, on ``jobs``."""
 
     def __init__(
         self,
         launcher: SweepLauncher,
-        job_overrides: Sequence[Sequence[str]],
-        initial_job_idx: int,
+        source: PointSource,
         jobs: JobFactory,
+        console: SweepConsole,
     ) -> None:
         self.launcher = launcher
+        self.source = source
         self.jobs = jobs
         self.pool = jobs.pool
         self.config: DictConfig = launcher.config
         params = launcher.params
-        self.points = [Point(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        self.points: list[Point] = []
         self.max_parallel: int = params.get("max_parallel") or jobs.default_parallel(
-            len(self.points), int(params.get("nproc_per_node") or 1)
+            source.size, int(params.get("nproc_per_node") or 1)
         )
         self.fail_fast = bool(params.get("fail_fast", False))
         self.grace = float(params.get("stop_grace", 10.0))
         self.resume = bool(params.get("resume", False))
         self.running: list[Point] = []
-        self.done = self.failed = 0
-        maximise = str(OmegaConf.select(self.config, "trainer.objective_mode")) == "max"
-        self.console = SweepConsole(maximise)
+        self.done = self.failed = self.pruned = 0
+        self.console = console
 
     # ------------------------------------------------------------------ per point
 
@@ -229,8 +290,10 @@ class SweepScheduler:
         callbacks = self.launcher.hydra_context.callbacks
         HydraConfig.instance().set_config(point.config)
         callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
-        point.result = earlier
+        point.result, point.status = earlier, "COMPLETED"
         self.done += 1
+        self.console.scored(point.idx, earlier._return_value)
+        self.source.ended(point)
         callbacks.on_job_end(config=point.config, job_return=earlier)
         HydraConfig.instance().set_config(self.config)
         self.console.log(
@@ -244,8 +307,9 @@ class SweepScheduler:
 
     def _refuse(self, point: Point, error: Exception) -> None:
         """A point that cannot run: it fails before anything of it starts."""
-        point.result = self._job_return(point, JobStatus.FAILED, error)
+        point.result, point.status = self._job_return(point, JobStatus.FAILED, error), "FAILED"
         self.failed += 1
+        self.source.ended(point)
         self.console.log(
             logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress()
         )
@@ -315,17 +379,26 @@ class SweepScheduler:
         return record
 
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
-        """Turn an ended job into the point's JobReturn; record how it ran."""
+        """Turn an ended job into the point's JobReturn; record how it ran. A point its
+        source stopped (``stop_reason``) ends PRUNED."""
         job, config = point.job, point.config
         assert job is not None and config is not None
         try:
+            if point.stop_reason is not None:
+                raise LaunchError(f"sweep point #{point.idx} ({point.label}) {point.stop_reason}")
             if error is not None:
                 raise error
             ret = self._job_return(point, JobStatus.COMPLETED, job.result())
+            point.status = "COMPLETED"
             self.done += 1
         except LaunchError as failure:
             ret = self._job_return(point, JobStatus.FAILED, failure)
-            self.failed += 1
+            if point.stop_reason is not None:
+                point.status = "PRUNED"
+                self.pruned += 1
+            else:
+                point.status = "FAILED"
+                self.failed += 1
         finally:
             job.cleanup()
             self.pool.give_back(point.devices)
@@ -337,31 +410,39 @@ class SweepScheduler:
 
             # The result is stored before launch.json marks the point done (resume reads both).
             write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
+            self.console.scored(point.idx, ret._return_value)
         record = self._write_record(
             point,
-            ret.status.name,
+            point.status,
             ret._return_value if ret.status != JobStatus.COMPLETED else None,
         )
         point.result = ret
+        self.source.ended(point)
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        outcome = f"-> {ret._return_value!r}" if ret.status == JobStatus.COMPLETED else "FAILED"
+        outcome = {
+            "COMPLETED": f"-> {ret._return_value!r}",
+            "PRUNED": f"({point.stop_reason})",
+        }.get(point.status, "FAILED")
         self.console.log(
             logging.INFO,
-            "#%d %s  %s  in %.1fs %s  %s",
+            "#%d %-6s %s  in %.1fs %s  %s",
             point.idx,
-            "done  " if ret.status == JobStatus.COMPLETED else "failed",
+            {"COMPLETED": "done"}.get(point.status, point.status.lower()),
             point.label,
             record["duration_s"] or 0.0,
             outcome,
             self.progress(),
         )
-        if ret.status != JobStatus.COMPLETED:
+        if point.status == "FAILED":
             self.console.log(logging.ERROR, "#%d %s", point.idx, ret._return_value)
 
     def progress(self) -> str:
-        results = [(p.idx, p.result) for p in self.points]
-        return self.console.progress(
-            len(self.points), self.done, len(self.running), self.failed, results
+        return self.source.progress(len(self.running)) or self.console.progress(
+            max(self.source.size, len(self.points)),
+            self.done,
+            len(self.running),
+            self.failed,
+            self.pruned,
         )
 
     def _cancelled(self, point: Point, reason: str) -> JobReturn:
@@ -375,10 +456,23 @@ class SweepScheduler:
 
     # ------------------------------------------------------------------ the loop
 
+    def _take(self, pending: deque[Point]) -> None:
+        """New points from the source: one for every free slot, and one more to compose
+        ahead, so it starts the moment a slot frees (a batch gives all of its own)."""
+        room = self.max_parallel - len(self.running) + 1 - len(pending)
+        if room > 0 and not self.source.exhausted():
+            for idx, overrides in self.source.take(room):
+                point = Point(idx, overrides)
+                self.points.append(point)
+                pending.append(point)
+
     def _start_what_fits(self, pending: deque[Point]) -> None:
         """Start pending points while slots and devices allow: the head first; while it
         waits for devices, later points that fit in the free ones (backfill)."""
-        while pending and len(self.running) < self.max_parallel:
+        while len(self.running) < self.max_parallel:
+            self._take(pending)
+            if not pending:
+                return
             head = pending[0]
             if not self._prepare(head):
                 pending.popleft()
@@ -409,32 +503,47 @@ class SweepScheduler:
                 pending.remove(point)
                 self._start(point, devices)
 
+    def _watch(self, point: Point) -> None:
+        """Ask the source whether a running point should stop (pruning); stop it without
+        waiting, and force it once ``stop_grace`` has passed."""
+        assert point.job is not None
+        if point.stop_deadline is None:
+            reason = self.source.watch(point)
+            if reason is not None:
+                point.stop_reason = reason
+                point.stop_deadline = time.monotonic() + self.grace
+                point.job.stop()
+                self.console.log(logging.INFO, "#%d stop   %s  %s", point.idx, point.label, reason)
+        elif time.monotonic() > point.stop_deadline:
+            point.job.wait_stopped(point.stop_deadline)
+
     def run(self) -> list[JobReturn]:
-        pending = deque(self.points)
+        pending: deque[Point] = deque()
         stopping = False
         with sigterm_as_exit():
             try:
-                while pending or self.running:
+                while True:
                     if not stopping:
                         self._start_what_fits(pending)
                         if pending and pending[0].config is None:
                             # Compose the next point while the running ones work, so it
                             # starts the moment a slot frees (composing takes ~0.25 s).
                             self._compose_ahead(pending[0])
+                    if not (pending or self.running):
+                        break
                     ended = False
                     for point in list(self.running):
                         assert point.job is not None
-                        if point in self.running and point.job.poll() is not None:
-                            ended = True
-                            self._finish(point)
-                            if (
-                                self.fail_fast
-                                and point.result is not None
-                                and point.result.status == JobStatus.FAILED
-                                and not stopping
-                            ):
-                                stopping = True
-                                self._stop_running("stopped: fail_fast after a failed point")
+                        if point not in self.running:
+                            continue
+                        if point.job.poll() is None:
+                            self._watch(point)
+                            continue
+                        ended = True
+                        self._finish(point)
+                        if self.fail_fast and point.status == "FAILED" and not stopping:
+                            stopping = True
+                            self._stop_running("stopped: fail_fast after a failed point")
                     if stopping:
                         pending.clear()
                     self.console.status(self.progress)
@@ -448,9 +557,10 @@ class SweepScheduler:
                     )
                     self._stop_running(None)
                 HydraConfig.instance().set_config(self.config)
-        for point in self.points:
-            if point.result is None:
-                point.result = self._cancelled(point, "was not started: fail_fast")
+                for point in self.points:
+                    if point.result is None:
+                        point.result = self._cancelled(point, "was not started: fail_fast")
+                        self.source.ended(point)
         return [point.result for point in self.points if point.result is not None]
 
     def _stop_running(self, reason: str | None) -> None:
@@ -467,11 +577,18 @@ class SweepScheduler:
             )
 
 
-def launch_sweep(
-    launcher: SweepLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-) -> Sequence[JobReturn]:
-    """What the launcher plugin's ``launch`` does: run one batch of points on the
-    launcher's jobs, return their JobReturns in order."""
+def sweep_maximises(config: DictConfig) -> bool:
+    """Whether the sweep's best is its highest value: the sweeper's ``direction`` when
+    it has one (Optuna's), else runner's ``trainer.objective_mode``."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if isinstance(direction, str):
+        return direction == "maximize"
+    return str(OmegaConf.select(config, "trainer.objective_mode", default="min")) == "max"
+
+
+def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn]:
+    """What the launcher plugin's ``launch`` does: run the points of ``source`` on the
+    launcher's jobs, return their JobReturns in the order they were taken."""
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -479,11 +596,13 @@ def launch_sweep(
     remove_stale_entry_dirs()
     if launcher.jobs is None:  # after logging is set up: a warm start says if it cannot
         launcher.jobs = launcher.job_factory()(launcher)
+    if launcher.console is None:
+        launcher.console = SweepConsole(sweep_maximises(config))
     jobs = launcher.jobs
-    scheduler = SweepScheduler(launcher, job_overrides, initial_job_idx, jobs)
+    scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
     log.info(
-        "Launching %d job(s) with torchrun%s, up to %d at a time%s",
-        len(scheduler.points),
+        "Launching %s with torchrun%s, up to %d at a time%s",
+        f"{source.size} job(s)" if isinstance(source, Batch) else "trials",
         jobs.where,
         scheduler.max_parallel,
         f", on devices {','.join(jobs.pool.ids)}" if jobs.pool else "",
