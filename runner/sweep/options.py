@@ -165,3 +165,118 @@ def check_sweep_dir(sweep_dir: str) -> None:
             f"hydra.sweep.dir={sweep_dir} cannot be created or written "
             f"({error.strerror or error}). Fix: pass hydra.sweep.dir=A_WRITABLE_DIR"
         ) from None
+
+
+class SearchConfigError(ValueError):
+    """A ``hydra.sweeper`` value of runner's search that cannot work."""
+
+
+# Samplers and pruners by short name (any other by ``_target_``).
+SAMPLERS = {
+    "tpe": "optuna.samplers.TPESampler",
+    "random": "optuna.samplers.RandomSampler",
+    "cmaes": "optuna.samplers.CmaEsSampler",
+    "qmc": "optuna.samplers.QMCSampler",
+    "nsgaii": "optuna.samplers.NSGAIISampler",
+}
+PRUNERS = {
+    "none": "optuna.pruners.NopPruner",
+    "median": "optuna.pruners.MedianPruner",
+    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+    "hyperband": "optuna.pruners.HyperbandPruner",
+}
+DIRECTIONS = ("minimize", "maximize")
+
+
+def _sweeper_key(name: str) -> str:
+    return f"hydra.sweeper.{name}"
+
+
+@dataclass
+class SearchOptions:
+    """``hydra/sweeper=search``: runner's Optuna search (runner.sweep.search)."""
+
+    # Trials in the whole search, counting those of earlier runs into the same study.
+    n_trials: int = 20
+    # Seconds after which no new trial starts (running ones finish); null: no limit.
+    timeout: float | None = None
+    # minimize or maximize; a list (one per value the task returns) for several.
+    direction: Any = "minimize"
+    # The key of metrics.jsonl lines a running trial is pruned on.
+    metric: str = "objective"
+    # tpe (seeded, constant liar), random, cmaes, qmc, nsgaii, or {_target_: ..., ...}.
+    sampler: Any = "tpe"
+    # none, median, successive_halving, hyperband, or {_target_: ..., ...}.
+    pruner: Any = "none"
+    # The sampler's seed, where it takes one and does not name its own.
+    seed: int | None = 0
+    study_name: str = "search"
+    # Any storage URL Optuna accepts; null: sqlite:///<hydra.sweep.dir>/study.db.
+    storage: str | None = None
+    # The search space beside the command line: {optim.lr: "tag(log, interval(1e-4, 1e-1))"}.
+    params: dict[str, str] = field(default_factory=dict)
+    # Known-good points tried first, when the study is new: [{optim.lr: 0.01}, ...].
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    # false: ask for max_parallel trials, wait for all of them, ask again (how Hydra's
+    # batch sweepers work; the benchmark's reference). Other launchers always batch.
+    asynchronous: bool = True
+
+    def directions(self) -> list[str]:
+        value = self.direction
+        return [str(d) for d in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+    def search_problems(self) -> list[str]:
+        """What cannot work, each naming the key, the value and the fix."""
+        found = []
+
+        def bad(key: str, value: Any, rule: str, fix: str) -> None:
+            found.append(invalid(_sweeper_key(key), value, rule, f"hydra.sweeper.{fix}"))
+
+        if self.n_trials < 1:
+            bad("n_trials", self.n_trials, "a search needs at least one trial", "n_trials=20")
+        if self.timeout is not None and self.timeout <= 0:
+            bad("timeout", self.timeout, "must be > 0 seconds, or null", "timeout=3600")
+        directions = self.directions()
+        if not directions or any(d not in DIRECTIONS for d in directions):
+            bad(
+                "direction",
+                self.direction,
+                "each direction is minimize or maximize",
+                "direction=minimize (or [minimize,maximize] for two values)",
+            )
+        for key, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, str) and value not in names:
+                bad(key, value, f"known names: {', '.join(names)}", f"{key}={next(iter(names))}")
+            elif not isinstance(value, str) and "_target_" not in value:
+                bad(
+                    key,
+                    value,
+                    "a mapping names its class with _target_",
+                    f"{key}._target_={next(iter(names.values()))}",
+                )
+        if len(directions) > 1 and self.pruner not in (None, "none"):
+            bad(
+                "pruner",
+                self.pruner,
+                "Optuna prunes only single-objective studies",
+                "pruner=none",
+            )
+        return found
+
+
+def check_search_options(params: dict[str, Any]) -> SearchOptions:
+    """The sweeper's keys as SearchOptions, or SearchConfigError naming each problem."""
+    unknown = sorted(set(params) - option_names(SearchOptions) - {"_target_"})
+    if unknown:
+        raise SearchConfigError(
+            f"hydra.sweeper has unknown key(s) {unknown} for hydra/sweeper=search; "
+            f"known keys: {sorted(option_names(SearchOptions))}"
+        )
+    options = SearchOptions(**{k: v for k, v in params.items() if k != "_target_"})
+    problems = options.search_problems()
+    if problems:
+        raise SearchConfigError("\n".join(problems))
+    return options

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 
 from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE
 from runner.launch.procs import pid_alive, write_atomic
+from runner.metrics import METRICS_FILE
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -128,7 +129,7 @@ def collect(sweep_dir: Path) -> list[Row]:
         elif (job_dir / "metrics.json").exists():
             status = "COMPLETED"
         else:
-            status = "RUNNING" if (job_dir / "metrics.jsonl").exists() else "NOT FINISHED"
+            status = "RUNNING" if (job_dir / METRICS_FILE).exists() else "NOT FINISHED"
         objective = _number(final.get("objective_value"))
         if objective is None and status == "COMPLETED":
             objective = _return_value(job_dir)
@@ -366,7 +367,7 @@ def _save(fig, path: Path) -> Path:
 
 def _history(job_dir: Path) -> list[dict]:
     try:
-        lines = (job_dir / "metrics.jsonl").read_text().splitlines()
+        lines = (job_dir / METRICS_FILE).read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError):
         return []

@@ -105,6 +105,8 @@ class Point:
     # Set when its source asked to stop it early (pruning): why, and when to force it.
     stop_reason: str | None = None
     stop_deadline: float | None = None
+    # Stopped by the sweep (Ctrl-C, SIGTERM, fail_fast) or never started.
+    interrupted: bool = False
 
     @property
     def label(self) -> str:
@@ -129,6 +131,11 @@ class PointSource(Protocol):
 
     def ended(self, point: Point) -> None:
         """``point`` ended (its ``status`` and ``result`` set), or will never start."""
+        ...
+
+    def wanted(self, point: Point) -> bool:
+        """Whether a point taken earlier should still start now (a search past its
+        timeout says no)."""
         ...
 
     def watch(self, point: Point) -> str | None:
@@ -156,6 +163,9 @@ class Batch:
 
     def ended(self, point: Point) -> None:
         pass
+
+    def wanted(self, point: Point) -> bool:
+        return True
 
     def watch(self, point: Point) -> str | None:
         return None
@@ -445,6 +455,12 @@ class SweepScheduler:
             self.pruned,
         )
 
+    def _withdraw(self, point: Point, reason: str) -> None:
+        """A taken point that will not start."""
+        point.result = self._cancelled(point, reason)
+        point.interrupted = True
+        self.source.ended(point)
+
     def _cancelled(self, point: Point, reason: str) -> JobReturn:
         ret = JobReturn()
         ret.overrides = list(point.overrides)
@@ -474,6 +490,10 @@ class SweepScheduler:
             if not pending:
                 return
             head = pending[0]
+            if not self.source.wanted(head):
+                pending.popleft()
+                self._withdraw(head, "was not started: the search's timeout has passed")
+                continue
             if not self._prepare(head):
                 pending.popleft()
                 self.pool.new_head()
@@ -559,8 +579,7 @@ class SweepScheduler:
                 HydraConfig.instance().set_config(self.config)
                 for point in self.points:
                     if point.result is None:
-                        point.result = self._cancelled(point, "was not started: fail_fast")
-                        self.source.ended(point)
+                        self._withdraw(point, "was not started: the sweep stopped")
         return [point.result for point in self.points if point.result is not None]
 
     def _stop_running(self, reason: str | None) -> None:
@@ -569,6 +588,7 @@ class SweepScheduler:
         for point in points:
             assert point.job is not None
             point.job.poll()
+            point.interrupted = point.stop_reason is None
             self._finish(
                 point,
                 LaunchError(

@@ -32,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler, TensorDataset
 
+from runner.metrics import METRICS_FILE, append_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -226,7 +228,7 @@ def train(cfg: DictConfig) -> float:
             loss_carry = per_rank["loss_total"]
     if is_rank0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        keep_epochs(output_dir / "metrics.jsonl", start_epoch)
+        keep_epochs(output_dir / METRICS_FILE, start_epoch)
         log.info(
             "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), %d steps%s",
             type(model).__name__,
@@ -320,8 +322,8 @@ def train(cfg: DictConfig) -> float:
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
         if is_rank0:
-            with open(output_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            # The objective of every epoch too: what a search prunes on.
+            append_metrics(output_dir, {**metrics, "objective": metrics[cfg.trainer.objective]})
         if writer is not None:
             for key, value in metrics.items():
                 if key not in ("epoch", "step", "elapsed_s"):

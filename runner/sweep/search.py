@@ -1,0 +1,493 @@
+"""runner's search sweeper (``hydra/sweeper=search``): Optuna, asynchronous, pruning
+distributed trials, its study kept in a database.
+
+Under ``hydra/launcher=torchrun`` (or ``torchrun_slurm``) the search is a
+:class:`~runner.sweep.scheduler.PointSource`: the scheduler asks it for a trial the
+moment a slot frees (and one ahead, composed while the others run), so no slot waits
+for a batch to end. While a trial runs, :meth:`Search.watch` feeds the new lines of its
+``metrics.jsonl`` to ``trial.report``; a trial the pruner stops ends PRUNED and its slot
+and devices go to the next one. Under any other launcher it asks for trials in batches
+through ``Launcher.launch`` and says so once.
+
+The study lives in a database (SQLite in the sweep dir unless ``storage`` names one),
+so re-running the same command into the same sweep dir continues it: trials that were
+running when their sweep died (same host, parent gone) are marked failed and their
+parameters run again; ``n_trials`` counts the whole search.
+
+Optuna is imported here, only when a search runs; never torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from runner.launch.procs import pid_alive
+from runner.metrics import METRICS_FILE, MetricsReader
+from runner.sweep.options import (
+    PRUNERS,
+    SAMPLERS,
+    SearchConfigError,
+    SearchOptions,
+    check_search_options,
+)
+from runner.sweep.scheduler import Point
+from runner.sweep.space import Param, parse_space, space_record
+
+log = logging.getLogger(__name__)
+
+# Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
+# saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir. Study: the space.
+OWNER = "runner_owner"
+STATUS = "runner_status"
+JOB_DIR = "runner_job_dir"
+SPACE = "runner_space"
+RESULTS_FILE = "optimization_results.yaml"
+# How often a running trial's metrics.jsonl is read (seconds).
+WATCH_INTERVAL_S = 0.5
+
+
+class SearchSweeperLike(Protocol):
+    """What :func:`run_search` needs of the Hydra sweeper plugin."""
+
+    params: dict[str, Any]
+    config: DictConfig
+    hydra_context: Any
+    launcher: Any
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a finished trial counts towards ``n_trials`` (an interrupted one runs
+    again instead)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == "FAILED"
+
+
+def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaults: dict) -> Any:
+    """A sampler or pruner from a short name or a ``{_target_: ...}`` mapping."""
+    from hydra.utils import get_class
+
+    if isinstance(value, str):
+        spec: dict[str, Any] = {"_target_": names[value], **defaults.get(value, {})}
+    else:
+        spec = dict(value)
+    target = str(spec.pop("_target_"))
+    try:
+        cls = get_class(target)
+        if seed is not None and "seed" in inspect.signature(cls).parameters:
+            spec.setdefault("seed", seed)
+        return cls(**spec)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SearchConfigError(
+            f"hydra.sweeper.{key}={value!r} is invalid: {target}({spec}) cannot be made "
+            f"({first}). Fix: one of {', '.join(names)}, or a _target_ of an Optuna "
+            f"{key} class with its arguments (a missing package: pip install it)"
+        ) from None
+
+
+def make_sampler(options: SearchOptions) -> optuna.samplers.BaseSampler:
+    # TPE with a constant liar: trials asked while others run do not all land together.
+    return _build(
+        "sampler", options.sampler, SAMPLERS, options.seed, {"tpe": {"constant_liar": True}}
+    )
+
+
+def make_pruner(options: SearchOptions) -> optuna.pruners.BasePruner:
+    return _build("pruner", options.pruner or "none", PRUNERS, None, {})
+
+
+def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> optuna.Study:
+    """The search's study: made, or loaded when it exists and asks for the same
+    directions and space (else an error, and the study is left as it was)."""
+    url = options.storage or f"sqlite:///{sweep_dir.absolute() / 'study.db'}"
+    sampler, pruner = make_sampler(options), make_pruner(options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SearchConfigError(
+            f"hydra.sweeper.storage={url!r} is invalid: the study's database cannot be "
+            f"opened ({first}). Fix: a URL Optuna accepts, e.g. sqlite:///path/study.db or "
+            "postgresql://user:password@host/db (its driver installed), or storage=null "
+            "for SQLite in the sweep dir"
+        ) from None
+    directions = options.directions()
+    try:
+        study = optuna.load_study(
+            study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+    except KeyError:
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=options.study_name,
+            directions=directions,
+        )
+        study.set_user_attr(SPACE, space_record(space))
+        return study
+    where = f"study {options.study_name!r} in {url}"
+    fix = (
+        "run the same search again, or start a new one with another hydra.sweep.dir "
+        "(or hydra.sweeper.study_name)"
+    )
+    had = [d.name.lower() for d in study.directions]
+    if had != directions:
+        raise SearchConfigError(
+            f"hydra.sweeper.direction={options.direction!r} is invalid: {where} was made "
+            f"with direction {had}. Fix: {fix}"
+        )
+    kept = study.user_attrs.get(SPACE)
+    if kept is not None and kept != space_record(space):
+        ours = space_record(space)
+        differ = sorted(k for k in set(kept) | set(ours) if kept.get(k) != ours.get(k))
+        raise SearchConfigError(
+            f"the search space is invalid for {where}: it searched other parameters or "
+            f"ranges ({', '.join(differ)} differ). Fix: {fix}"
+        )
+    return study
+
+
+def continue_study(study: optuna.Study) -> int:
+    """Trials of this host whose sweep parent is gone are marked failed, and their
+    parameters queued to run again; returns how many."""
+    host = socket.gethostname()
+    again = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
+        if who != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue  # another machine's, or a live sweep's
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": trial.number})
+        again += 1
+    return again
+
+
+def trial_values(value: Any, n: int) -> list[float] | None:
+    """A task's return value as the study's values (one per direction), or None."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) != n:
+        return None
+    numbers = [
+        float(v) for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if len(numbers) != n or not all(math.isfinite(v) for v in numbers):
+        return None
+    return numbers
+
+
+class Search:
+    """The search as the scheduler's source of points (see the module docstring)."""
+
+    def __init__(
+        self, study: optuna.Study, space: list[Param], fixed: list[str], options: SearchOptions
+    ) -> None:
+        self.study = study
+        self.space = space
+        self.distributions = {p.name: p.distribution for p in space}
+        self.fixed = fixed
+        self.options = options
+        self.directions = options.directions()
+        self.size = options.n_trials
+        self.deadline = time.monotonic() + options.timeout if options.timeout else None
+        self.owner = owner()
+        self.trials: dict[int, Trial] = {}
+        self.readers: dict[int, MetricsReader] = {}
+        self.watched_at: dict[int, float] = {}
+        finished = study.get_trials(deepcopy=False)
+        self.counted = sum(1 for t in finished if counts(t))
+        self.tally = {"done": 0, "failed": 0, "pruned": 0}
+        for t in finished:
+            if counts(t):
+                key = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}
+                self.tally[key.get(t.state, "failed")] += 1
+        self.best: tuple[float, int] | None = None
+        if len(self.directions) == 1:
+            for t in finished:
+                if t.state == TrialState.COMPLETE and t.values:
+                    self._scored(t.values[0], t.number)
+
+    # ------------------------------------------------------------- PointSource
+
+    def timed_out(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def exhausted(self) -> bool:
+        return self.timed_out() or self.counted + len(self.trials) >= self.size
+
+    def take(self, room: int) -> list[tuple[int, list[str]]]:
+        taken = []
+        for _ in range(max(0, min(room, self.size - self.counted - len(self.trials)))):
+            if self.timed_out():
+                break
+            trial = self.study.ask(fixed_distributions=self.distributions)
+            trial.set_user_attr(OWNER, self.owner)
+            self.trials[trial.number] = trial
+            overrides = self.fixed + [p.override(trial.params[p.name]) for p in self.space]
+            taken.append((trial.number, overrides))
+        return taken
+
+    def wanted(self, point: Point) -> bool:
+        return not self.timed_out()
+
+    def watch(self, point: Point) -> str | None:
+        """Report the running trial's new intermediate values; whether to prune it."""
+        trial = self.trials.get(point.idx)
+        if trial is None or len(self.directions) > 1 or point.config is None:
+            return None
+        now = time.monotonic()
+        if now - self.watched_at.get(point.idx, 0.0) < WATCH_INTERVAL_S:
+            return None
+        self.watched_at[point.idx] = now
+        reader = self.readers.get(point.idx)
+        if reader is None:
+            job_dir = Path(str(point.config.hydra.runtime.output_dir))
+            reader = self.readers[point.idx] = MetricsReader(
+                job_dir / METRICS_FILE, self.options.metric
+            )
+        values = reader.new_values()
+        for step, value in values:
+            trial.report(value, step)
+        if values and trial.should_prune():
+            step, value = values[-1]
+            return f"pruned at step {step} ({self.options.metric} {value:.6g})"
+        return None
+
+    def ended(self, point: Point) -> None:
+        value = point.result._return_value if point.result is not None else None
+        job_dir = str(point.config.hydra.runtime.output_dir) if point.config else None
+        status = point.status if point.job is not None and not point.interrupted else None
+        self.tell(point.idx, status or "INTERRUPTED", value, job_dir)
+
+    def progress(self, running: int) -> str:
+        t = self.tally
+        text = f"[{self.counted + running}/{self.size} trials: {t['done']} done, {running} running"
+        if t["pruned"]:
+            text += f", {t['pruned']} pruned"
+        if t["failed"]:
+            text += f", {t['failed']} failed"
+        text += "]"
+        if self.best is not None:
+            text += f" best {self.best[0]:.6g} (#{self.best[1]})"
+        elif len(self.directions) > 1 and t["done"]:
+            text += f" Pareto front: {len(self.study.best_trials)} trial(s)"
+        return text
+
+    # ------------------------------------------------------------- the study
+
+    def _scored(self, value: float, number: int) -> None:
+        maximise = self.directions[0] == "maximize"
+        if self.best is None or (value > self.best[0] if maximise else value < self.best[0]):
+            self.best = (value, number)
+
+    def tell(self, number: int, status: str, value: Any, job_dir: str | None) -> None:
+        """A trial ended: COMPLETED (with its return value), FAILED, PRUNED, or
+        INTERRUPTED (stopped by the sweep, or never started: it runs again when the
+        search continues)."""
+        trial = self.trials.pop(number, None)
+        self.readers.pop(number, None)
+        if trial is None:
+            return
+        if job_dir:
+            trial.set_user_attr(JOB_DIR, job_dir)
+        values = trial_values(value, len(self.directions)) if status == "COMPLETED" else None
+        if status == "COMPLETED" and values is None:
+            log.error(
+                "trial #%d returned %r; the search needs %s. It counts as failed",
+                number,
+                value,
+                "one finite number"
+                if len(self.directions) == 1
+                else f"{len(self.directions)} finite numbers, one per direction",
+            )
+            status = "FAILED"
+        trial.set_user_attr(STATUS, status)
+        if status == "COMPLETED":
+            assert values is not None
+            self.study.tell(trial, values)
+            self.tally["done"] += 1
+            if len(values) == 1:
+                self._scored(values[0], number)
+        elif status == "PRUNED":
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.tally["pruned"] += 1
+        elif status == "FAILED":
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.tally["failed"] += 1
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
+            return
+        self.counted += 1
+
+    def interrupt_all(self) -> None:
+        for number in list(self.trials):
+            self.tell(number, "INTERRUPTED", None, None)
+
+
+def check_space_applies(sweeper: SearchSweeperLike, space: list[Param], fixed: list[str]) -> None:
+    """Compose the config once with every searched key set: a key that is not in the
+    config fails here, before any trial starts."""
+    overrides = fixed + [p.override(p.example) for p in space]
+    try:
+        sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
+    except Exception as error:
+        names = ", ".join(p.prefix + p.name for p in space)
+        raise SearchConfigError(
+            f"the search space ({names}) is invalid for this config: {error}. Fix: search "
+            "keys the config has (see them with --cfg job), or add a new key with +key=..."
+        ) from None
+    finally:
+        HydraConfig.instance().set_config(sweeper.config)
+
+
+def check_enqueue(options: SearchOptions, space: list[Param]) -> None:
+    names = {p.name for p in space}
+    for point in options.enqueue:
+        unknown = sorted(set(point) - names)
+        if unknown:
+            raise SearchConfigError(
+                f"hydra.sweeper.enqueue={options.enqueue!r} is invalid: {unknown} "
+                f"{'is' if len(unknown) == 1 else 'are'} not searched (the search space "
+                f"is {sorted(names)}). Fix: enqueue values of searched keys only"
+            )
+
+
+def run_batches(launcher: Any, search: Search, size: int, why: str) -> None:
+    """Hydra's way: ask for ``size`` trials, launch them, wait for all, tell, repeat."""
+    log.warning("%s: trials run in batches of %d, each waiting for the slowest", why, size)
+    while not search.exhausted():
+        taken = search.take(size)
+        if not taken:
+            break
+        try:
+            returns: Sequence[JobReturn] = launcher.launch(
+                [overrides for _, overrides in taken], initial_job_idx=taken[0][0]
+            )
+        except BaseException:
+            search.interrupt_all()
+            raise
+        for (number, _), ret in zip(taken, returns, strict=False):
+            completed = ret.status == JobStatus.COMPLETED
+            search.tell(
+                number,
+                "COMPLETED" if completed else "FAILED",
+                ret._return_value if completed else None,
+                str(ret.working_dir) if ret.working_dir else None,
+            )
+
+
+def write_results(search: Search, sweep_dir: Path) -> dict:
+    """optimization_results.yaml, as Hydra's Optuna sweeper writes it, plus the best
+    trial's number and job dir (every Pareto-optimal trial's with several directions)."""
+    study = search.study
+    results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
+    if len(search.directions) == 1:
+        try:
+            best = study.best_trial
+        except ValueError:
+            best = None
+        if best is not None:
+            results.update(
+                best_params=dict(best.params),
+                best_value=best.value,
+                best_trial=best.number,
+                best_job_dir=best.user_attrs.get(JOB_DIR),
+            )
+    else:
+        results["solutions"] = [
+            {
+                "params": dict(t.params),
+                "values": list(t.values),
+                "trial": t.number,
+                "job_dir": t.user_attrs.get(JOB_DIR),
+            }
+            for t in sorted(study.best_trials, key=lambda t: t.number)
+        ]
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+    return results
+
+
+def report_results(results: dict, directions: list[str]) -> None:
+    if "best_trial" in results:
+        log.info(
+            "Best trial #%d: %.6g (%s)  %s",
+            results["best_trial"],
+            results["best_value"],
+            " ".join(f"{k}={v}" for k, v in results["best_params"].items()),
+            results["best_job_dir"],
+        )
+    for solution in results.get("solutions", []):
+        log.info(
+            "Pareto front: trial #%d %s (%s)  %s",
+            solution["trial"],
+            ", ".join(f"{d} {v:.6g}" for d, v in zip(directions, solution["values"], strict=True)),
+            " ".join(f"{k}={v}" for k, v in solution["params"].items()),
+            solution["job_dir"],
+        )
+
+
+def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
+    """What the sweeper plugin's ``sweep`` does: every check first, then the search."""
+    options = check_search_options(sweeper.params)
+    space, fixed = parse_space(arguments, options.params)
+    if not space:
+        raise SearchConfigError(
+            "hydra/sweeper=search has no search space: no override on the command line "
+            "is a sweep, and hydra.sweeper.params is empty. Fix: pass e.g. "
+            "'optim.lr=tag(log, interval(1e-4, 1e-1))' or 'model=choice(mlp,resmlp)'"
+        )
+    check_enqueue(options, space)
+    check_space_applies(sweeper, space, fixed)
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(options, sweep_dir, space)
+    again = continue_study(study)
+    if not study.trials:
+        for point in options.enqueue:
+            study.enqueue_trial(dict(point))
+    search = Search(study, space, fixed, options)
+    if search.counted or again:
+        log.info(
+            "Continuing study %r: %d trial(s) of %d done earlier%s",
+            options.study_name,
+            search.counted,
+            options.n_trials,
+            f", {again} interrupted one(s) run again" if again else "",
+        )
+    launcher = sweeper.launcher
+    if options.asynchronous and callable(getattr(launcher, "launch_points", None)):
+        launcher.launch_points(search)
+    else:
+        params = sweeper.config.hydra.launcher
+        n_jobs = params.get("n_jobs")  # joblib's; -1 is every core
+        size = int(params.get("max_parallel") or (n_jobs if n_jobs and n_jobs > 0 else 1))
+        why = (
+            "hydra.sweeper.asynchronous=false"
+            if callable(getattr(launcher, "launch_points", None))
+            else f"{type(launcher).__name__} cannot start a trial as a slot frees "
+            "(hydra/launcher=torchrun can); pruning is off"
+        )
+        run_batches(launcher, search, size, why)
+    results = write_results(search, sweep_dir)
+    report_results(results, search.directions)
