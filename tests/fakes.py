@@ -5,7 +5,8 @@ With :class:`FakeJobs` as the job factory of ``hydra/launcher=torchrun`` (the
 real scheduler run (Hydra composes every point; ``.hydra/``, ``launch.json``, results,
 resume and callbacks are real) over jobs that run no process: a point of the probe
 app's config "runs" for ``sleep`` seconds (or ``FakeJobs.sleeps[num]``), then returns
-``value``, or fails if ``fail_rank >= 0``, or never ends if ``hang_rank >= 0`` (until
+``value`` (writing ``FakeJobs.curves[num]`` to its metrics.jsonl on the way), or
+fails if ``fail_rank >= 0``, or never ends if ``hang_rank >= 0`` (until
 stopped or past ``hydra.launcher.timeout``). Every start and end lands in
 ``FakeJobs.events``; the real-process tests cover the same rules with torchrun.
 """
@@ -21,9 +22,14 @@ from omegaconf import DictConfig
 
 from runner.launch.job import Job, LaunchError, LaunchTimeout, run_times
 from runner.launch.options import LaunchConfig
+from runner.metrics import append_metrics
 from runner.sweep.devices import DevicePool, visible_devices
 from runner.sweep.options import check_options
 from runner.sweep.scheduler import SweepLauncher
+
+
+# Seconds between the lines of a fake point's curve.
+CURVE_STEP_S = 0.1
 
 
 @dataclass
@@ -50,6 +56,7 @@ class FakeJob:
         self.ended_at: float | None = None
         self.returncode: int | None = None
         self.stopped = self.timed_out = self.cleaned = False
+        self.written = 0  # lines of its curve in metrics.jsonl
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         self.env = dict(extra_env or {})
@@ -64,6 +71,12 @@ class FakeJob:
         if self.returncode is None:
             assert self.started_at is not None
             elapsed = time.time() - self.started_at
+            curve = FakeJobs.curves.get(self.num, [])
+            while self.written < len(curve) and elapsed >= (self.written + 1) * CURVE_STEP_S:
+                append_metrics(
+                    self.job_dir, {"epoch": self.written, "objective": curve[self.written]}
+                )
+                self.written += 1
             if self.stopped:
                 self._end(-15)
             elif self.launch.timeout and elapsed > self.launch.timeout:
@@ -112,6 +125,8 @@ class FakeJobs:
     sleeps: ClassVar[dict[int, float]] = {}
     # Points that fail whatever their config says (a rerun with the same overrides).
     failing: ClassVar[set[int]] = set()
+    # Values point N writes to its metrics.jsonl while it runs, one per CURVE_STEP_S.
+    curves: ClassVar[dict[int, list[float]]] = {}
     # Raise KeyboardInterrupt in the scheduler's loop this many seconds in (Ctrl-C).
     interrupt_after: ClassVar[float | None] = None
 
@@ -127,7 +142,7 @@ class FakeJobs:
 
     @classmethod
     def reset(cls) -> None:
-        cls.events, cls.jobs, cls.sleeps, cls.failing = [], [], {}, set()
+        cls.events, cls.jobs, cls.sleeps, cls.failing, cls.curves = [], [], {}, set(), {}
         cls.interrupt_after = None
 
     def __init__(self, launcher: SweepLauncher) -> None:

@@ -9,7 +9,7 @@ plugin modules outside ``sys.modules``.)
 """
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
@@ -23,6 +23,9 @@ from runner.sweep.options import SearchOptions, check_search_options
 @dataclass
 class SearchSweeperConf(SearchOptions):
     _target_: str = "hydra_plugins.runner_search.runner_search.SearchSweeper"
+    # sampler/pruner mappings reach the sweeper as data: it makes them (seeded), and
+    # names the key and the fix when it cannot.
+    _recursive_: bool = False
 
 
 ConfigStore.instance().store(
@@ -50,7 +53,7 @@ class SearchSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: List[str]) -> None:
+    def sweep(self, arguments: list[str]) -> None:
         from runner.sweep.search import run_search
 
         run_search(self, arguments)

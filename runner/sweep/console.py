@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 

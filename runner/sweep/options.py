@@ -204,7 +204,8 @@ class SearchOptions:
     direction: Any = "minimize"
     # The key of metrics.jsonl lines a running trial is pruned on.
     metric: str = "objective"
-    # tpe (seeded, constant liar), random, cmaes, qmc, nsgaii, or {_target_: ..., ...}.
+    # tpe (seeded, constant liar), random, cmaes, qmc, nsgaii, or {_target_: ..., ...}
+    # (Hydra makes the object; then it keeps its own seed).
     sampler: Any = "tpe"
     # none, median, successive_halving, hyperband, or {_target_: ..., ...}.
     pruner: Any = "none"
@@ -250,7 +251,7 @@ class SearchOptions:
                 continue
             if isinstance(value, str) and value not in names:
                 bad(key, value, f"known names: {', '.join(names)}", f"{key}={next(iter(names))}")
-            elif not isinstance(value, str) and "_target_" not in value:
+            elif isinstance(value, dict) and "_target_" not in value:
                 bad(
                     key,
                     value,

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE
 from runner.launch.procs import pid_alive, write_atomic
@@ -49,6 +50,9 @@ class Row:
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    # A multi-objective trial's values, and whether it is on the search's Pareto front.
+    values: list[float] = field(default_factory=list)
+    pareto: bool = False
 
 
 def _read_json(path: Path) -> dict:
@@ -65,12 +69,25 @@ def _overrides(job_dir: Path) -> list[str]:
         return []
 
 
-def _objective_mode(job_dir: Path) -> str:
+def sweep_maximises(config: Any) -> bool:
+    """Whether a sweep's best is its highest value: the sweeper's ``direction`` when it
+    has one (Optuna's; the first of several), else runner's ``trainer.objective_mode``."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if OmegaConf.is_list(direction) and len(direction):
+        direction = direction[0]
+    if isinstance(direction, str):
+        return direction == "maximize"
+    return str(OmegaConf.select(config, "trainer.objective_mode", default="min")) == "max"
+
+
+def _maximises(job_dir: Path) -> bool:
+    """sweep_maximises for a job dir, from its ``.hydra/`` files."""
     try:
-        config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
+        config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
     except (OSError, yaml.YAMLError):
-        return "min"
-    return str((config.get("trainer") or {}).get("objective_mode", "min"))
+        return False
+    return sweep_maximises(OmegaConf.merge(config, hydra))
 
 
 def _number(value: Any) -> float | None:
@@ -81,16 +98,25 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _return_value(job_dir: Path) -> float | None:
+def _return_value(job_dir: Path) -> Any:
     path = job_dir / RETURN_VALUE
     if not path.is_file():
         return None
     import cloudpickle
 
     try:
-        return _number(cloudpickle.loads(path.read_bytes()))
+        return cloudpickle.loads(path.read_bytes())
     except Exception:
         return None
+
+
+def _pareto_dirs(sweep_dir: Path) -> set[str]:
+    """The job dirs of a multi-objective search's Pareto front (runner.sweep.search)."""
+    try:
+        results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    return {str(s.get("job_dir")) for s in results.get("solutions") or []}
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -109,6 +135,7 @@ def _agent_alive(launch: dict) -> bool:
 def collect(sweep_dir: Path) -> list[Row]:
     """The rows of a sweep, read from its job dirs, in job order."""
     rows: list[Row] = []
+    pareto = _pareto_dirs(sweep_dir)
     for job_dir in job_dirs(sweep_dir):
         hydra_cfg = {}
         try:
@@ -131,8 +158,12 @@ def collect(sweep_dir: Path) -> list[Row]:
         else:
             status = "RUNNING" if (job_dir / METRICS_FILE).exists() else "NOT FINISHED"
         objective = _number(final.get("objective_value"))
+        values: list[float] = []
         if objective is None and status == "COMPLETED":
-            objective = _return_value(job_dir)
+            value = _return_value(job_dir)
+            objective = _number(value)
+            if isinstance(value, (list, tuple)):
+                values = [v for v in map(_number, value) if v is not None]
         rows.append(
             Row(
                 job=int(num) if isinstance(num, int) else len(rows),
@@ -148,6 +179,8 @@ def collect(sweep_dir: Path) -> list[Row]:
                     if k not in SKIP_METRICS and _number(v) is not None
                 },
                 error=str(launch.get("error", "")).splitlines()[0] if launch.get("error") else "",
+                values=values,
+                pareto=str(job_dir) in pareto,
             )
         )
     return sorted(rows, key=lambda r: r.job)
@@ -163,12 +196,14 @@ def objective_name(rows: Sequence[Row]) -> str:
 
 def ranked(rows: Sequence[Row]) -> list[Row]:
     """Rows with an objective first, best first (direction from the config), then the rest."""
-    mode = _objective_mode(rows[0].job_dir) if rows else "min"
-    sign = -1.0 if mode == "max" else 1.0
+    sign = -1.0 if rows and _maximises(rows[0].job_dir) else 1.0
     scored = [(r.objective, r) for r in rows if r.objective is not None]
-    return [r for _, r in sorted(scored, key=lambda pair: sign * pair[0])] + [
-        r for r in rows if r.objective is None
-    ]
+    front = [r for r in rows if r.pareto]
+    return (
+        front
+        + [r for _, r in sorted(scored, key=lambda pair: sign * pair[0]) if not r.pareto]
+        + [r for r in rows if r.objective is None and not r.pareto]
+    )
 
 
 def swept(rows: Sequence[Row]) -> list[str]:
@@ -186,6 +221,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         "job",
         *params,
         "status",
+        *(["pareto"] if any(r.pareto for r in rows) else []),
         "world_size",
         "duration_s",
         objective_name(rows),
@@ -207,9 +243,10 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                 fmt(r.job),
                 *[r.params.get(p, "") for p in params],
                 r.status,
+                *([("yes" if r.pareto else "")] if any(x.pareto for x in rows) else []),
                 fmt(r.world_size),
                 fmt(r.duration_s),
-                fmt(r.objective),
+                fmt(r.objective) if not r.values else ", ".join(map(fmt, r.values)),
                 *[fmt(r.metrics.get(m)) for m in metrics if m != objective_name(rows)],
                 r.error,
             ]

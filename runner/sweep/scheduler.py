@@ -40,7 +40,7 @@ from runner.launch.worker import task_config
 from runner.sweep.console import SweepConsole
 from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
-from runner.sweep.report import write_summary
+from runner.sweep.report import sweep_maximises, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +429,9 @@ class SweepScheduler:
         point.result = ret
         self.source.ended(point)
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        outcome = {
-            "COMPLETED": f"-> {ret._return_value!r}",
-            "PRUNED": f"({point.stop_reason})",
-        }.get(point.status, "FAILED")
+        outcome = {"COMPLETED": f"-> {ret._return_value!r}", "PRUNED": ""}.get(
+            point.status, "FAILED"
+        )
         self.console.log(
             logging.INFO,
             "#%d %-6s %s  in %.1fs %s  %s",
@@ -595,15 +594,6 @@ class SweepScheduler:
                     f"sweep point #{point.idx} ({point.label}) {reason or 'was interrupted'}"
                 ),
             )
-
-
-def sweep_maximises(config: DictConfig) -> bool:
-    """Whether the sweep's best is its highest value: the sweeper's ``direction`` when
-    it has one (Optuna's), else runner's ``trainer.objective_mode``."""
-    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
-    if isinstance(direction, str):
-        return direction == "maximize"
-    return str(OmegaConf.select(config, "trainer.objective_mode", default="min")) == "max"
 
 
 def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn]:

@@ -87,8 +87,10 @@ def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaul
 
     if isinstance(value, str):
         spec: dict[str, Any] = {"_target_": names[value], **defaults.get(value, {})}
-    else:
+    elif isinstance(value, dict):
         spec = dict(value)
+    else:
+        return value  # made by Hydra from a {_target_: ...} mapping
     target = str(spec.pop("_target_"))
     try:
         cls = get_class(target)
@@ -104,11 +106,11 @@ def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaul
         ) from None
 
 
-def make_sampler(options: SearchOptions) -> optuna.samplers.BaseSampler:
-    # TPE with a constant liar: trials asked while others run do not all land together.
-    return _build(
-        "sampler", options.sampler, SAMPLERS, options.seed, {"tpe": {"constant_liar": True}}
-    )
+def make_sampler(options: SearchOptions, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE with a constant liar by default: trials asked while others run do not all
+    land together. ``offset`` moves the seed (a continued study)."""
+    seed = None if options.seed is None else options.seed + offset
+    return _build("sampler", options.sampler, SAMPLERS, seed, {"tpe": {"constant_liar": True}})
 
 
 def make_pruner(options: SearchOptions) -> optuna.pruners.BasePruner:
@@ -136,13 +138,16 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
         study = optuna.load_study(
             study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner
         )
+        if options.seed is not None:
+            # A continued search must not replay the seeded draws of its first run.
+            study.sampler = make_sampler(options, offset=len(study.trials))
     except KeyError:
         study = optuna.create_study(
             storage=storage,
             sampler=sampler,
             pruner=pruner,
             study_name=options.study_name,
-            directions=directions,
+            directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
         )
         study.set_user_attr(SPACE, space_record(space))
         return study
@@ -188,9 +193,7 @@ def trial_values(value: Any, n: int) -> list[float] | None:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if len(items) != n:
         return None
-    numbers = [
-        float(v) for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)
-    ]
+    numbers = [float(v) for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(numbers) != n or not all(math.isfinite(v) for v in numbers):
         return None
     return numbers
@@ -259,19 +262,23 @@ class Search:
         if now - self.watched_at.get(point.idx, 0.0) < WATCH_INTERVAL_S:
             return None
         self.watched_at[point.idx] = now
-        reader = self.readers.get(point.idx)
+        values = self._report(trial, Path(str(point.config.hydra.runtime.output_dir)))
+        if values and trial.should_prune():
+            step, value = values[-1]
+            return f"pruned at step {step} ({self.options.metric} {value:.6g})"
+        return None
+
+    def _report(self, trial: Trial, job_dir: Path) -> list[tuple[int, float]]:
+        """The trial's intermediate values written since the last call, reported."""
+        reader = self.readers.get(trial.number)
         if reader is None:
-            job_dir = Path(str(point.config.hydra.runtime.output_dir))
-            reader = self.readers[point.idx] = MetricsReader(
+            reader = self.readers[trial.number] = MetricsReader(
                 job_dir / METRICS_FILE, self.options.metric
             )
         values = reader.new_values()
         for step, value in values:
             trial.report(value, step)
-        if values and trial.should_prune():
-            step, value = values[-1]
-            return f"pruned at step {step} ({self.options.metric} {value:.6g})"
-        return None
+        return values
 
     def ended(self, point: Point) -> None:
         value = point.result._return_value if point.result is not None else None
@@ -305,11 +312,14 @@ class Search:
         INTERRUPTED (stopped by the sweep, or never started: it runs again when the
         search continues)."""
         trial = self.trials.pop(number, None)
-        self.readers.pop(number, None)
         if trial is None:
             return
         if job_dir:
             trial.set_user_attr(JOB_DIR, job_dir)
+            if status == "COMPLETED" and len(self.directions) == 1:
+                # Its last values too: the pruner compares later trials with them.
+                self._report(trial, Path(job_dir))
+        self.readers.pop(number, None)
         values = trial_values(value, len(self.directions)) if status == "COMPLETED" else None
         if status == "COMPLETED" and values is None:
             log.error(

@@ -114,13 +114,15 @@ def _distribution(override: Override, where: str) -> tuple[BaseDistribution, Any
                 "log applies to interval(...)",
                 f"{key}=tag(log, interval({min(values)},{max(values)}))",
             )
-        if all(isinstance(v, int) for v in (start, stop, step)) and step > 0:
-            return IntDistribution(start, values[-1], step=step), start
+        if isinstance(start, int) and isinstance(stop, int) and isinstance(step, int):
+            if step > 0:
+                return IntDistribution(start, int(values[-1]), step=step), start
         return CategoricalDistribution(values), values[0]
     if isinstance(value, ChoiceSweep):
-        choices = list(value.list)
-        bad = [c for c in choices if not isinstance(c, (type(None), bool, int, float, str))]
-        if bad or not choices:
+        choices: list[Choice] = [
+            c for c in value.list if isinstance(c, (type(None), bool, int, float, str))
+        ]
+        if len(choices) != len(value.list) or not choices:
             raise _problem(
                 where,
                 text,

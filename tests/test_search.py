@@ -1,0 +1,266 @@
+"""runner's search sweeper (``hydra/sweeper=search``), its rules in milliseconds:
+the real sweeper, launcher plugin and scheduler over fake jobs (tests/fakes.py), with
+a real SQLite study. tests/test_search_real.py runs the same rules with torchrun."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from runner.sweep.options import SearchConfigError
+from runner.sweep.search import OWNER
+from tests.conftest import PROBE_APP, read_json
+from tests.fakes import CURVE_STEP_S, FakeJobs
+
+SEARCH_APP = PROBE_APP.parent / "search_app.py"
+SEARCH = ["hydra/sweeper=search", "hydra.launcher.max_parallel=2", "sleep=0.1"]
+
+
+@pytest.fixture(autouse=True)
+def fake_jobs(monkeypatch):
+    FakeJobs.reset()
+    monkeypatch.setattr("runner.sweep.local.LocalJobs", FakeJobs)
+    yield
+    FakeJobs.reset()
+
+
+def search(hydra_sweep_runner, sweep_dir: Path, *overrides: str, app: Path = PROBE_APP) -> None:
+    """The probe app searched over fake jobs; the sweep dir stays."""
+    kept = sweep_dir.with_name(f"{sweep_dir.name}.kept")
+    with hydra_sweep_runner(
+        calling_file=str(app),
+        calling_module=None,
+        task_function=None,
+        config_path="probe_conf" if app == PROBE_APP else "search_conf",
+        config_name="config",
+        overrides=[*SEARCH, *overrides] if app == PROBE_APP else list(overrides),
+        temp_dir=str(sweep_dir),
+    ):
+        shutil.copytree(sweep_dir, kept)
+    shutil.move(kept, sweep_dir)
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+def span(num: int, events=None) -> tuple[float, float]:
+    events = FakeJobs.events if events is None else events
+    start = next(e.at for e in events if e.point == num and e.what == "start")
+    end = next(e.at for e in events if e.point == num and e.what == "end")
+    return start, end
+
+
+def test_a_trial_starts_the_moment_a_slot_frees(hydra_sweep_runner, tmp_path):
+    """While one long trial runs, short ones end and the next start: no batch waits."""
+    FakeJobs.sleeps = {0: 1.5}
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=6")
+    long_end = span(0)[1]
+    assert all(span(n)[0] < long_end for n in range(1, 6))
+    moments = sorted(e.at for e in FakeJobs.events)
+    for moment in moments:
+        assert sum(span(n)[0] <= moment < span(n)[1] for n in range(6)) <= 2
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    # Each trial's value is its point's result, and its params its point's overrides.
+    for t in trials:
+        assert t.value == pytest.approx(t.params["value"])
+        assert read_json(tmp_path / str(t.number) / "launch.json")["status"] == "COMPLETED"
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    best = min(trials, key=lambda t: t.value)
+    assert f"best_trial: {best.number}" in results
+    assert f"best_job_dir: {tmp_path / str(best.number)}" in results
+
+
+def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_path):
+    FakeJobs.curves = {0: [1.0] * 3, 1: [1.0] * 3, 2: [9.0] * 30}
+    FakeJobs.sleeps = {0: 0.35, 1: 0.35, 2: 3.0}
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=interval(0,1)",
+        "hydra.sweeper.n_trials=4",
+        "hydra.launcher.max_parallel=1",
+        "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}",
+    )
+    states = [t.state for t in study_of(tmp_path).trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED] + [
+        TrialState.COMPLETE
+    ]
+    assert read_json(tmp_path / "2" / "launch.json")["status"] == "PRUNED"
+    assert "PRUNED" in (tmp_path / "summary.md").read_text()
+    # Trial 3 ran in the slot trial 2 would have held for 3 s.
+    assert span(3)[0] < span(2)[0] + 1.0
+    pruned_at = study_of(tmp_path).trials[2].intermediate_values
+    assert pruned_at and all(v == 9.0 for v in pruned_at.values())
+    # The completed trials' whole curves reached the study (the pruner compares with them).
+    assert study_of(tmp_path).trials[0].intermediate_values == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert CURVE_STEP_S * 3 < 0.35
+
+
+def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
+    first = [(t.number, t.params) for t in study_of(tmp_path).trials]
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5")
+    trials = study_of(tmp_path).trials
+    assert [(t.number, t.params) for t in trials[:3]] == first
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    assert sorted({e.point for e in FakeJobs.events}) == [3, 4]  # none ran twice
+    # A continued seeded search does not replay the first run's draws.
+    assert {t.params["value"] for t in trials[3:]}.isdisjoint(p["value"] for _, p in first)
+    # Nothing more to do: no trial starts.
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5")
+    assert FakeJobs.events == [] and len(study_of(tmp_path).trials) == 5
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    study = study_of(tmp_path)
+    space = study.trials[0].distributions
+    orphan = study.ask(fixed_distributions=space)
+    orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
+    elsewhere = study.ask(fixed_distributions=space)  # another machine's: left alone
+    elsewhere.set_user_attr(OWNER, "some-other-host:1")
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
+    trials = study_of(tmp_path).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert trials[elsewhere.number].state == TrialState.RUNNING
+    rerun = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
+    assert rerun[0].params == orphan.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_enqueued_points_run_first(hydra_sweep_runner, tmp_path):
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=interval(0,1)",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.enqueue=[{value: 0.25},{value: 0.75}]",
+    )
+    params = [t.params["value"] for t in study_of(tmp_path).trials]
+    assert params[:2] == [0.25, 0.75]
+
+
+def test_a_timeout_starts_no_trial_after_it(hydra_sweep_runner, tmp_path):
+    FakeJobs.sleeps = {0: 1.0, 1: 1.0}
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=interval(0,1)",
+        "hydra.sweeper.n_trials=50",
+        "hydra.sweeper.timeout=0.5",
+    )
+    assert sorted({e.point for e in FakeJobs.events}) == [0, 1]
+    states = [t.state for t in study_of(tmp_path).trials]
+    assert states.count(TrialState.COMPLETE) == 2
+    assert TrialState.RUNNING not in states  # the one asked ahead was given back
+
+
+def test_an_interrupted_search_gives_its_trials_back(hydra_sweep_runner, tmp_path):
+    """Ctrl-C: the running trials are stopped and failed in the study, and queued to
+    run again when the search continues."""
+    FakeJobs.sleeps = {0: 5.0, 1: 5.0}
+    FakeJobs.interrupt_after = 0.5
+    with pytest.raises(KeyboardInterrupt):
+        search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=4")
+    trials = study_of(tmp_path).trials
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    waiting = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
+    assert waiting[:2] == [t.params for t in trials[:2]]
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=4")
+    trials = study_of(tmp_path).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+def test_a_batch_launcher_runs_the_search_in_batches(hydra_sweep_runner, tmp_path):
+    """Hydra's basic launcher (in this process, running Hydra's test task, which
+    returns 100): trials in batches, each told its point's result."""
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "hydra/launcher=basic",
+        "x=interval(0,1)",
+        "hydra.sweeper.n_trials=3",
+        app=SEARCH_APP,
+    )
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.value for t in trials] == [100.0] * 3
+    assert [t.user_attrs["runner_job_dir"] for t in trials] == [
+        str(tmp_path / str(n)) for n in range(3)
+    ]
+
+
+BAD = [
+    (["hydra.sweeper.sampler=tpee"], "hydra.sweeper.sampler='tpee' is invalid"),
+    (["hydra.sweeper.pruner=medain"], "hydra.sweeper.pruner='medain' is invalid"),
+    (
+        ["hydra.sweeper.sampler={_target_: optuna.samplers.NoSuchSampler}"],
+        "hydra.sweeper.sampler",
+    ),
+    (["hydra.sweeper.direction=minimise"], "each direction is minimize or maximize"),
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is invalid"),
+    (["valeu=interval(0,1)"], "Could not override 'valeu'"),
+    (["value=interval(1,0)"], "the interval is empty or reversed"),
+    (["value=range(5,1)"], "the range is empty"),
+    (["value=tag(log,interval(0,1))"], "a log scale needs low > 0"),
+    (["value=0.5"], "has no search space"),
+    (
+        ["hydra.sweeper.storage=sqlite:////no/such/dir/study.db"],
+        "hydra.sweeper.storage='sqlite:////no/such/dir/study.db' is invalid",
+    ),
+    (
+        ["hydra.sweeper.direction=[minimize,maximize]", "hydra.sweeper.pruner=median"],
+        "Optuna prunes only single-objective studies",
+    ),
+    (["hydra.sweeper.enqueue=[{other: 1}]"], "not searched"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_named_before_any_trial(hydra_sweep_runner, tmp_path, overrides, message):
+    args = [o for o in overrides]
+    if not any(o.startswith(("value=", "valeu=")) for o in args):
+        args.append("value=interval(0,1)")
+    with pytest.raises(Exception) as error:
+        search(hydra_sweep_runner, tmp_path, *args)
+    text = str(error.value)
+    assert message in text and "Fix:" in text, text
+    assert FakeJobs.events == []
+
+
+@pytest.mark.parametrize(
+    "changed,message",
+    [
+        (["hydra.sweeper.direction=maximize"], "was made with direction ['minimize']"),
+        (["value=interval(0,2)"], "it searched other parameters or ranges (value differ)"),
+    ],
+)
+def test_continuing_another_search_is_refused(hydra_sweep_runner, tmp_path, changed, message):
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    FakeJobs.reset()
+    args = [*changed] if changed[0].startswith("value=") else ["value=interval(0,1)", *changed]
+    with pytest.raises(SearchConfigError, match="Fix:") as error:
+        search(hydra_sweep_runner, tmp_path, *args, "hydra.sweeper.n_trials=4")
+    assert message in str(error.value)
+    assert FakeJobs.events == []
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
