@@ -27,7 +27,6 @@ from runner.sweep.devices import DevicePool, visible_devices
 from runner.sweep.options import check_options
 from runner.sweep.scheduler import SweepLauncher
 
-
 # Seconds between the lines of a fake point's curve.
 CURVE_STEP_S = 0.1
 

@@ -422,35 +422,6 @@ def test_world_size_is_read_per_point(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
-def test_optuna_sees_every_distributed_trial(tmp_path, mode):
-    optuna = pytest.importorskip("optuna")
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    runner_cli(
-        "-m",
-        "hydra/sweeper=optuna",
-        "hydra.sweeper.n_trials=6",
-        "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.study_name=runner",
-        f"hydra.sweeper.storage={storage}",
-        "optim.lr=interval(0.001,0.1)",
-        "trainer.nproc_per_node=2",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        *FAST,
-        *mode,
-    )
-    study = optuna.load_study(study_name="runner", storage=storage)
-    trials = sorted(study.trials, key=lambda t: t.number)
-    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
-    metrics = [read_json(tmp_path / "sweep" / str(n) / "metrics.json") for n in range(6)]
-    assert all(m["world_size"] == 2 for m in metrics)
-    assert sorted(t.value for t in trials) == sorted(m["objective_value"] for m in metrics)
-    launches = [read_json(tmp_path / "sweep" / str(n) / "launch.json") for n in range(6)]
-    starts = sorted(record["start_time"] for record in launches)
-    ends = sorted(record["end_time"] for record in launches)
-    assert starts[1] < ends[0]  # two trials at a time
-
-
 def test_runner_sweep_default_launcher_is_torchrun():
     out = runner_cli("--cfg", "hydra").stdout
     assert "TorchrunLauncher" in out and "nproc_per_node: ${trainer.nproc_per_node}" in out

@@ -44,6 +44,7 @@ from runner.sweep.options import (
     SearchOptions,
     check_search_options,
 )
+from runner.sweep.report import write_summary
 from runner.sweep.scheduler import Point
 from runner.sweep.space import Param, parse_space, space_record
 
@@ -501,3 +502,4 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
         run_batches(launcher, search, size, why)
     results = write_results(search, sweep_dir)
     report_results(results, search.directions)
+    write_summary(sweep_dir)  # again, now that the Pareto front is known

@@ -1,0 +1,152 @@
+"""runner's search sweeper over real torchrun processes: 2-rank trials of runner's
+trainer, a Hydra app that is not runner's pruned through its metrics, SIGKILL of the
+sweep then the same command, and several objectives. The rules in milliseconds are
+in tests/test_search.py."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import APPS, FAST, processes_of, read_json, run, runner_cli, wait_until
+
+pytestmark = pytest.mark.slow
+
+SEARCH_APP = APPS / "search_app.py"
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_two_rank_trials_of_the_trainer(tmp_path, warm):
+    """Every trial is one 2-rank torchrun; its value and its every epoch reach the study."""
+    runner_cli(
+        "-m",
+        "hydra/sweeper=search",
+        "hydra.sweeper.n_trials=3",
+        "optim.lr=tag(log, interval(0.001, 0.1))",
+        "trainer.nproc_per_node=2",
+        f"hydra.launcher.warm={str(warm).lower()}",
+        f"hydra.sweep.dir={tmp_path}",
+        *FAST,
+    )
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        final = read_json(tmp_path / str(t.number) / "metrics.json")
+        assert final["world_size"] == 2
+        assert t.value == final["objective_value"]
+        lines = (tmp_path / str(t.number) / "metrics.jsonl").read_text().splitlines()
+        assert len(t.intermediate_values) == len(lines) == 2
+        assert t.params["optim.lr"] == pytest.approx(
+            read_json(tmp_path / str(t.number) / "metrics.json")["lr"]
+        )
+    assert (tmp_path / "optimization_results.yaml").is_file()
+
+
+def search_app(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(SEARCH_APP),
+        "-m",
+        "x=interval(-1,1)",
+        "hydra.launcher.max_parallel=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+
+
+def test_a_foreign_app_is_pruned_and_its_slot_reused(tmp_path):
+    """Two good trials first, then two that lose from their first epoch: those are
+    stopped (their ranks too) and the next trials take their slots at once."""
+    run(
+        search_app(
+            tmp_path,
+            "hydra.sweeper.n_trials=5",
+            "hydra.launcher.nproc_per_node=2",
+            "hydra.launcher.warm=true",
+            "epochs=8",
+            "epoch_s=0.4",
+            "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}",
+            "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.9},{x: -0.9},{x: 0.3}]",
+        )
+    )
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2 + [
+        TrialState.COMPLETE
+    ]
+    records = {n: read_json(tmp_path / str(n) / "launch.json") for n in range(5)}
+    assert [records[n]["status"] for n in (2, 3)] == ["PRUNED", "PRUNED"]
+    assert all(records[n]["nproc_per_node"] == 2 for n in range(5))
+    # A pruned trial ended well before its 8 epochs, and trial 4 started in its slot.
+    assert records[2]["duration_s"] < 8 * 0.4
+    assert records[4]["start_time"] < records[2]["start_time"] + 8 * 0.4
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("PRUNED") == 2
+
+
+def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_base):
+    """A lost terminal: the sweep parent dies by SIGKILL mid-search (its agents with
+    it). The same command continues: completed trials are not rerun, the interrupted
+    ones are failed and their parameters run again, and n_trials counts the whole search."""
+    command = search_app(tmp_path, "hydra.sweeper.n_trials=4", "epochs=6", "epoch_s=0.5")
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def one_done_two_running() -> bool:
+        try:
+            states = [t.state for t in study_of(tmp_path).trials]
+        except Exception:
+            return False
+        return TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2
+
+    wait_until(one_done_two_running, 120, "a completed trial while others run")
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    wait_until(lambda: not processes_of(parent.pid), 30, "the killed sweep's agents to go")
+    before = {t.number: t for t in study_of(tmp_path).trials}
+    completed = [n for n, t in before.items() if t.state == TrialState.COMPLETE]
+    orphans = [t for t in before.values() if t.state == TrialState.RUNNING]
+    started = time.time()
+    run(command)
+    trials = study_of(tmp_path).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    for n in completed:  # kept, not rerun
+        assert trials[n].state == TrialState.COMPLETE
+        assert read_json(tmp_path / str(n) / "launch.json")["end_time"] < started
+    for orphan in orphans:
+        assert trials[orphan.number].state == TrialState.FAIL
+        again = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
+        assert len(again) == 1 and again[0].state == TrialState.COMPLETE
+        assert again[0].params == orphan.params
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path):
+    run(
+        search_app(
+            tmp_path,
+            "objectives=2",
+            "hydra.sweeper.direction=[minimize,maximize]",
+            "hydra.sweeper.n_trials=4",
+            "hydra.launcher.warm=true",
+            "epochs=1",
+            "epoch_s=0",
+        )
+    )
+    study = study_of(tmp_path)
+    front = {t.number for t in study.best_trials}
+    assert front and all(len(t.values) == 2 for t in study.trials)
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "solutions:" in results
+    summary = (tmp_path / "summary.md").read_text()
+    assert "pareto" in summary
+    marked = {int(line.split("|")[1]) for line in summary.splitlines() if "| yes |" in line}
+    assert marked == front
