@@ -202,3 +202,36 @@ def test_bad_slurm_settings_fail_before_submitting(tmp_path, slurm):
     assert "hydra.launcher.time_min=0 is invalid" in proc.stderr
     assert "hydra.launcher.nnodes='1:2' is invalid" in proc.stderr
     assert not list(tmp_path.glob("*/.slurm"))
+
+
+def test_a_search_runs_trials_as_slurm_jobs_and_prunes_them(tmp_path, slurm):
+    """hydra/sweeper=search on torchrun_slurm: trials are Slurm jobs started as slots
+    free; a losing one is pruned through its metrics.jsonl and its job cancelled."""
+    import optuna
+
+    run(
+        [
+            sys.executable,
+            str(PROBE_APP.parent / "search_app.py"),
+            "-m",
+            "hydra/launcher=torchrun_slurm",
+            "hydra.launcher.poll_interval=1",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.max_parallel=2",
+            f"hydra.sweep.dir={tmp_path}",
+            "x=interval(-1,1)",
+            "epochs=12",
+            "epoch_s=0.5",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}",
+            "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.9}]",
+        ]
+    )
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    records = [read_json(tmp_path / str(n) / "launch.json") for n in range(3)]
+    assert [r["status"] for r in records] == ["COMPLETED", "COMPLETED", "PRUNED"]
+    assert records[1]["start_time"] < records[0]["end_time"]  # two at a time
+    pruned_job = records[2]["slurm_job_id"]
+    assert pruned_job and job_state(pruned_job).startswith("CANCELLED")
+    assert not in_queue([r["slurm_job_id"] for r in records])
