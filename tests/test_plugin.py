@@ -14,14 +14,18 @@ from runner.launch.options import option_names
 from tests.conftest import APPS
 
 
-def test_plugin_discovery_does_not_import_torch():
+def test_plugin_discovery_does_not_import_torch_or_optuna():
     code = (
         "import sys\n"
         "from hydra.core.plugins import Plugins\n"
         "from hydra.plugins.launcher import Launcher\n"
+        "from hydra.plugins.sweeper import Sweeper\n"
         "names = [p.__name__ for p in Plugins.instance().discover(Launcher)]\n"
         "assert 'TorchrunLauncher' in names, names\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
+        "names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]\n"
+        "assert 'SearchSweeper' in names, names\n"
+        "heavy = {'torch', 'optuna', 'sqlalchemy'}\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in heavy]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -264,3 +264,22 @@ def test_continuing_another_search_is_refused(hydra_sweep_runner, tmp_path, chan
     assert message in str(error.value)
     assert FakeJobs.events == []
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
+
+
+def test_batches_show_the_best_of_the_whole_sweep(hydra_sweep_runner, tmp_path, capsys, caplog):
+    """Hydra's batch protocol (asynchronous=false: one launch per batch): the console's
+    best is the sweep's, not the batch's, in the sweeper's direction."""
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=interval(0,1)",
+        "hydra.sweeper.asynchronous=false",
+        "hydra.sweeper.direction=maximize",
+        "hydra.launcher.max_parallel=1",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.enqueue=[{value: 0.9},{value: 0.2},{value: 0.5}]",
+    )
+    out = capsys.readouterr().out
+    ends = [line for line in out.splitlines() if " done " in line]
+    assert len(ends) == 3 and all("best 0.9 (#0)" in line for line in ends), ends
+    assert "trials run in batches of 1" in caplog.text

@@ -400,11 +400,13 @@ def run_batches(launcher: Any, search: Search, size: int, why: str) -> None:
             raise
         for (number, _), ret in zip(taken, returns, strict=False):
             completed = ret.status == JobStatus.COMPLETED
+            # The job's output dir (its working dir only where Hydra changed into it).
+            job_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
             search.tell(
                 number,
                 "COMPLETED" if completed else "FAILED",
                 ret._return_value if completed else None,
-                str(ret.working_dir) if ret.working_dir else None,
+                str(job_dir or ret.working_dir or "") or None,
             )
 
 
