@@ -401,7 +401,11 @@ def run_batches(launcher: Any, search: Search, size: int, why: str) -> None:
         for (number, _), ret in zip(taken, returns, strict=False):
             completed = ret.status == JobStatus.COMPLETED
             # The job's output dir (its working dir only where Hydra changed into it).
-            job_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
+            job_dir = (
+                OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
+                if ret.hydra_cfg is not None
+                else None
+            )
             search.tell(
                 number,
                 "COMPLETED" if completed else "FAILED",

@@ -1,0 +1,161 @@
+"""runner's search sweeper (``hydra/sweeper=search``), measured side by side in one run.
+
+Slot use: 24 trials of a task that sleeps a sampled time (log-uniform 0.5 to 5 s, a
+tenfold spread), 4 and then 2 at a time, through ``hydra/launcher=torchrun`` (warm):
+the asynchronous search against the same search in Hydra's batch protocol
+(``hydra.sweeper.asynchronous=false``: ask for max_parallel trials, launch them, wait
+for all, as hydra-optuna-sweeper does; that sweeper pins optuna < 3 and cannot share
+a venv with optuna >= 4, so its protocol is measured, not its package). Slot use is
+the trials' run time over (span x slots), the span from the first trial's start to
+the last one's end. Targets: >= 95% asynchronous; wall <= 0.8x batched at 4 at a time.
+
+Pruning: 24 trials of runner's training task (20 epochs, lr searched on a log scale),
+2 at a time, with MedianPruner against no pruner: the best objective of each, and the
+total trial time. Target: the same best within noise, >= 40% less trial time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BENCH, PY, failed_runs_note, markdown_table, publish, timed
+
+TRIALS = 24
+
+
+def records(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/launch.json"))]
+
+
+def slot_use(sweep_dir: Path, slots: int) -> tuple[float, float]:
+    """(slot use over the search's span, total trial seconds)."""
+    found = records(sweep_dir)
+    busy = sum(r["end_time"] - r["start_time"] for r in found)
+    span = max(r["end_time"] for r in found) - min(r["start_time"] for r in found)
+    return busy / (span * slots), busy
+
+
+def search_command(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [
+        PY,
+        str(BENCH / "search_app.py"),
+        "-m",
+        "hydra/launcher=torchrun",
+        "hydra/sweeper=search",
+        "hydra.launcher.warm=true",
+        f"hydra.sweeper.n_trials={TRIALS}",
+        "+sleep_s=tag(log, interval(0.5, 5))",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+
+
+def slots_table(tmp: Path) -> tuple[list[list[str]], list[str]]:
+    rows, notes = [], []
+    for slots in (4, 2):
+        walls = {}
+        for mode in ("asynchronous", "batched"):
+            sweep_dir = tmp / f"slots{slots}-{mode}"
+            wall = timed(
+                search_command(
+                    sweep_dir,
+                    f"hydra.launcher.max_parallel={slots}",
+                    f"hydra.sweeper.asynchronous={str(mode == 'asynchronous').lower()}",
+                ),
+                limit=600,
+            )
+            use, busy = slot_use(sweep_dir, slots)
+            walls[mode] = wall
+            rows.append(
+                [
+                    str(slots),
+                    mode,
+                    f"{wall:.1f}",
+                    f"{busy:.1f}",
+                    f"{use:.1%}",
+                    f"{wall / walls['asynchronous']:.2f}x" if mode == "batched" else "1.00x",
+                ]
+            )
+        notes.append(
+            f"{slots} at a time: asynchronous wall {walls['asynchronous'] / walls['batched']:.2f}x"
+            " batched"
+        )
+    return rows, notes
+
+
+def pruning_table(tmp: Path) -> list[list[str]]:
+    rows = []
+    for pruner in ("none", "median"):
+        sweep_dir = tmp / f"prune-{pruner}"
+        cmd = [
+            PY,
+            "-m",
+            "runner",
+            "-m",
+            "hydra/sweeper=search",
+            f"hydra.sweeper.n_trials={TRIALS}",
+            f"hydra.sweeper.pruner={pruner}",
+            "optim.lr=tag(log, interval(1e-5, 1e-1))",
+            "data.n_samples=8000",
+            "trainer.progress=none",
+            "hydra.launcher.warm=true",
+            "hydra.launcher.max_parallel=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+        wall = timed(cmd, limit=1200)
+        found = records(sweep_dir)
+        busy = sum(r["end_time"] - r["start_time"] for r in found)
+        pruned = sum(r["status"] == "PRUNED" for r in found)
+        best = min(
+            json.loads((p.parent / "metrics.json").read_text())["objective_value"]
+            for p in sweep_dir.glob("*/launch.json")
+            if (p.parent / "metrics.json").is_file()
+        )
+        rows.append([pruner, f"{wall:.1f}", f"{busy:.1f}", str(pruned), f"{best:.4f}"])
+    base = float(rows[0][2])
+    for row in rows:
+        row.append(f"{float(row[2]) / base:.2f}x")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["slots", "pruning", "all"], default="all")
+    args = parser.parse_args()
+    started = time.time()
+    sections = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("slots", "all"):
+            rows, notes = slots_table(Path(tmp))
+            table = markdown_table(
+                ["slots", "search", "wall s", "trial s", "slot use", "wall vs async"], rows
+            )
+            print(table)
+            sections.append(
+                f"24 trials sleeping log-uniform 0.5-5 s, warm, runner's launcher.\n\n{table}"
+                f"\n\n{'; '.join(notes)}."
+            )
+        if args.part in ("pruning", "all"):
+            rows = pruning_table(Path(tmp))
+            table = markdown_table(
+                ["pruner", "wall s", "trial s", "pruned", "best val_loss", "trial s vs none"],
+                rows,
+            )
+            print(table)
+            sections.append(
+                f"24 trials of the training task (20 epochs, n_samples 8000), 2 at a time."
+                f"\n\n{table}"
+            )
+    publish(
+        "Search (hydra/sweeper=search)",
+        "\n\n".join(sections) + failed_runs_note(),
+        f"bench/search.py --part {args.part}, {time.time() - started:.0f} s",
+    )
+
+
+if __name__ == "__main__":
+    main()
