@@ -101,7 +101,7 @@ def pruning_table(tmp: Path) -> list[list[str]]:
             f"hydra.sweeper.pruner={pruner}",
             "optim.lr=tag(log, interval(1e-5, 1e-1))",
             "data.n_samples=8000",
-            "trainer.progress=none",
+            "trainer.progress=off",
             "hydra.launcher.warm=true",
             "hydra.launcher.max_parallel=2",
             f"hydra.sweep.dir={sweep_dir}",

@@ -283,3 +283,15 @@ def test_batches_show_the_best_of_the_whole_sweep(hydra_sweep_runner, tmp_path, 
     ends = [line for line in out.splitlines() if " done " in line]
     assert len(ends) == 3 and all("best 0.9 (#0)" in line for line in ends), ends
     assert "trials run in batches of 1" in caplog.text
+
+
+def test_a_search_whose_every_trial_failed_fails(hydra_sweep_runner, tmp_path):
+    with pytest.raises(RuntimeError, match="every trial of this search failed"):
+        search(
+            hydra_sweep_runner,
+            tmp_path,
+            "value=interval(0,1)",
+            "fail_rank=0",
+            "hydra.sweeper.n_trials=2",
+        )
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL] * 2

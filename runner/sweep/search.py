@@ -509,3 +509,8 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     results = write_results(search, sweep_dir)
     report_results(results, search.directions)
     write_summary(sweep_dir)  # again, now that the Pareto front is known
+    if search.tally["failed"] and not search.tally["done"] and not search.tally["pruned"]:
+        raise RuntimeError(
+            f"every trial of this search failed ({search.tally['failed']}); each one's "
+            f"error is in its launch.json and in {sweep_dir / 'summary.md'}"
+        )
