@@ -119,3 +119,21 @@ def default_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("default") / "run"
     proc = runner_cli(f"hydra.run.dir={run_dir}")
     return run_dir, proc
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch):
+    """``hydra/launcher=torchrun`` with the fake jobs of tests/fakes.py."""
+    from tests.fakes import FakeJobs
+
+    FakeJobs.reset()
+    monkeypatch.setattr("runner.sweep.local.LocalJobs", FakeJobs)
+    yield
+    FakeJobs.reset()
+
+
+def search_study(sweep_dir: Path):
+    """The study of a ``hydra/sweeper=search`` run into ``sweep_dir`` (default storage)."""
+    import optuna
+
+    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")

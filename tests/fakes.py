@@ -13,6 +13,7 @@ stopped or past ``hydra.launcher.timeout``). Every start and end lands in
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +164,29 @@ class FakeJobs:
         ):
             raise KeyboardInterrupt
         time.sleep(min(timeout, 0.005))
+
+
+def fake_sweep(hydra_sweep_runner, sweep_dir: Path, *overrides: str, app: Path, conf: str):
+    """An app's sweep in this process (with the ``fake_jobs`` fixture, over fake jobs);
+    returns the sweeper's returns, if any. The sweep dir stays (Hydra's runner removes
+    it when a sweep succeeds)."""
+    kept = sweep_dir.with_name(f"{sweep_dir.name}.kept")
+    with hydra_sweep_runner(
+        calling_file=str(app),
+        calling_module=None,
+        task_function=None,
+        config_path=conf,
+        config_name="config",
+        overrides=list(overrides),
+        temp_dir=str(sweep_dir),
+    ) as sweep:
+        shutil.copytree(sweep_dir, kept)
+    shutil.move(kept, sweep_dir)
+    return sweep.returns
+
+
+def spans(num: int) -> tuple[float, float]:
+    """When fake point ``num`` started and ended."""
+    start = next(e.at for e in FakeJobs.events if e.point == num and e.what == "start")
+    end = next(e.at for e in FakeJobs.events if e.point == num and e.what == "end")
+    return start, end

@@ -4,7 +4,6 @@ tests/test_launcher.py, tests/test_faults.py and tests/test_warm.py."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,41 +12,19 @@ from hydra.core.utils import JobStatus
 from runner.launch.job import LaunchError
 from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
+from tests import fakes
 from tests.conftest import PROBE_APP, read_json
-from tests.fakes import FakeJobs
+from tests.fakes import FakeJobs, spans
 
-
-@pytest.fixture(autouse=True)
-def fake_jobs(monkeypatch):
-    """``hydra/launcher=torchrun`` with fake jobs."""
-    FakeJobs.reset()
-    monkeypatch.setattr("runner.sweep.local.LocalJobs", FakeJobs)
-    yield
-    FakeJobs.reset()
+pytestmark = pytest.mark.usefixtures("fake_jobs")
 
 
 def fake_sweep(hydra_sweep_runner, sweep_dir: Path, *overrides: str):
-    """The probe app's sweep over fake jobs; returns the batch's JobReturns. The sweep
-    dir stays (Hydra's runner removes it when a sweep succeeds)."""
-    kept = sweep_dir.with_name(f"{sweep_dir.name}.kept")
-    with hydra_sweep_runner(
-        calling_file=str(PROBE_APP),
-        calling_module=None,
-        task_function=None,
-        config_path="probe_conf",
-        config_name="config",
-        overrides=list(overrides),
-        temp_dir=str(sweep_dir),
-    ) as sweep:
-        shutil.copytree(sweep_dir, kept)
-    shutil.move(kept, sweep_dir)
-    return sweep.returns[0]
-
-
-def spans(num: int) -> tuple[float, float]:
-    start = next(e.at for e in FakeJobs.events if e.point == num and e.what == "start")
-    end = next(e.at for e in FakeJobs.events if e.point == num and e.what == "end")
-    return start, end
+    """The probe app's sweep over fake jobs; returns the batch's JobReturns."""
+    returns = fakes.fake_sweep(
+        hydra_sweep_runner, sweep_dir, *overrides, app=PROBE_APP, conf="probe_conf"
+    )
+    return returns[0]
 
 
 def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):

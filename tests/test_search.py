@@ -4,70 +4,50 @@ a real SQLite study. tests/test_search_real.py runs the same rules with torchrun
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
 from runner.sweep.options import SearchConfigError
-from runner.sweep.search import OWNER
-from tests.conftest import PROBE_APP, read_json
-from tests.fakes import CURVE_STEP_S, FakeJobs
+from runner.sweep.study import OWNER
+from tests.conftest import PROBE_APP, read_json, search_study
+from tests.fakes import FakeJobs, fake_sweep, spans
 
 SEARCH_APP = PROBE_APP.parent / "search_app.py"
 SEARCH = ["hydra/sweeper=search", "hydra.launcher.max_parallel=2", "sleep=0.1"]
 
 
-@pytest.fixture(autouse=True)
-def fake_jobs(monkeypatch):
-    FakeJobs.reset()
-    monkeypatch.setattr("runner.sweep.local.LocalJobs", FakeJobs)
-    yield
-    FakeJobs.reset()
+pytestmark = pytest.mark.usefixtures("fake_jobs")
 
 
 def search(hydra_sweep_runner, sweep_dir: Path, *overrides: str, app: Path = PROBE_APP) -> None:
-    """The probe app searched over fake jobs; the sweep dir stays."""
-    kept = sweep_dir.with_name(f"{sweep_dir.name}.kept")
-    with hydra_sweep_runner(
-        calling_file=str(app),
-        calling_module=None,
-        task_function=None,
-        config_path="probe_conf" if app == PROBE_APP else "search_conf",
-        config_name="config",
-        overrides=[*SEARCH, *overrides] if app == PROBE_APP else list(overrides),
-        temp_dir=str(sweep_dir),
-    ):
-        shutil.copytree(sweep_dir, kept)
-    shutil.move(kept, sweep_dir)
+    """A search of the probe app (or the search app) over fake jobs."""
+    if app == PROBE_APP:
+        fake_sweep(hydra_sweep_runner, sweep_dir, *SEARCH, *overrides, app=app, conf="probe_conf")
+    else:
+        fake_sweep(hydra_sweep_runner, sweep_dir, *overrides, app=app, conf="search_conf")
 
 
-def study_of(sweep_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")
-
-
-def span(num: int, events=None) -> tuple[float, float]:
-    events = FakeJobs.events if events is None else events
-    start = next(e.at for e in events if e.point == num and e.what == "start")
-    end = next(e.at for e in events if e.point == num and e.what == "end")
-    return start, end
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_a_trial_starts_the_moment_a_slot_frees(hydra_sweep_runner, tmp_path):
     """While one long trial runs, short ones end and the next start: no batch waits."""
     FakeJobs.sleeps = {0: 1.5}
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=6")
-    long_end = span(0)[1]
-    assert all(span(n)[0] < long_end for n in range(1, 6))
+    long_end = spans(0)[1]
+    assert all(spans(n)[0] < long_end for n in range(1, 6))
     moments = sorted(e.at for e in FakeJobs.events)
     for moment in moments:
-        assert sum(span(n)[0] <= moment < span(n)[1] for n in range(6)) <= 2
-    trials = study_of(tmp_path).trials
+        assert sum(spans(n)[0] <= moment < spans(n)[1] for n in range(6)) <= 2
+    trials = search_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     # Each trial's value is its point's result, and its params its point's overrides.
     for t in trials:
@@ -90,27 +70,26 @@ def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_pa
         "hydra.launcher.max_parallel=1",
         "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}",
     )
-    states = [t.state for t in study_of(tmp_path).trials]
+    states = [t.state for t in search_study(tmp_path).trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED] + [
         TrialState.COMPLETE
     ]
     assert read_json(tmp_path / "2" / "launch.json")["status"] == "PRUNED"
     assert "PRUNED" in (tmp_path / "summary.md").read_text()
     # Trial 3 ran in the slot trial 2 would have held for 3 s.
-    assert span(3)[0] < span(2)[0] + 1.0
-    pruned_at = study_of(tmp_path).trials[2].intermediate_values
+    assert spans(3)[0] < spans(2)[0] + 1.0
+    pruned_at = search_study(tmp_path).trials[2].intermediate_values
     assert pruned_at and all(v == 9.0 for v in pruned_at.values())
     # The completed trials' whole curves reached the study (the pruner compares with them).
-    assert study_of(tmp_path).trials[0].intermediate_values == {0: 1.0, 1: 1.0, 2: 1.0}
-    assert CURVE_STEP_S * 3 < 0.35
+    assert search_study(tmp_path).trials[0].intermediate_values == {0: 1.0, 1: 1.0, 2: 1.0}
 
 
 def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
-    first = [(t.number, t.params) for t in study_of(tmp_path).trials]
+    first = [(t.number, t.params) for t in search_study(tmp_path).trials]
     FakeJobs.reset()
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5")
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert [(t.number, t.params) for t in trials[:3]] == first
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     assert sorted({e.point for e in FakeJobs.events}) == [3, 4]  # none ran twice
@@ -119,18 +98,12 @@ def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
     # Nothing more to do: no trial starts.
     FakeJobs.reset()
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5")
-    assert FakeJobs.events == [] and len(study_of(tmp_path).trials) == 5
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+    assert FakeJobs.events == [] and len(search_study(tmp_path).trials) == 5
 
 
 def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
-    study = study_of(tmp_path)
+    study = search_study(tmp_path)
     space = study.trials[0].distributions
     orphan = study.ask(fixed_distributions=space)
     orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
@@ -138,7 +111,7 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     elsewhere.set_user_attr(OWNER, "some-other-host:1")
     FakeJobs.reset()
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert trials[orphan.number].state == TrialState.FAIL
     assert trials[elsewhere.number].state == TrialState.RUNNING
     rerun = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
@@ -155,7 +128,7 @@ def test_enqueued_points_run_first(hydra_sweep_runner, tmp_path):
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.enqueue=[{value: 0.25},{value: 0.75}]",
     )
-    params = [t.params["value"] for t in study_of(tmp_path).trials]
+    params = [t.params["value"] for t in search_study(tmp_path).trials]
     assert params[:2] == [0.25, 0.75]
 
 
@@ -169,7 +142,7 @@ def test_a_timeout_starts_no_trial_after_it(hydra_sweep_runner, tmp_path):
         "hydra.sweeper.timeout=0.5",
     )
     assert sorted({e.point for e in FakeJobs.events}) == [0, 1]
-    states = [t.state for t in study_of(tmp_path).trials]
+    states = [t.state for t in search_study(tmp_path).trials]
     assert states.count(TrialState.COMPLETE) == 2
     assert TrialState.RUNNING not in states  # the one asked ahead was given back
 
@@ -181,13 +154,13 @@ def test_an_interrupted_search_gives_its_trials_back(hydra_sweep_runner, tmp_pat
     FakeJobs.interrupt_after = 0.5
     with pytest.raises(KeyboardInterrupt):
         search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=4")
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert TrialState.RUNNING not in [t.state for t in trials]
     waiting = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
     assert waiting[:2] == [t.params for t in trials[:2]]
     FakeJobs.reset()
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=4")
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
 
 
@@ -202,7 +175,7 @@ def test_a_batch_launcher_runs_the_search_in_batches(hydra_sweep_runner, tmp_pat
         "hydra.sweeper.n_trials=3",
         app=SEARCH_APP,
     )
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert [t.value for t in trials] == [100.0] * 3
     assert [t.user_attrs["runner_job_dir"] for t in trials] == [
@@ -263,7 +236,7 @@ def test_continuing_another_search_is_refused(hydra_sweep_runner, tmp_path, chan
         search(hydra_sweep_runner, tmp_path, *args, "hydra.sweeper.n_trials=4")
     assert message in str(error.value)
     assert FakeJobs.events == []
-    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in search_study(tmp_path).trials] == [TrialState.COMPLETE] * 2
 
 
 def test_batches_show_the_best_of_the_whole_sweep(hydra_sweep_runner, tmp_path, capsys, caplog):
@@ -294,4 +267,4 @@ def test_a_search_whose_every_trial_failed_fails(hydra_sweep_runner, tmp_path):
             "fail_rank=0",
             "hydra.sweeper.n_trials=2",
         )
-    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL] * 2
+    assert [t.state for t in search_study(tmp_path).trials] == [TrialState.FAIL] * 2

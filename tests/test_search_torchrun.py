@@ -11,19 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import APPS, FAST, processes_of, read_json, run, runner_cli, wait_until
+from tests.conftest import (
+    APPS,
+    FAST,
+    processes_of,
+    read_json,
+    run,
+    runner_cli,
+    search_study,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 SEARCH_APP = APPS / "search_app.py"
-
-
-def study_of(sweep_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
@@ -39,7 +43,7 @@ def test_two_rank_trials_of_the_trainer(tmp_path, warm):
         f"hydra.sweep.dir={tmp_path}",
         *FAST,
     )
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
         final = read_json(tmp_path / str(t.number) / "metrics.json")
@@ -80,7 +84,7 @@ def test_a_foreign_app_is_pruned_and_its_slot_reused(tmp_path):
             "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.9},{x: -0.9},{x: 0.3}]",
         )
     )
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2 + [
         TrialState.COMPLETE
     ]
@@ -103,7 +107,7 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
 
     def one_done_two_running() -> bool:
         try:
-            states = [t.state for t in study_of(tmp_path).trials]
+            states = [t.state for t in search_study(tmp_path).trials]
         except Exception:
             return False
         return TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2
@@ -112,12 +116,12 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
     wait_until(lambda: not processes_of(parent.pid), 30, "the killed sweep's agents to go")
-    before = {t.number: t for t in study_of(tmp_path).trials}
+    before = {t.number: t for t in search_study(tmp_path).trials}
     completed = [n for n, t in before.items() if t.state == TrialState.COMPLETE]
     orphans = [t for t in before.values() if t.state == TrialState.RUNNING]
     started = time.time()
     run(command)
-    trials = study_of(tmp_path).trials
+    trials = search_study(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
     for n in completed:  # kept, not rerun
         assert trials[n].state == TrialState.COMPLETE
@@ -141,7 +145,7 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
             "epoch_s=0",
         )
     )
-    study = study_of(tmp_path)
+    study = search_study(tmp_path)
     front = {t.number for t in study.best_trials}
     assert front and all(len(t.values) == 2 for t in study.trials)
     results = (tmp_path / "optimization_results.yaml").read_text()

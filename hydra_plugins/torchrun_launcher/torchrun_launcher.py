@@ -24,7 +24,8 @@ from runner.sweep.options import SchedulerOptions, SlurmOptions
 
 if TYPE_CHECKING:
     from runner.sweep.console import SweepConsole
-    from runner.sweep.scheduler import JobFactory, PointSource
+    from runner.sweep.points import PointSource
+    from runner.sweep.scheduler import JobFactory
 
 
 @dataclass
@@ -96,7 +97,8 @@ class TorchrunLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from runner.sweep.scheduler import Batch, launch_sweep
+        from runner.sweep.points import Batch
+        from runner.sweep.scheduler import launch_sweep
 
         return launch_sweep(self, Batch(job_overrides, initial_job_idx))
 

@@ -1,15 +1,17 @@
 """The sweep scheduler behind ``hydra/launcher=torchrun`` (and ``torchrun_slurm``).
 
-For every point of a batch it does what Hydra's basic launcher does (load the sweep
-config, set the job's num and id, fix its output dir, write ``.hydra/``), resolves the
-config once, and hands it to a :class:`~runner.launch.job.Job` made by the sweep's
-:class:`JobFactory`: a local torchrun (cold or warm) or a Slurm job; the scheduler
-never asks which. Up to ``max_parallel`` points run at once, each with its own slice
-of the device pool (:mod:`runner.sweep.devices`); their output goes to files in their
-job dirs. Results come back as ``JobReturn``\\ s in the order of the input, with rank
-0's return value, so optimising sweepers work over distributed trials. A failed point
-does not stop the others; Ctrl-C or SIGTERM stops every running point and removes its
-entry files.
+Its points come from a :class:`~runner.sweep.points.PointSource`: one batch of
+Hydra's ``launch``, or runner's search, which hands out a trial the moment a slot
+frees and may stop a running one (pruning). For every point it does what Hydra's basic
+launcher does (load the sweep config, set the job's num and id, fix its output dir,
+write ``.hydra/``), resolves the config once, and hands it to a
+:class:`~runner.launch.job.Job` made by the sweep's :class:`JobFactory`: a local
+torchrun (cold or warm) or a Slurm job; the scheduler never asks which. Up to
+``max_parallel`` points run at once, each with its own slice of the device pool
+(:mod:`runner.sweep.devices`); their output goes to files in their job dirs. Results
+come back as ``JobReturn``\\ s in the order taken, with rank 0's return value, so
+optimising sweepers work over distributed trials. A failed point does not stop the
+others; Ctrl-C or SIGTERM stops every running point and removes its entry files.
 
 Nothing here imports torch.
 """
@@ -17,29 +19,25 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, remove_stale_entry_dirs
+from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
 from runner.launch.job import Job, LaunchError, stop_jobs
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import sigterm_as_exit, write_atomic
-from runner.launch.worker import task_config
 from runner.sweep.console import SweepConsole
 from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
+from runner.sweep.points import Point, PointSource
 from runner.sweep.report import sweep_maximises, write_summary
 
 log = logging.getLogger(__name__)
@@ -87,91 +85,6 @@ class SweepLauncher(Protocol):
     console: SweepConsole | None
 
     def job_factory(self) -> type[JobFactory]: ...
-
-
-@dataclass
-class Point:
-    """One sweep point: its overrides, its config, and its job while it runs."""
-
-    idx: int
-    overrides: list[str]
-    config: DictConfig | None = None
-    launch: LaunchConfig | None = None
-    job: Job | None = None
-    devices: list[str] = field(default_factory=list)
-    result: JobReturn | None = None
-    # How it ended, as launch.json says: COMPLETED, FAILED or PRUNED.
-    status: str | None = None
-    # Set when its source asked to stop it early (pruning): why, and when to force it.
-    stop_reason: str | None = None
-    stop_deadline: float | None = None
-    # Stopped by the sweep (Ctrl-C, SIGTERM, fail_fast) or never started.
-    interrupted: bool = False
-
-    @property
-    def label(self) -> str:
-        return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
-
-
-class PointSource(Protocol):
-    """Where a sweep's points come from: a fixed batch (:class:`Batch`), or a search
-    that asks for the next trial the moment a slot frees (:mod:`runner.sweep.search`)."""
-
-    # How many points the sweep expects in all (sizes the default parallelism).
-    size: int
-
-    def take(self, room: int) -> list[tuple[int, list[str]]]:
-        """Up to ``room`` new points as (job number, overrides); a batch gives all it
-        has. Empty: none now."""
-        ...
-
-    def exhausted(self) -> bool:
-        """No point will come any more."""
-        ...
-
-    def ended(self, point: Point) -> None:
-        """``point`` ended (its ``status`` and ``result`` set), or will never start."""
-        ...
-
-    def wanted(self, point: Point) -> bool:
-        """Whether a point taken earlier should still start now (a search past its
-        timeout says no)."""
-        ...
-
-    def watch(self, point: Point) -> str | None:
-        """Called while ``point`` runs: why to stop it now (pruned), or None."""
-        ...
-
-    def progress(self, running: int) -> str | None:
-        """The sweep's progress line, or None for the scheduler's own."""
-        ...
-
-
-class Batch:
-    """The points of one ``Launcher.launch`` call: all known at once, in order."""
-
-    def __init__(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
-        self.points = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        self.size = len(self.points)
-
-    def take(self, room: int) -> list[tuple[int, list[str]]]:
-        points, self.points = self.points, []
-        return points
-
-    def exhausted(self) -> bool:
-        return not self.points
-
-    def ended(self, point: Point) -> None:
-        pass
-
-    def wanted(self, point: Point) -> bool:
-        return True
-
-    def watch(self, point: Point) -> str | None:
-        return None
-
-    def progress(self, running: int) -> str | None:
-        return None
 
 
 class SweepScheduler:
@@ -237,7 +150,7 @@ class SweepScheduler:
         if point.launch is not None:
             return True
         assert point.config is not None
-        earlier = self._completed_earlier(point)
+        earlier = point.completed_earlier() if self.resume else None
         if earlier is not None:
             self._keep(point, earlier)
             return False
@@ -249,50 +162,6 @@ class SweepScheduler:
             self._refuse(point, LauncherConfigError(problem))
             return False
         return True
-
-    def _write_hydra_dir(self, point: Point) -> None:
-        """The job dir and its .hydra/ (config, hydra config, overrides), once per job."""
-        config = point.config
-        assert config is not None
-        output_dir = Path(config.hydra.runtime.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if config.hydra.output_subdir is not None:
-            hydra_dir = output_dir / str(config.hydra.output_subdir)
-            hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(task_config(config), hydra_dir / "config.yaml")
-            OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
-            OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
-
-    def _job_return(self, point: Point, status: JobStatus, value: Any) -> JobReturn:
-        config = point.config
-        assert config is not None
-        ret = JobReturn()
-        ret.overrides = list(point.overrides)
-        ret.cfg = task_config(config)
-        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
-        ret.working_dir = str(config.hydra.runtime.output_dir)
-        ret.task_name = str(config.hydra.job.name)
-        ret.status = status
-        ret.return_value = value
-        return ret
-
-    def _completed_earlier(self, point: Point) -> JobReturn | None:
-        """With ``resume``, the stored result of a point that completed in an earlier run
-        of this sweep dir (same number, same overrides), else None."""
-        if not self.resume:
-            return None
-        assert point.config is not None
-        job_dir = Path(point.config.hydra.runtime.output_dir)
-        try:
-            record = json.loads((job_dir / LAUNCH_RECORD).read_text())
-            stored = (job_dir / RETURN_VALUE).read_bytes()
-        except (OSError, ValueError):
-            return None
-        if record.get("status") != "COMPLETED" or record.get("overrides") != point.overrides:
-            return None
-        import cloudpickle
-
-        return self._job_return(point, JobStatus.COMPLETED, cloudpickle.loads(stored))
 
     def _keep(self, point: Point, earlier: JobReturn) -> None:
         """Hand a point completed in an earlier run to the sweeper as if run now."""
@@ -317,7 +186,7 @@ class SweepScheduler:
 
     def _refuse(self, point: Point, error: Exception) -> None:
         """A point that cannot run: it fails before anything of it starts."""
-        point.result, point.status = self._job_return(point, JobStatus.FAILED, error), "FAILED"
+        point.result, point.status = point.job_return(JobStatus.FAILED, error), "FAILED"
         self.failed += 1
         self.source.ended(point)
         self.console.log(
@@ -343,7 +212,7 @@ class SweepScheduler:
         HydraConfig.instance().set_config(config)
         point.devices = devices
         try:
-            self._write_hydra_dir(point)
+            point.write_hydra_dir()
             env = self.pool.environment(
                 devices, launch.nproc_per_node, self.max_parallel, launch.env
             )
@@ -360,7 +229,7 @@ class SweepScheduler:
         self.running.append(point)
         # Recorded at once, so a running (or orphaned) point can be found: its Slurm job
         # id, or its agent's pid and port.
-        self._write_record(point, "RUNNING")
+        point.write_record("RUNNING")
         nproc = launch.nproc_per_node
         self.console.log(
             logging.INFO,
@@ -373,21 +242,6 @@ class SweepScheduler:
             f", devices {','.join(devices)}" if devices else "",
         )
 
-    def _write_record(self, point: Point, status: str, error: Any = None) -> dict:
-        """launch.json of the point: how it ran, and its status."""
-        assert point.job is not None and point.config is not None
-        record = {
-            **point.job.launch_record(),
-            "overrides": point.overrides,
-            "devices": point.devices,
-            "status": status,
-        }
-        if error is not None:
-            record["error"] = str(error)
-        job_dir = Path(point.config.hydra.runtime.output_dir)
-        write_atomic(job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
-        return record
-
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
         """Turn an ended job into the point's JobReturn; record how it ran. A point its
         source stopped (``stop_reason``) ends PRUNED."""
@@ -398,11 +252,11 @@ class SweepScheduler:
                 raise LaunchError(f"sweep point #{point.idx} ({point.label}) {point.stop_reason}")
             if error is not None:
                 raise error
-            ret = self._job_return(point, JobStatus.COMPLETED, job.result())
+            ret = point.job_return(JobStatus.COMPLETED, job.result())
             point.status = "COMPLETED"
             self.done += 1
         except LaunchError as failure:
-            ret = self._job_return(point, JobStatus.FAILED, failure)
+            ret = point.job_return(JobStatus.FAILED, failure)
             if point.stop_reason is not None:
                 point.status = "PRUNED"
                 self.pruned += 1
@@ -421,8 +275,7 @@ class SweepScheduler:
             # The result is stored before launch.json marks the point done (resume reads both).
             write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
             self.console.scored(point.idx, ret._return_value)
-        record = self._write_record(
-            point,
+        record = point.write_record(
             point.status,
             ret._return_value if ret.status != JobStatus.COMPLETED else None,
         )
@@ -456,18 +309,9 @@ class SweepScheduler:
 
     def _withdraw(self, point: Point, reason: str) -> None:
         """A taken point that will not start."""
-        point.result = self._cancelled(point, reason)
+        point.result = point.cancelled(reason, str(self.config.hydra.job.name))
         point.interrupted = True
         self.source.ended(point)
-
-    def _cancelled(self, point: Point, reason: str) -> JobReturn:
-        ret = JobReturn()
-        ret.overrides = list(point.overrides)
-        ret.status = JobStatus.FAILED
-        ret.return_value = LaunchError(f"sweep point #{point.idx} ({point.label}) {reason}")
-        ret.task_name = str(self.config.hydra.job.name)
-        ret.working_dir = ""
-        return ret
 
     # ------------------------------------------------------------------ the loop
 
@@ -612,7 +456,7 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
     scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
     log.info(
         "Launching %s with torchrun%s, up to %d at a time%s",
-        f"{source.size} job(s)" if isinstance(source, Batch) else "trials",
+        source.what,
         jobs.where,
         scheduler.max_parallel,
         f", on devices {','.join(jobs.pool.ids)}" if jobs.pool else "",

@@ -19,11 +19,8 @@ Optuna is imported here, only when a search runs; never torch.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,29 +30,21 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import Trial, TrialState
 
-from runner.launch.procs import pid_alive
 from runner.metrics import METRICS_FILE, MetricsReader
 from runner.sweep.options import (
-    PRUNERS,
-    SAMPLERS,
     SearchConfigError,
     SearchOptions,
     check_search_options,
 )
+from runner.sweep.points import Point
 from runner.sweep.report import write_summary
-from runner.sweep.scheduler import Point
-from runner.sweep.space import Param, parse_space, space_record
+from runner.sweep.space import Param, parse_space
+from runner.sweep.study import JOB_DIR, OWNER, STATUS, continue_study, counts, open_study, owner
 
 log = logging.getLogger(__name__)
 
-# Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
-# saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir. Study: the space.
-OWNER = "runner_owner"
-STATUS = "runner_status"
-JOB_DIR = "runner_job_dir"
-SPACE = "runner_space"
 RESULTS_FILE = "optimization_results.yaml"
 # How often a running trial's metrics.jsonl is read (seconds).
 WATCH_INTERVAL_S = 0.5
@@ -68,125 +57,6 @@ class SearchSweeperLike(Protocol):
     config: DictConfig
     hydra_context: Any
     launcher: Any
-
-
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def counts(trial: FrozenTrial) -> bool:
-    """Whether a finished trial counts towards ``n_trials`` (an interrupted one runs
-    again instead)."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == "FAILED"
-
-
-def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaults: dict) -> Any:
-    """A sampler or pruner from a short name or a ``{_target_: ...}`` mapping."""
-    from hydra.utils import get_class
-
-    if isinstance(value, str):
-        spec: dict[str, Any] = {"_target_": names[value], **defaults.get(value, {})}
-    elif isinstance(value, dict):
-        spec = dict(value)
-    else:
-        return value  # made by Hydra from a {_target_: ...} mapping
-    target = str(spec.pop("_target_"))
-    try:
-        cls = get_class(target)
-        if seed is not None and "seed" in inspect.signature(cls).parameters:
-            spec.setdefault("seed", seed)
-        return cls(**spec)
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchConfigError(
-            f"hydra.sweeper.{key}={value!r} is invalid: {target}({spec}) cannot be made "
-            f"({first}). Fix: one of {', '.join(names)}, or a _target_ of an Optuna "
-            f"{key} class with its arguments (a missing package: pip install it)"
-        ) from None
-
-
-def make_sampler(options: SearchOptions, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE with a constant liar by default: trials asked while others run do not all
-    land together. ``offset`` moves the seed (a continued study)."""
-    seed = None if options.seed is None else options.seed + offset
-    return _build("sampler", options.sampler, SAMPLERS, seed, {"tpe": {"constant_liar": True}})
-
-
-def make_pruner(options: SearchOptions) -> optuna.pruners.BasePruner:
-    return _build("pruner", options.pruner or "none", PRUNERS, None, {})
-
-
-def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> optuna.Study:
-    """The search's study: made, or loaded when it exists and asks for the same
-    directions and space (else an error, and the study is left as it was)."""
-    url = options.storage or f"sqlite:///{sweep_dir.absolute() / 'study.db'}"
-    sampler, pruner = make_sampler(options), make_pruner(options)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchConfigError(
-            f"hydra.sweeper.storage={url!r} is invalid: the study's database cannot be "
-            f"opened ({first}). Fix: a URL Optuna accepts, e.g. sqlite:///path/study.db or "
-            "postgresql://user:password@host/db (its driver installed), or storage=null "
-            "for SQLite in the sweep dir"
-        ) from None
-    directions = options.directions()
-    try:
-        study = optuna.load_study(
-            study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner
-        )
-        if options.seed is not None:
-            # A continued search must not replay the seeded draws of its first run.
-            study.sampler = make_sampler(options, offset=len(study.trials))
-    except KeyError:
-        study = optuna.create_study(
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            study_name=options.study_name,
-            directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
-        )
-        study.set_user_attr(SPACE, space_record(space))
-        return study
-    where = f"study {options.study_name!r} in {url}"
-    fix = (
-        "run the same search again, or start a new one with another hydra.sweep.dir "
-        "(or hydra.sweeper.study_name)"
-    )
-    had = [d.name.lower() for d in study.directions]
-    if had != directions:
-        raise SearchConfigError(
-            f"hydra.sweeper.direction={options.direction!r} is invalid: {where} was made "
-            f"with direction {had}. Fix: {fix}"
-        )
-    kept = study.user_attrs.get(SPACE)
-    if kept is not None and kept != space_record(space):
-        ours = space_record(space)
-        differ = sorted(k for k in set(kept) | set(ours) if kept.get(k) != ours.get(k))
-        raise SearchConfigError(
-            f"the search space is invalid for {where}: it searched other parameters or "
-            f"ranges ({', '.join(differ)} differ). Fix: {fix}"
-        )
-    return study
-
-
-def continue_study(study: optuna.Study) -> int:
-    """Trials of this host whose sweep parent is gone are marked failed, and their
-    parameters queued to run again; returns how many."""
-    host = socket.gethostname()
-    again = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
-        if who != host or not pid.isdigit() or pid_alive(int(pid)):
-            continue  # another machine's, or a live sweep's
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": trial.number})
-        again += 1
-    return again
 
 
 def trial_values(value: Any, n: int) -> list[float] | None:
@@ -213,6 +83,7 @@ class Search:
         self.options = options
         self.directions = options.directions()
         self.size = options.n_trials
+        self.what = f"up to {options.n_trials} trials"
         self.deadline = time.monotonic() + options.timeout if options.timeout else None
         self.owner = owner()
         self.trials: dict[int, Trial] = {}
