@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from runner.sweep.options import SearchConfigError
-from runner.sweep.study import OWNER
+from runner.metrics import MetricsReader
+from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
+from runner.sweep.space import parse_space
+from runner.sweep.study import OWNER, make_pruner, make_sampler
 from tests.conftest import PROBE_APP, read_json, search_study
 from tests.fakes import FakeJobs, fake_sweep, spans
 
@@ -133,13 +136,13 @@ def test_enqueued_points_run_first(hydra_sweep_runner, tmp_path):
 
 
 def test_a_timeout_starts_no_trial_after_it(hydra_sweep_runner, tmp_path):
-    FakeJobs.sleeps = {0: 1.0, 1: 1.0}
+    FakeJobs.sleeps = {0: 4.0, 1: 4.0}
     search(
         hydra_sweep_runner,
         tmp_path,
         "value=interval(0,1)",
         "hydra.sweeper.n_trials=50",
-        "hydra.sweeper.timeout=0.5",
+        "hydra.sweeper.timeout=2",
     )
     assert sorted({e.point for e in FakeJobs.events}) == [0, 1]
     states = [t.state for t in search_study(tmp_path).trials]
@@ -268,3 +271,51 @@ def test_a_search_whose_every_trial_failed_fails(hydra_sweep_runner, tmp_path):
             "hydra.sweeper.n_trials=2",
         )
     assert [t.state for t in search_study(tmp_path).trials] == [TrialState.FAIL] * 2
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_named_sampler_is_made(name):
+    sampler = make_sampler(SearchOptions(sampler=name))
+    assert type(sampler).__name__ == SAMPLERS[name].rpartition(".")[2]
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_named_pruner_is_made(name):
+    pruner = make_pruner(SearchOptions(pruner=name))
+    assert type(pruner).__name__ == PRUNERS[name].rpartition(".")[2]
+
+
+def test_params_in_the_config_join_the_command_line_which_wins(hydra_sweep_runner, tmp_path):
+    search(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=choice(0.25,0.5)",
+        "+hydra.sweeper.params.value='interval(5,6)'",
+        "+hydra.sweeper.params.text='choice(alpha,beta)'",
+        "hydra.sweeper.n_trials=4",
+    )
+    trials = search_study(tmp_path).trials
+    assert {t.params["value"] for t in trials} <= {0.25, 0.5}
+    assert {t.params["text"] for t in trials} <= {"alpha", "beta"}
+    for t in trials:  # what each point ran with is what the study says
+        overrides = (tmp_path / str(t.number) / ".hydra" / "overrides.yaml").read_text()
+        assert f"text={t.params['text']}" in overrides
+
+
+def test_an_integer_range_is_an_integer_distribution():
+    space, fixed = parse_space(["a=range(1,7,2)", "b=x"], {})
+    assert fixed == ["b=x"]
+    assert space[0].distribution == IntDistribution(1, 5, step=2)
+
+
+def test_the_metrics_reader_takes_whole_new_lines_of_its_key(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    reader = MetricsReader(path, "val")
+    assert reader.new_values() == []
+    path.write_text('{"epoch": 3, "val": 1.5}\n{"step": 7, "val": 2}\n{"val": 0.5}\n{"val"')
+    assert reader.new_values() == [(3, 1.5), (7, 2.0), (2, 0.5)]
+    with open(path, "a") as f:
+        f.write(': 9, "other": 1}\n{"other": 4}\n')
+    assert reader.new_values() == [(3, 9.0)]
+    path.write_text('{"epoch": 0, "val": 1.0}\n')  # a resumed run rewrote it
+    assert reader.new_values() == [(0, 1.0)]

@@ -269,13 +269,8 @@ class SearchOptions:
 
 
 def check_search_options(params: dict[str, Any]) -> SearchOptions:
-    """The sweeper's keys as SearchOptions, or SearchConfigError naming each problem."""
-    unknown = sorted(set(params) - option_names(SearchOptions) - {"_target_"})
-    if unknown:
-        raise SearchConfigError(
-            f"hydra.sweeper has unknown key(s) {unknown} for hydra/sweeper=search; "
-            f"known keys: {sorted(option_names(SearchOptions))}"
-        )
+    """The sweeper's keys as SearchOptions (Hydra's structured config has already
+    refused unknown keys), or SearchConfigError naming each problem."""
     options = SearchOptions(**{k: v for k, v in params.items() if k != "_target_"})
     problems = options.search_problems()
     if problems:

@@ -24,6 +24,12 @@ JOB_DIR = "runner_job_dir"
 SPACE = "runner_space"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -53,10 +59,9 @@ def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaul
             spec.setdefault("seed", seed)
         return cls(**spec)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SearchConfigError(
             f"hydra.sweeper.{key}={value!r} is invalid: {target}({spec}) cannot be made "
-            f"({first}). Fix: one of {', '.join(names)}, or a _target_ of an Optuna "
+            f"({first_line(error)}). Fix: one of {', '.join(names)}, or a _target_ of an Optuna "
             f"{key} class with its arguments (a missing package: pip install it)"
         ) from None
 
@@ -81,10 +86,9 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SearchConfigError(
             f"hydra.sweeper.storage={url!r} is invalid: the study's database cannot be "
-            f"opened ({first}). Fix: a URL Optuna accepts, e.g. sqlite:///path/study.db or "
+            f"opened ({first_line(error)}). Fix: a URL Optuna accepts, e.g. sqlite:///path/study.db or "
             "postgresql://user:password@host/db (its driver installed), or storage=null "
             "for SQLite in the sweep dir"
         ) from None
