@@ -7,7 +7,6 @@ A :class:`PointSource` hands the scheduler its points: :class:`Batch` (one
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,10 +42,18 @@ class Point:
     stop_deadline: float | None = None
     # Stopped by the sweep (Ctrl-C, SIGTERM, fail_fast) or never started.
     interrupted: bool = False
+    _task_config: DictConfig | None = None
 
     @property
     def label(self) -> str:
         return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
+
+    def task_config(self) -> DictConfig:
+        """The config the task sees (made once: it is a deep copy)."""
+        if self._task_config is None:
+            assert self.config is not None
+            self._task_config = task_config(self.config)
+        return self._task_config
 
     @property
     def job_dir(self) -> Path:
@@ -59,8 +66,8 @@ class Point:
         assert config is not None
         ret = JobReturn()
         ret.overrides = list(self.overrides)
-        ret.cfg = task_config(config)
-        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
+        ret.cfg = self.task_config()
+        ret.hydra_cfg = config  # read for its hydra node; the point's config is final
         ret.working_dir = str(self.job_dir)
         ret.task_name = str(config.hydra.job.name)
         ret.status = status
@@ -85,7 +92,7 @@ class Point:
         if config.hydra.output_subdir is not None:
             hydra_dir = self.job_dir / str(config.hydra.output_subdir)
             hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(task_config(config), hydra_dir / "config.yaml")
+            OmegaConf.save(self.task_config(), hydra_dir / "config.yaml")
             OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
             OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
 

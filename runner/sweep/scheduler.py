@@ -242,6 +242,11 @@ class SweepScheduler:
             f", devices {','.join(devices)}" if devices else "",
         )
 
+    def _release(self, point: Point) -> None:
+        """An ended point's slot and devices go back."""
+        self.pool.give_back(point.devices)
+        self.running.remove(point)
+
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
         """Turn an ended job into the point's JobReturn; record how it ran. A point its
         source stopped (``stop_reason``) ends PRUNED."""
@@ -265,10 +270,9 @@ class SweepScheduler:
                 self.failed += 1
         finally:
             job.cleanup()
-            self.pool.give_back(point.devices)
             if point in self.running:
-                self.running.remove(point)
-        job_dir = Path(str(ret.working_dir))
+                self._release(point)
+        job_dir = point.job_dir
         if ret.status == JobStatus.COMPLETED:
             import cloudpickle
 
@@ -325,12 +329,14 @@ class SweepScheduler:
                 self.points.append(point)
                 pending.append(point)
 
-    def _start_what_fits(self, pending: deque[Point]) -> None:
+    def _start_what_fits(self, pending: deque[Point], ready_only: bool = False) -> None:
         """Start pending points while slots and devices allow: the head first; while it
-        waits for devices, later points that fit in the free ones (backfill)."""
+        waits for devices, later points that fit in the free ones (backfill).
+        ``ready_only``: start only a head composed already, and take no new point."""
         while len(self.running) < self.max_parallel:
-            self._take(pending)
-            if not pending:
+            if not ready_only:
+                self._take(pending)
+            if not pending or (ready_only and pending[0].config is None):
                 return
             head = pending[0]
             if not self.source.wanted(head):
@@ -388,25 +394,37 @@ class SweepScheduler:
                 while True:
                     if not stopping:
                         self._start_what_fits(pending)
+                        self._take(pending)  # the one ahead, when every slot is busy
                         if pending and pending[0].config is None:
                             # Compose the next point while the running ones work, so it
                             # starts the moment a slot frees (composing takes ~0.25 s).
                             self._compose_ahead(pending[0])
                     if not (pending or self.running):
                         break
-                    ended = False
+                    ended, succeeded = False, []
                     for point in list(self.running):
                         assert point.job is not None
                         if point not in self.running:
                             continue
-                        if point.job.poll() is None:
+                        code = point.job.poll()
+                        if code is None:
                             self._watch(point)
                             continue
                         ended = True
+                        if code == 0 and point.stop_reason is None and not stopping:
+                            # Its slot goes to the next point first, its records after.
+                            self._release(point)
+                            succeeded.append(point)
+                            continue
                         self._finish(point)
                         if self.fail_fast and point.status == "FAILED" and not stopping:
                             stopping = True
                             self._stop_running("stopped: fail_fast after a failed point")
+                    if succeeded:
+                        if not stopping:
+                            self._start_what_fits(pending, ready_only=True)
+                        for point in succeeded:
+                            self._finish(point)
                     if stopping:
                         pending.clear()
                     self.console.status(self.progress)

@@ -203,7 +203,8 @@ class Search:
                 else f"{len(self.directions)} finite numbers, one per direction",
             )
             status = "FAILED"
-        trial.set_user_attr(STATUS, status)
+        if status in ("FAILED", "INTERRUPTED"):  # the trial's state says the others
+            trial.set_user_attr(STATUS, status)
         if status == "COMPLETED":
             assert values is not None
             self.study.tell(trial, values)

@@ -88,9 +88,9 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
     except Exception as error:
         raise SearchConfigError(
             f"hydra.sweeper.storage={url!r} is invalid: the study's database cannot be "
-            f"opened ({first_line(error)}). Fix: a URL Optuna accepts, e.g. sqlite:///path/study.db or "
-            "postgresql://user:password@host/db (its driver installed), or storage=null "
-            "for SQLite in the sweep dir"
+            f"opened ({first_line(error)}). Fix: a URL Optuna accepts, e.g. "
+            "sqlite:///path/study.db or postgresql://user:password@host/db (its driver "
+            "installed), or storage=null for SQLite in the sweep dir"
         ) from None
     directions = options.directions()
     try:
