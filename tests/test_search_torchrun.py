@@ -5,6 +5,7 @@ in tests/test_search.py."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_a_foreign_app_is_pruned_and_its_slot_reused(tmp_path):
     assert records[4]["start_time"] < records[2]["start_time"] + 8 * 0.4
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("PRUNED") == 2
+    # Of the two ranks, only rank 0 wrote metrics: one line per epoch.
+    lines = (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(8))
 
 
 def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_base):

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
 # How often a running trial's metrics.jsonl is read (seconds).
-WATCH_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = 0.2
 
 
 class SearchSweeperLike(Protocol):
@@ -90,7 +90,7 @@ class Search:
         self.readers: dict[int, MetricsReader] = {}
         self.watched_at: dict[int, float] = {}
         finished = study.get_trials(deepcopy=False)
-        self.counted = sum(1 for t in finished if counts(t))
+        # Trials that count towards n_trials, earlier runs' included, by how they ended.
         self.tally = {"done": 0, "failed": 0, "pruned": 0}
         for t in finished:
             if counts(t):
@@ -103,6 +103,10 @@ class Search:
                     self._scored(t.values[0], t.number)
 
     # ------------------------------------------------------------- PointSource
+
+    @property
+    def counted(self) -> int:
+        return sum(self.tally.values())
 
     def timed_out(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -134,7 +138,7 @@ class Search:
         if now - self.watched_at.get(point.idx, 0.0) < WATCH_INTERVAL_S:
             return None
         self.watched_at[point.idx] = now
-        values = self._report(trial, Path(str(point.config.hydra.runtime.output_dir)))
+        values = self._report(trial, point.job_dir)
         if values and trial.should_prune():
             step, value = values[-1]
             return f"pruned at step {step} ({self.options.metric} {value:.6g})"
@@ -154,7 +158,7 @@ class Search:
 
     def ended(self, point: Point) -> None:
         value = point.result._return_value if point.result is not None else None
-        job_dir = str(point.config.hydra.runtime.output_dir) if point.config else None
+        job_dir = str(point.job_dir) if point.config is not None else None
         status = point.status if point.job is not None and not point.interrupted else None
         self.tell(point.idx, status or "INTERRUPTED", value, job_dir)
 
@@ -220,8 +224,6 @@ class Search:
         else:
             self.study.tell(trial, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
-            return
-        self.counted += 1
 
     def interrupt_all(self) -> None:
         for number in list(self.trials):
