@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+# ignored across exec: run from `.ci/run &`, every runner parent a test interrupts with
+# SIGINT (Ctrl-C) would ignore it and hang. The tests are about Ctrl-C, so they get it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
