@@ -32,6 +32,15 @@ def entry_base(tmp_path_factory) -> Path:
     return base
 
 
+@pytest.fixture(autouse=True)
+def lease_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's device leases in a dir of its own (inherited by what it starts), so
+    tests with named devices never wait on each other or on other runs here."""
+    path = tmp_path_factory.mktemp("leases")
+    monkeypatch.setenv("RUNNER_LEASE_DIR", str(path))
+    return path
+
+
 def entry_dirs(base: Path) -> list[Path]:
     return sorted(base.glob("runner-*"))
 

@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
+from runner.launch.devices import DeviceOptions, DevicePool
 from runner.launch.job import Job, LaunchError, LaunchTimeout, run_times
 from runner.launch.options import LaunchConfig
 from runner.metrics import append_metrics
-from runner.sweep.devices import DevicePool, visible_devices
 from runner.sweep.options import check_options
 from runner.sweep.scheduler import SweepLauncher
 
@@ -146,11 +146,11 @@ class FakeJobs:
         cls.interrupt_after = None
 
     def __init__(self, launcher: SweepLauncher) -> None:
-        self.pool = DevicePool(visible_devices(str(launcher.params.get("devices", "auto"))))
+        self.pool: DevicePool = DeviceOptions.from_params(launcher.params).pool()
         self.began = time.monotonic()
 
     def default_parallel(self, points: int, nproc: int) -> int:
-        return len(self.pool.ids) if self.pool else 2
+        return self.pool.capacity if self.pool else 2
 
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
         job = FakeJob(config, launch, job_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobStatus
 
+from runner.launch.devices import DevicePool
 from runner.launch.job import LaunchError
-from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
 from tests import fakes
 from tests.conftest import PROBE_APP, read_json

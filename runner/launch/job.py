@@ -28,17 +28,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from runner.launch.devices import DeviceOptions
 from runner.launch.entry import (
     AGENT_LOG,
     FAILURE_FILE,
@@ -50,6 +52,11 @@ from runner.launch.entry import (
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import free_port, release_port, sigterm_as_exit
 from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter, warm_starter
+
+log = logging.getLogger(__name__)
+
+# How often a run that waits for devices other runs hold tries again.
+DEVICE_POLL_S = 0.2
 
 
 class LaunchError(RuntimeError):
@@ -381,10 +388,12 @@ def launch(
     *,
     console: bool = True,
     warm: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Any:
     """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
     return value or raise LaunchError. Clean-up happens whatever way this ends.
-    ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm)."""
+    ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm);
+    ``extra_env``: more environment for the agent and its ranks (their devices)."""
     remove_stale_entry_dirs()
     job = TorchrunJob(config, task_function, launch_config, job_dir, console=console)
     with sigterm_as_exit():
@@ -392,7 +401,7 @@ def launch(
         if server is not None:
             job.starter = server
         try:
-            job.start()
+            job.start(extra_env)
             job.wait()
             return job.result()
         finally:
@@ -410,13 +419,56 @@ def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
 
     hydra_cfg = HydraConfig.get()
     launch_config = LaunchConfig.from_config(hydra_cfg.launcher)
-    return launch(
-        task_cfg,
-        task_function,
-        launch_config,
-        hydra_cfg.runtime.output_dir,
-        warm=bool(hydra_cfg.launcher.get("warm", False)),
-    )
+    with run_devices(launch_config.nproc_per_node) as env:
+        return launch(
+            task_cfg,
+            task_function,
+            launch_config,
+            hydra_cfg.runtime.output_dir,
+            warm=bool(hydra_cfg.launcher.get("warm", False)),
+            extra_env=env,
+        )
+
+
+@contextlib.contextmanager
+def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, str]]:
+    """The current Hydra run's devices, one per local rank, leased like a sweep's
+    (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
+    hold them it waits, and says who holds them. Yields the environment its ranks
+    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
+    in this process's environment while the block runs (a run without torchrun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    params = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    options = DeviceOptions.from_params(params)
+    problems = options.device_problems()
+    pool = options.pool(split_threads=False)
+    problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
+    if problems:
+        raise ValueError("\n".join(problems))
+    what = f"run {HydraConfig.get().runtime.output_dir}" if params else "a run"
+    devices = pool.take(nproc, head=True, what=what)
+    while devices is None:
+        if news := pool.waiting_news():
+            log.info("waiting for %s", news)
+        time.sleep(DEVICE_POLL_S)
+        devices = pool.take(nproc, head=True, what=what)
+    env = pool.environment(devices, nproc, 1, {})
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        if devices:
+            log.info("on devices %s", ",".join(devices))
+        if in_process:
+            os.environ.update(env)
+        yield env
+    finally:
+        pool.give_back(devices)
+        if in_process:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def wanted_world_size(default: int = 1) -> int:

@@ -15,10 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.launch.devices import DeviceOptions, DevicePool
 from runner.launch.job import Job, TorchrunJob
 from runner.launch.options import LaunchConfig
 from runner.launch.starters import AgentStarter, SubprocessStarter, warm_starter
-from runner.sweep.devices import DevicePool, visible_devices
 from runner.sweep.options import LauncherConfigError, check_options
 from runner.sweep.scheduler import SweepLauncher
 
@@ -35,7 +35,7 @@ class LocalJobs:
         the named devices."""
         check_options(params, cls.launch_overrides)
         nproc = int(params.get("nproc_per_node") or 1)
-        pool = DevicePool(visible_devices(str(params.get("devices", "auto"))))
+        pool = DeviceOptions.from_params(params).pool()
         problem = pool.too_small_for(nproc, "every point")
         if problem is not None:
             raise LauncherConfigError(problem)
@@ -43,7 +43,7 @@ class LocalJobs:
     def __init__(self, launcher: SweepLauncher) -> None:
         self.task_function = launcher.task_function
         self.cwd = str(launcher.config.hydra.runtime.cwd)
-        self.pool = DevicePool(visible_devices(str(launcher.params.get("devices", "auto"))))
+        self.pool: DevicePool = DeviceOptions.from_params(launcher.params).pool()
         self.warm = bool(launcher.params.get("warm", False))
         self.starter: AgentStarter = self._starter()
 
@@ -57,11 +57,12 @@ class LocalJobs:
         return server
 
     def default_parallel(self, points: int, nproc: int) -> int:
-        """What fits: with devices, as many points as devices (the pool gives each its
-        slice); on CPU, a core per rank but at least two points, so one point's
-        start-up (importing torch, rendezvous) overlaps another's work."""
+        """What fits: with devices, as many points as they hold (points_per_device
+        each; the pool gives each point its slice); on CPU, a core per rank but at
+        least two points, so one point's start-up (importing torch, rendezvous)
+        overlaps another's work."""
         if self.pool:
-            return len(self.pool.ids)
+            return self.pool.capacity
         return max(2, (os.cpu_count() or 1) // nproc)
 
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.launch.devices import DeviceOptions
 from runner.launch.options import LaunchConfig, invalid, option_names
 
 
@@ -24,17 +25,14 @@ def _key(name: str) -> str:
 
 
 @dataclass
-class SchedulerOptions:
-    """How the points of a sweep share this machine."""
+class SchedulerOptions(DeviceOptions):
+    """How the points of a sweep share this machine (its devices: DeviceOptions)."""
 
-    # Points running at once; null: as many as fit (with devices, the device pool
-    # decides; on CPU, cores // nproc_per_node but at least 2).
+    # Points running at once; null: as many as fit (with devices, the devices times
+    # points_per_device; on CPU, cores // nproc_per_node but at least 2).
     max_parallel: int | None = None
     # Stop the sweep at the first failed point instead of finishing the batch.
     fail_fast: bool = False
-    # Devices concurrent points share out, one per local rank: "auto" (the GPUs
-    # CUDA_VISIBLE_DEVICES or nvidia-smi shows), "none", or ids like "0,1,2,3".
-    devices: str = "auto"
     # Seconds between SIGTERM and SIGKILL when points are stopped.
     stop_grace: float = 10.0
     # Re-running into the same hydra.sweep.dir: keep points that completed (their stored
@@ -47,7 +45,7 @@ class SchedulerOptions:
 
     def scheduler_problems(self) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""
-        found = []
+        found = self.device_problems()
         if self.max_parallel is not None and self.max_parallel < 1:
             found.append(
                 invalid(
@@ -55,17 +53,6 @@ class SchedulerOptions:
                     self.max_parallel,
                     "must be an integer >= 1, or null for as many as fit",
                     "hydra.launcher.max_parallel=2",
-                )
-            )
-        if self.devices not in ("auto", "none") and not all(
-            d.strip().isdigit() for d in self.devices.split(",")
-        ):
-            found.append(
-                invalid(
-                    _key("devices"),
-                    self.devices,
-                    "must be auto, none, or GPU ids like 0,1,2,3",
-                    "hydra.launcher.devices=auto",
                 )
             )
         if self.stop_grace < 0:

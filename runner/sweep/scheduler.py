@@ -2,16 +2,15 @@
 
 Its points come from a :class:`~runner.sweep.points.PointSource`: one batch of
 Hydra's ``launch``, or runner's search, which hands out a trial the moment a slot
-frees and may stop a running one (pruning). For every point it does what Hydra's basic
-launcher does (load the sweep config, set the job's num and id, fix its output dir,
-write ``.hydra/``), resolves the config once, and hands it to a
-:class:`~runner.launch.job.Job` made by the sweep's :class:`JobFactory`: a local
-torchrun (cold or warm) or a Slurm job; the scheduler never asks which. Up to
-``max_parallel`` points run at once, each with its own slice of the device pool
-(:mod:`runner.sweep.devices`); their output goes to files in their job dirs. Results
-come back as ``JobReturn``\\ s in the order taken, with rank 0's return value, so
-optimising sweepers work over distributed trials. A failed point does not stop the
-others; Ctrl-C or SIGTERM stops every running point and removes its entry files.
+frees and may stop a running one (pruning). For every point it does what Hydra's
+basic launcher does (load the sweep config, set the job's num and id, fix its output
+dir, write ``.hydra/``), resolves the config once, and hands it to a Job made by the
+sweep's :class:`JobFactory` (a local torchrun, cold or warm, or a Slurm job). Up to
+``max_parallel`` points run at once, each on its own slice of the device pool
+(:mod:`runner.launch.devices`, leased across runs), its output in its job dir.
+Results come back as ``JobReturn``\\ s in the order taken, with rank 0's return
+value. A failed point does not stop the others; Ctrl-C or SIGTERM stops every
+running point and removes its entry files.
 
 Nothing here imports torch.
 """
@@ -30,12 +29,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
 from runner.launch.job import Job, LaunchError, stop_jobs
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import sigterm_as_exit, write_atomic
 from runner.sweep.console import SweepConsole
-from runner.sweep.devices import DevicePool
 from runner.sweep.options import LauncherConfigError
 from runner.sweep.points import Point, PointSource
 from runner.sweep.report import sweep_maximises, write_summary
@@ -347,13 +346,22 @@ class SweepScheduler:
                 pending.popleft()
                 self.pool.new_head()
                 continue
-            assert head.launch is not None
-            devices = self.pool.take(self.pool.needed(head.launch.nproc_per_node), head=True)
+            devices = self._take_devices(head, head=True)
             if devices is None:
                 self._backfill(pending)
                 return
             pending.popleft()
             self._start(head, devices)
+
+    def _take_devices(self, point: Point, *, head: bool) -> list[str] | None:
+        """The point's devices from the pool (leased: other runs see who holds them). A
+        head that waits for devices other runs hold says so, once per change."""
+        assert point.launch is not None
+        what = f"sweep {self.config.hydra.sweep.dir} point #{point.idx} ({point.label})"
+        devices = self.pool.take(point.launch.nproc_per_node, head=head, what=what)
+        if head and devices is None and (news := self.pool.waiting_news()):
+            self.console.log(logging.INFO, "#%d waits  %s  for %s", point.idx, point.label, news)
+        return devices
 
     def _backfill(self, pending: deque[Point]) -> None:
         for point in list(itertools.islice(pending, 1, 1 + BACKFILL_WINDOW)):
@@ -366,8 +374,7 @@ class SweepScheduler:
             if not self._prepare(point):
                 pending.remove(point)
                 continue
-            assert point.launch is not None
-            devices = self.pool.take(self.pool.needed(point.launch.nproc_per_node), head=False)
+            devices = self._take_devices(point, head=False)
             if devices is not None:
                 pending.remove(point)
                 self._start(point, devices)
@@ -437,6 +444,7 @@ class SweepScheduler:
                         logging.WARNING, "stopping %d running point(s)", len(self.running)
                     )
                     self._stop_running(None)
+                self.pool.new_head()  # leases kept for a head that will not start now
                 HydraConfig.instance().set_config(self.config)
                 for point in self.points:
                     if point.result is None:

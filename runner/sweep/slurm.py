@@ -36,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.launch.devices import DevicePool
 from runner.launch.entry import job_config_data
 from runner.launch.job import (
     Job,
@@ -47,7 +48,6 @@ from runner.launch.job import (
 )
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import exit_on_signal, import_path, write_atomic
-from runner.sweep.devices import DevicePool
 from runner.sweep.options import check_options, check_slurm_options
 from runner.sweep.scheduler import SweepLauncher
 

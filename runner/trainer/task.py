@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.launch.job import wanted_world_size
+from runner.launch.job import run_devices, wanted_world_size
 from runner.launch.options import invalid
 
 
@@ -204,4 +204,7 @@ def main(cfg: DictConfig) -> float:
         return launch_current_job(main, cfg)
     from runner.trainer.train import train
 
-    return train(cfg)
+    if inside_torchrun():  # a rank: its launcher gave it its devices
+        return train(cfg)
+    with run_devices(1, in_process=True):  # before torch sees CUDA_VISIBLE_DEVICES
+        return train(cfg)
