@@ -145,6 +145,14 @@ class DevicePool:
     def __bool__(self) -> bool:
         return bool(self.ids)
 
+    def describe(self) -> str:
+        """``, on devices 0,1`` (and how many jobs share one), or "" without devices."""
+        if not self.ids:
+            return ""
+        shared = f", up to {self.per_device} points on each" if self.per_device > 1 else ""
+        leases = "" if self.leases else " (leases=false: other runs are not told)"
+        return f", on devices {','.join(self.ids)}{shared}{leases}"
+
     @property
     def capacity(self) -> int:
         """Jobs of one rank each that fit at once."""
@@ -205,7 +213,7 @@ class DevicePool:
             self.blocked_by = {d: h for d, h in blocked.items() if h}
         if len(got) < count:
             if head:
-                self._wait(got)
+                self._wait(got, what)
             else:
                 for lease in got.values():
                     if lease is not None:
@@ -219,11 +227,11 @@ class DevicePool:
             self.new_head()
         return sorted(got, key=self.ids.index)
 
-    def _wait(self, got: dict[str, Lease | None]) -> None:
+    def _wait(self, got: dict[str, Lease | None], what: str) -> None:
         """The head cannot start: with the wait token it keeps the leases it got (and
         reserves their devices from backfill here); without, it lets them go."""
         self._head_waiting = True
-        keep = self.leases is None or self.leases.take_token()
+        keep = self.leases is None or self.leases.take_token(what, self.ids)
         for device, lease in got.items():
             if lease is None:
                 continue
@@ -244,7 +252,7 @@ class DevicePool:
             holders = sorted({h.describe() for hs in self.blocked_by.values() for h in hs})
             many = "s" if len(self.blocked_by) > 1 else ""
             devices = ",".join(self.blocked_by)
-            words = f"device{many} {devices}, held by another run: {'; '.join(holders)}"
+            words = f"device{many} {devices}, which other runs hold: {'; '.join(holders)}"
         if words == self._said:
             return None
         self._said = words

@@ -13,11 +13,14 @@ of them, itself included, stay within every one of those limits. So a sweep that
 wants a device to itself never shares it, and two sweeps that each allow two points
 per device never put three on it.
 
-One wait token per lease dir: the run holding it is the single waiting run that
-keeps the leases of devices as they free while it waits for enough of them (so a
-large point is not starved by a stream of small ones from other sweeps); other
-waiting runs take devices all at once or not at all, so waiting runs never deadlock
-on each other's partial holdings.
+First come, first served across runs: one wait token per lease dir. A run whose
+next job cannot get its devices takes the token if no other run holds it; while it
+holds it, it keeps the leases of the devices it waits for as they free, and no other
+run takes any of those devices, so a job waits at most for the jobs running when it
+began to wait (a large job is not starved by a stream of small ones from other
+sweeps, and one sweep does not take every device that frees before another's turn).
+Runs waiting without the token take devices all at once or not at all, so waiting
+runs never deadlock on each other's partial holdings.
 
 Linux and macOS (``fcntl.flock``); nothing here imports torch or Hydra.
 """
@@ -25,12 +28,12 @@ Linux and macOS (``fcntl.flock``); nothing here imports torch or Hydra.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import getpass
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_LEASE_DIR = "/tmp/runner-device-leases"
@@ -41,7 +44,7 @@ class LeaseDirError(OSError):
     """The lease dir cannot be made or written."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Holder:
     """Who holds a slot of a device, as its slot file says."""
 
@@ -49,6 +52,8 @@ class Holder:
     user: str
     what: str
     limit: int
+    # The wait token's holder: the devices it waits for.
+    devices: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.what} (pid {self.pid}, user {self.user})"
@@ -79,14 +84,15 @@ def _try_lock(fd: int) -> bool:
 
 def _read_holder(fd: int) -> Holder:
     try:
-        data = json.loads(os.pread(fd, 4096, 0).decode())
-        return Holder(int(data["pid"]), str(data["user"]), str(data["what"]), int(data["limit"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(os.pread(fd, 65536, 0).decode())
+        devices = tuple(str(d) for d in data.get("devices", ()))
+        return Holder(int(data["pid"]), data["user"], data["what"], int(data["limit"]), devices)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return Holder(0, "?", "a process whose slot file says nothing", 1)
 
 
 def _write_holder(fd: int, holder: Holder) -> None:
-    data = json.dumps(holder.__dict__).encode()
+    data = json.dumps(dataclasses.asdict(holder)).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
 
@@ -119,7 +125,7 @@ class LeaseDir:
         # Who held the device the last try_take could not have.
         self.refused_by: list[Holder] = []
 
-    def _ensure(self) -> None:
+    def ensure(self) -> None:
         """Make the dir on first use: world-writable and sticky, like /tmp, so every
         user's runs share it; a dir that cannot be written is a clear error."""
         if self._made:
@@ -158,7 +164,7 @@ class LeaseDir:
 
     def holders(self, device: str) -> list[Holder]:
         """Who holds the device's slots now (this process's own leases included)."""
-        self._ensure()
+        self.ensure()
         with self._guard(device):
             return self._probe(device)[0]
 
@@ -192,7 +198,11 @@ class LeaseDir:
     def try_take(self, device: str, what: str) -> Lease | None:
         """A lease on ``device`` for ``what`` (said to runs that wait for it), or None
         if its holders are at their limit (then ``refused_by`` says who they are)."""
-        self._ensure()
+        self.ensure()
+        waiter = self._waiter()
+        if waiter is not None and device in waiter.devices:
+            self.refused_by = [waiter]
+            return None
         with self._guard(device):
             holders, fd, new = self._probe(device)
             limit = min([self.per_device] + [h.limit for h in holders])
@@ -209,17 +219,31 @@ class LeaseDir:
             _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
             return Lease(device, fd)
 
-    def take_token(self) -> bool:
-        """The wait token (see the module docstring): True if this process holds it."""
+    def take_token(self, what: str, devices: list[str]) -> bool:
+        """The wait token (see the module docstring) for ``what``, which waits for some
+        of ``devices``: True if this process holds it. While it does, other runs take
+        none of those devices (they go to it as they free)."""
         if self._token is not None:
             return True
-        self._ensure()
+        self.ensure()
         fd = _open(self.path / "waiting.lock")
         if not _try_lock(fd):
             os.close(fd)
             return False
+        waits = f"{what}, which waits for devices first"
+        _write_holder(fd, Holder(os.getpid(), _user(), waits, 0, tuple(devices)))
         self._token = fd
         return True
+
+    def _waiter(self) -> Holder | None:
+        """The wait token's holder, if it is another process."""
+        if self._token is not None:
+            return None
+        fd = _open(self.path / "waiting.lock")
+        try:
+            return None if _try_lock(fd) else _read_holder(fd)
+        finally:
+            os.close(fd)
 
     def release_token(self) -> None:
         if self._token is not None:

@@ -31,14 +31,19 @@ class LocalJobs:
 
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
-        """Before anything starts: every key, and the sweep's ranks per point against
-        the named devices."""
+        """Before anything starts: every key, the sweep's ranks per point against the
+        named devices, and the lease dir."""
         check_options(params, cls.launch_overrides)
         nproc = int(params.get("nproc_per_node") or 1)
         pool = DeviceOptions.from_params(params).pool()
         problem = pool.too_small_for(nproc, "every point")
         if problem is not None:
             raise LauncherConfigError(problem)
+        if pool.leases is not None:
+            try:
+                pool.leases.ensure()
+            except OSError as error:
+                raise LauncherConfigError(str(error)) from None
 
     def __init__(self, launcher: SweepLauncher) -> None:
         self.task_function = launcher.task_function

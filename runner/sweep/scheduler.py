@@ -485,7 +485,7 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
         source.what,
         jobs.where,
         scheduler.max_parallel,
-        f", on devices {','.join(jobs.pool.ids)}" if jobs.pool else "",
+        jobs.pool.describe(),
     )
     try:
         return scheduler.run()
