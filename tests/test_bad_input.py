@@ -69,6 +69,24 @@ CASES = [
         "hydra.launcher.max_parallel=0 is invalid",
     ),
     (["-m", "seed=1,2", "hydra.launcher.timeout=-1"], "hydra.launcher.timeout=-1"),
+    # devices, for sweeps and single runs alike
+    (
+        ["-m", "seed=1,2", "hydra.launcher.points_per_device=0"],
+        "hydra.launcher.points_per_device=0 is invalid: must be an integer >= 1",
+    ),
+    (["hydra.launcher.points_per_device=0"], "hydra.launcher.points_per_device=0 is invalid"),
+    (
+        ["-m", "seed=1,2", "hydra.launcher.devices=0", "hydra.launcher.lease_dir=/dev/null/x"],
+        "hydra.launcher.lease_dir='/dev/null/x' is invalid: the device leases live there",
+    ),
+    (
+        ["hydra.launcher.devices=0", "hydra.launcher.lease_dir=/dev/null/x"],
+        "Fix: hydra.launcher.lease_dir=A_DIR_EVERY_USER_CAN_WRITE",
+    ),
+    (
+        ["hydra.launcher.devices='0,1'", "trainer.nproc_per_node=4"],
+        "this run needs 4 devices, one per local rank, and hydra.launcher.devices has 2",
+    ),
     (
         ["-m", "hydra.launcher.max_parallel=1,2"],
         "Sweeping over Hydra's configuration is not supported",

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ HOLDER = """
 import sys, time
 from runner.launch.devices import DevicePool
 from runner.launch.leases import LeaseDir
-devices, count, per_device, what = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+devices, what = sys.argv[1].split(","), sys.argv[4]
+count, per_device = int(sys.argv[2]), int(sys.argv[3])
 pool = DevicePool(devices, per_device=per_device, leases=LeaseDir(None, per_device))
 got = pool.take(count, head=True, what=what)
 if got is None:

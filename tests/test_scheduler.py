@@ -163,6 +163,28 @@ def test_every_point_gets_one_device_per_rank_sized_by_its_own_world_size(
     assert [r["devices"] for r in records] == [slices[n] for n in range(4)]
 
 
+def test_points_per_device_lets_that_many_points_share_a_device(hydra_sweep_runner, tmp_path):
+    """Two devices, two points each: four one-rank points run at once (max_parallel
+    follows), spread before they stack; a two-rank point still gets distinct devices."""
+    FakeJobs.sleeps = {n: 0.6 for n in range(6)}
+    fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "ranks=1,1,1,1,2,1",
+        "hydra.launcher.devices='0,1'",
+        "hydra.launcher.points_per_device=2",
+    )
+    starts = {e.point: e.devices for e in FakeJobs.events if e.what == "start"}
+    assert [starts[n] for n in range(4)] == ["0", "1", "0", "1"]
+    assert starts[4] == "0,1"
+    moments = sorted({e.at for e in FakeJobs.events})
+    for moment in moments:
+        running = [n for n in range(6) if spans(n)[0] <= moment < spans(n)[1]]
+        assert len(running) <= 4
+        for device in "01":
+            assert sum(device in starts[n].split(",") for n in running) <= 2
+
+
 def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep_runner, tmp_path):
     with pytest.raises(LauncherConfigError) as err:
         fake_sweep(hydra_sweep_runner, tmp_path, "ranks=1,8", DEVICES)

@@ -34,6 +34,7 @@ import getpass
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_LEASE_DIR = "/tmp/runner-device-leases"
@@ -100,18 +101,13 @@ def _write_holder(fd: int, holder: Holder) -> None:
 class Lease:
     """One held slot of one device, until :meth:`release` or the holder's end."""
 
-    def __init__(self, device: str, fd: int) -> None:
-        self.device = device
+    def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor drops the lock
             self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
 
 class LeaseDir:
@@ -162,14 +158,8 @@ class LeaseDir:
                 found.append((int(slot), path))
         return [path for _, path in sorted(found)]
 
-    def holders(self, device: str) -> list[Holder]:
-        """Who holds the device's slots now (this process's own leases included)."""
-        self.ensure()
-        with self._guard(device):
-            return self._probe(device)[0]
-
     @contextlib.contextmanager
-    def _guard(self, device: str):  # type: ignore[no-untyped-def]
+    def _guard(self, device: str) -> Iterator[None]:
         fd = _open(self.path / f"{self._name(device)}.guard")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds by whoever has it
@@ -217,7 +207,7 @@ class LeaseDir:
                     os.close(fd)
                     return None
             _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
-            return Lease(device, fd)
+            return Lease(fd)
 
     def take_token(self, what: str, devices: list[str]) -> bool:
         """The wait token (see the module docstring) for ``what``, which waits for some
