@@ -55,7 +55,7 @@ def test_max_parallel_bounds_the_points_at_once(hydra_sweep_runner, tmp_path):
 
 def test_a_failed_point_does_not_stop_those_running(hydra_sweep_runner, tmp_path):
     """The healthy points are still running when the other one fails, and finish."""
-    FakeJobs.sleeps = {0: 0.4, 1: 0.02, 2: 0.4}
+    FakeJobs.sleeps = {0: 1.5, 1: 0.02, 2: 1.5}  # room for a slow first compose
     with pytest.raises(LaunchError, match="fake point 1 failed"):
         fake_sweep(
             hydra_sweep_runner, tmp_path, "fail_rank=-1,0,-1", "hydra.launcher.max_parallel=3"
