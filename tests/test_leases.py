@@ -35,6 +35,13 @@ time.sleep(600)
 """
 
 
+@pytest.fixture(autouse=True)
+def ask_again_at_once(monkeypatch):
+    """Each take asks the other runs' leases again (the pause between asks has a test
+    of its own)."""
+    monkeypatch.setattr("runner.launch.devices.LEASE_RETRY_S", 0.0)
+
+
 @pytest.fixture
 def other_runs():
     """Start other runs holding leases; every one is killed at the end."""
@@ -79,6 +86,23 @@ def test_a_lease_holds_across_processes_until_its_holder_is_killed(other_runs):
     assert mine.take(1, head=True) == ["0"]  # the kernel dropped the lock at once
 
 
+def test_a_job_kept_out_by_other_runs_asks_them_again_after_a_pause(other_runs, monkeypatch):
+    """A waiting head costs a few file locks per ask, not per scheduler loop: after
+    other runs kept it out it asks again only after LEASE_RETRY_S, or at once when a
+    device of its own pool frees."""
+    monkeypatch.setattr("runner.launch.devices.LEASE_RETRY_S", 3600.0)
+    holder = other_runs("1")
+    assert said(holder) == "1"
+    mine = pool("0,1")
+    assert mine.take(1, head=True) == ["0"]
+    assert mine.take(1, head=True) is None  # "1" is the other run's
+    holder.kill()
+    holder.wait()
+    assert mine.take(1, head=True) is None  # not asked again yet
+    mine.give_back(["0"])
+    assert mine.take(2, head=True) == ["0", "1"]  # asked again at once
+
+
 def test_two_runs_share_out_devices_and_each_job_gets_distinct_ones(other_runs):
     holder = other_runs("0,1,2,3", count=2)
     assert said(holder) == "0,1"
@@ -112,8 +136,8 @@ def test_a_device_held_alone_is_not_shared_by_a_run_that_would_share(other_runs)
 
 def test_a_waiting_run_gets_the_devices_that_free_before_other_runs(other_runs):
     """First come, first served across runs: while another run waits for devices (it
-    holds the wait token), a device that frees goes to it, not to the run that freed
-    it, which is told who waits first."""
+    is first in line), a device that frees goes to it, not to the run that freed it,
+    which is told who waits first."""
     mine = pool("0,1")
     assert mine.take(1, head=True) == ["0"]
     assert mine.take(1, head=True) == ["1"]
@@ -122,21 +146,40 @@ def test_a_waiting_run_gets_the_devices_that_free_before_other_runs(other_runs):
     mine.give_back(["0"])
     assert mine.take(1, head=True, what="mine") is None  # device 0 is the waiter's turn
     assert "sweep B point #0, which waits for devices first" in (mine.waiting_news() or "")
-    assert mine.leases is not None and not mine.leases.has_token
+    assert mine.leases is not None and mine.leases.in_line  # second in line
+    assert "sweep B point #0" in str(mine.leases.first_in_line())
     mine.give_back(["1"])
     assert said(waiter) == "0,1"  # it kept device 0 while it waited for device 1
     assert mine.take(1, head=False) is None
 
 
-def test_a_run_waiting_without_the_token_keeps_nothing_back(other_runs):
-    """Two waiting runs cannot deadlock: one without the wait token takes all its
+def test_runs_get_a_device_in_the_order_they_began_to_wait(other_runs, lease_dir):
+    """The line is first come, first served; a waiter killed in line leaves it."""
+    mine = pool("0")
+    assert mine.take(1, head=True) == ["0"]
+    waiters = []
+    for n in range(3):  # each joins the line before the next one starts
+        waiters.append(other_runs("0", what=f"waiter {n}"))
+        assert said(waiters[-1]) == "waiting"
+    first, second, third = waiters
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    mine.give_back(["0"])
+    assert said(second) == "0"  # not the dead first, not the third
+    assert len(list(lease_dir.glob("waiting-*.lock"))) == 1  # the third's ticket only
+    second.kill()
+    assert said(third) == "0"
+
+
+def test_a_run_further_back_in_line_keeps_nothing_back(other_runs):
+    """Two waiting runs cannot deadlock: one that is not first in line takes all its
     devices at once or none."""
     assert said(other_runs("0,3", count=2)) == "0,3"
-    first = other_runs("3", what="first waiter")  # waits for device 3, with the token
+    first = other_runs("3", what="first waiter")  # first in line, for device 3
     assert said(first) == "waiting"
     mine = pool("0,1,2")
     assert mine.take(3, head=True) is None  # 1 and 2 are free, 0 is not
-    assert mine.leases is not None and not mine.leases.has_token
+    assert mine.leases is not None and "first waiter" in str(mine.leases.first_in_line())
     assert "device 0," in (mine.waiting_news() or "")
     assert LeaseDir(None).try_take("1", "anyone") is not None  # not kept back
     assert LeaseDir(None).try_take("2", "anyone") is not None

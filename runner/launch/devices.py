@@ -17,9 +17,9 @@ free at that moment may start ahead of it (they would idle otherwise); devices f
 after the head began to wait are held for the head, so it waits at most for the
 jobs running when it began to wait and for one backfilled job per device: neither
 large jobs (which would wait forever behind a stream of small ones) nor small jobs
-(which keep their turn in the queue) starve. Across runs the same holds for the one
-waiting head that has the lease dir's wait token: it keeps the leases of devices as
-they free; other waiting heads take theirs all at once.
+(which keep their turn in the queue) starve. Across runs, waiting heads queue in
+the lease dir first come first served: the first in line keeps the leases of devices
+as they free and no other run takes them; heads further back take theirs all at once.
 
 Without devices (a CPU machine, ``devices=none``, or Slurm, where the cluster
 allocates), every job fits, and on this machine ``OMP_NUM_THREADS`` is split
@@ -34,12 +34,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runner.launch.leases import Holder, Lease, LeaseDir
 from runner.launch.options import invalid
+
+# How long a job that other runs' leases kept out waits before asking them again
+# (unless a device of this pool frees sooner): each ask costs a few file locks.
+LEASE_RETRY_S = 0.1
 
 
 def visible_devices(option: str) -> list[str]:
@@ -137,10 +142,13 @@ class DevicePool:
         self._held: list[str] = []  # freed while the head waits: the head's alone
         self._head_waiting = False
         self._active: dict[str, list[Lease]] = {}  # leases of running jobs' devices
-        self._kept: dict[str, Lease] = {}  # leases held for the waiting head (wait token)
+        self._kept: dict[str, Lease] = {}  # leases held for the head first in line
         # Devices the last head could not take because other runs hold them, and who.
         self.blocked_by: dict[str, list[Holder]] = {}
         self._said: str | None = None  # what waiting_news said last
+        # When a head (True) or backfilled job (False) that other runs' leases kept
+        # out may ask them again.
+        self._retry_at: dict[bool, float] = {}
 
     def __bool__(self) -> bool:
         return bool(self.ids)
@@ -193,6 +201,8 @@ class DevicePool:
         the leases, said to other runs that wait for them."""
         if not self.ids:
             return []
+        if time.monotonic() < self._retry_at.get(head, 0.0):
+            return None  # other runs' leases were asked a moment ago; nothing freed here
         usable = self._free + self._held if head else self._free
         order = sorted(
             set(usable), key=lambda d: (d not in self._kept, self._load(d), self.ids.index(d))
@@ -212,6 +222,8 @@ class DevicePool:
         if head:
             self.blocked_by = {d: h for d, h in blocked.items() if h}
         if len(got) < count:
+            if blocked:
+                self._retry_at[head] = time.monotonic() + LEASE_RETRY_S
             if head:
                 self._wait(got, what)
             else:
@@ -228,10 +240,10 @@ class DevicePool:
         return sorted(got, key=self.ids.index)
 
     def _wait(self, got: dict[str, Lease | None], what: str) -> None:
-        """The head cannot start: with the wait token it keeps the leases it got (and
+        """The head cannot start: first in line, it keeps the leases it got (and
         reserves their devices from backfill here); without, it lets them go."""
         self._head_waiting = True
-        keep = self.leases is None or self.leases.take_token(what, self.ids)
+        keep = self.leases is None or self.leases.wait_in_line(what, self.ids)
         for device, lease in got.items():
             if lease is None:
                 continue
@@ -258,6 +270,12 @@ class DevicePool:
         self._said = words
         return words
 
+    def _first_in_line(self) -> bool:
+        """Whether this pool's waiting head is first in the line of runs that wait."""
+        return (
+            self.leases is not None and self.leases.in_line and self.leases.first_in_line() is None
+        )
+
     def new_head(self) -> None:
         """The head job left the queue (started, or will not run): what was held for
         it is free for anyone, here and in other runs."""
@@ -267,19 +285,21 @@ class DevicePool:
         for lease in self._kept.values():
             lease.release()
         self._kept = {}
+        self._retry_at = {}
         self.blocked_by = {}
         self._said = None
         if self.leases is not None:
-            self.leases.release_token()
+            self.leases.leave_line()
 
     def give_back(self, devices: list[str]) -> None:
         """A job ended: its devices go back (held for the head, if it waits; their
-        leases kept for it if it has the wait token)."""
+        leases kept for it if it is first in line)."""
+        self._retry_at = {}
         for device in devices:
             lease = self._active[device].pop() if self._active.get(device) else None
             if self._head_waiting and device not in self._held:
                 self._held.append(device)
-                if lease is not None and self.leases is not None and self.leases.has_token:
+                if lease is not None and self._first_in_line():
                     self._kept[device] = lease
                     continue
             else:

@@ -13,14 +13,15 @@ of them, itself included, stay within every one of those limits. So a sweep that
 wants a device to itself never shares it, and two sweeps that each allow two points
 per device never put three on it.
 
-First come, first served across runs: one wait token per lease dir. A run whose
-next job cannot get its devices takes the token if no other run holds it; while it
-holds it, it keeps the leases of the devices it waits for as they free, and no other
-run takes any of those devices, so a job waits at most for the jobs running when it
-began to wait (a large job is not starved by a stream of small ones from other
-sweeps, and one sweep does not take every device that frees before another's turn).
-Runs waiting without the token take devices all at once or not at all, so waiting
-runs never deadlock on each other's partial holdings.
+First come, first served across runs: runs whose next job cannot get its devices
+wait in line (a ticket file each, ordered by when they began to wait, locked while
+they live). Only the run first in line keeps the leases of devices as they free
+while it waits for enough of them, and no other run takes any device it waits for,
+so a job waits at most for the jobs running when it got to the front (a large job is
+not starved by a stream of small ones from other sweeps, and a sweep whose point just
+started cannot take the next free device ahead of another sweep that waited first).
+Runs further back take devices all at once or not at all, so waiting runs never
+deadlock on each other's partial holdings.
 
 Linux and macOS (``fcntl.flock``); nothing here imports torch or Hydra.
 """
@@ -34,6 +35,7 @@ import getpass
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +55,7 @@ class Holder:
     user: str
     what: str
     limit: int
-    # The wait token's holder: the devices it waits for.
+    # A run waiting in line: the devices it waits for.
     devices: tuple[str, ...] = ()
 
     def describe(self) -> str:
@@ -116,7 +118,7 @@ class LeaseDir:
     def __init__(self, path: str | Path | None, per_device: int = 1) -> None:
         self.path = Path(path or os.environ.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
         self.per_device = per_device
-        self._token: int | None = None
+        self._ticket: tuple[Path, int] | None = None  # this run's place in the line
         self._made = False
         # Who held the device the last try_take could not have.
         self.refused_by: list[Holder] = []
@@ -189,7 +191,7 @@ class LeaseDir:
         """A lease on ``device`` for ``what`` (said to runs that wait for it), or None
         if its holders are at their limit (then ``refused_by`` says who they are)."""
         self.ensure()
-        waiter = self._waiter()
+        waiter = self.first_in_line()
         if waiter is not None and device in waiter.devices:
             self.refused_by = [waiter]
             return None
@@ -209,37 +211,51 @@ class LeaseDir:
             _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
             return Lease(fd)
 
-    def take_token(self, what: str, devices: list[str]) -> bool:
-        """The wait token (see the module docstring) for ``what``, which waits for some
-        of ``devices``: True if this process holds it. While it does, other runs take
-        none of those devices (they go to it as they free)."""
-        if self._token is not None:
-            return True
+    def wait_in_line(self, what: str, devices: list[str]) -> bool:
+        """Join the line of runs that wait for devices (once; see the module docstring)
+        as ``what``, waiting for some of ``devices``. True if first in line: then no
+        other run takes any of those devices; they go to this one as they free."""
         self.ensure()
-        fd = _open(self.path / "waiting.lock")
-        if not _try_lock(fd):
-            os.close(fd)
-            return False
-        waits = f"{what}, which waits for devices first"
-        _write_holder(fd, Holder(os.getpid(), _user(), waits, 0, tuple(devices)))
-        self._token = fd
-        return True
+        with self._guard("line"):
+            if self._ticket is None:
+                name = f"waiting-{time.time_ns():020d}-{os.getpid()}-{id(self)}.lock"
+                fd = _open(self.path / name)
+                _try_lock(fd)  # a new name: nobody else holds it
+                waits = f"{what}, which waits for devices first"
+                _write_holder(fd, Holder(os.getpid(), _user(), waits, 0, tuple(devices)))
+                self._ticket = (self.path / name, fd)
+            return self._first() is None
 
-    def _waiter(self) -> Holder | None:
-        """The wait token's holder, if it is another process."""
-        if self._token is not None:
-            return None
-        fd = _open(self.path / "waiting.lock")
-        try:
-            return None if _try_lock(fd) else _read_holder(fd)
-        finally:
-            os.close(fd)
+    def first_in_line(self) -> Holder | None:
+        """The run first in the line of waiting runs, if it is another one."""
+        self.ensure()
+        with self._guard("line"):
+            return self._first()
 
-    def release_token(self) -> None:
-        if self._token is not None:
-            os.close(self._token)
-            self._token = None
+    def _first(self) -> Holder | None:
+        """Under the line's guard: the first live waiter if it is not this one; a
+        waiter whose process ended (its lock is free) leaves the line here."""
+        for path in sorted(self.path.glob("waiting-*.lock")):
+            if self._ticket is not None and path == self._ticket[0]:
+                return None
+            fd = _open(path)
+            try:
+                if not _try_lock(fd):
+                    return _read_holder(fd)
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return None
+
+    def leave_line(self) -> None:
+        """This run waits no more (its job started, or will not)."""
+        if self._ticket is not None:
+            path, fd = self._ticket
+            with self._guard("line"):
+                path.unlink(missing_ok=True)
+                os.close(fd)
+            self._ticket = None
 
     @property
-    def has_token(self) -> bool:
-        return self._token is not None
+    def in_line(self) -> bool:
+        return self._ticket is not None
