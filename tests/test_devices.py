@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Sweep:
-    """The probe app's sweep of one-rank points, running in the background."""
+    """The probe app's sweep (of one-rank points unless ranks= is given), running in
+    the background."""
 
     dir: Path
     proc: subprocess.Popen
@@ -50,7 +51,7 @@ def start_sweep(sweep_dir: Path, *overrides: str) -> Sweep:
                 sys.executable,
                 str(PROBE_APP),
                 "-m",
-                "ranks=1",
+                *([] if any(o.startswith("ranks=") for o in overrides) else ["ranks=1"]),
                 f"hydra.sweep.dir={sweep_dir}",
                 *overrides,
             ],
@@ -66,7 +67,7 @@ def spans(*sweep_dirs: Path) -> list[tuple[str, float, float, str]]:
     found = []
     for sweep_dir in sweep_dirs:
         for job_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
-            (record,) = probe_records(job_dir)
+            record = probe_records(job_dir)[0]  # rank 0's
             point = f"{sweep_dir.name}/{job_dir.name}"
             found.append((point, record["start"], record["end"], record["cuda_visible_devices"]))
     return found
@@ -100,6 +101,23 @@ def test_two_sweeps_at_once_never_put_two_points_on_one_device(tmp_path):
     assert any(overlap(x, y) for x in a_points for y in b_points)
     logs = a.log + b.log
     assert re.search(r"waits .* for device [01], which other runs hold: sweep \S+/[ab] ", logs)
+
+
+def test_a_large_point_of_one_sweep_is_not_starved_by_small_ones_of_another(tmp_path):
+    """Sweep a streams one-rank points over both devices; sweep b's two-rank point,
+    started behind them, waits first in line: the devices go to it as they free, so it
+    runs before a has started all of its points."""
+    a = start_sweep(tmp_path / "a", "value=1,2,3,4,5,6", "sleep=2", "hydra.launcher.devices='0,1'")
+    wait_until(lambda: launch_status(tmp_path / "a" / "1") == "RUNNING", 60, "a on both devices")
+    b = start_sweep(tmp_path / "b", "value=9", "ranks=2", "hydra.launcher.devices='0,1'")
+    a.finish()
+    b.finish()
+    found = spans(tmp_path / "a", tmp_path / "b")
+    (large,) = [f for f in found if f[0].startswith("b/")]
+    assert large[3] == "0,1"
+    small = [f for f in found if f[0].startswith("a/")]
+    assert not any(overlap(large, f) for f in small)
+    assert any(f[1] > large[2] for f in small)  # a's later points ran after it
 
 
 def test_points_per_device_bounds_the_points_of_all_sweeps_on_a_device(tmp_path):

@@ -225,3 +225,18 @@ def test_the_default_lease_dir_is_shared_by_every_user(tmp_path, monkeypatch):
     assert os.stat(tmp_path / "shared" / "device-0.0.lock").st_mode & 0o777 == 0o666
     assert Path(leases.path) == tmp_path / "shared"
     lease.release()
+
+
+def test_a_one_process_run_sees_only_its_leased_device_while_it_runs(other_runs, monkeypatch):
+    """``python -m runner`` with one process trains in-process: its device is leased
+    like a sweep's and set in its own environment for the run, then put back."""
+    from runner.launch.job import run_devices
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # devices=auto reads it
+    assert said(other_runs("3,5")) == "3"
+    with run_devices(1, in_process=True) as env:
+        assert env == {"CUDA_VISIBLE_DEVICES": "5"}
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert LeaseDir(None).try_take("5", "another run") is None
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+    assert LeaseDir(None).try_take("5", "another run") is not None
