@@ -191,7 +191,8 @@ def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
         with sweep:
             pass
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
-    assert read_json(tmp_path / "1" / "launch.json")["timed_out"] is True
+    timed_out = read_json(tmp_path / "1" / "launch.json")
+    assert timed_out["timed_out"] is True and timed_out["stopped_by"] == "timeout"
     assert processes_of(os.getpid()) == []
     assert entry_dirs(entry_base) == []
 
@@ -217,6 +218,10 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
     )
     time.sleep(1)
     interrupt_and_expect_nothing_left(parent, sig, entry_base)
-    assert parent.returncode != 0
+    assert parent.returncode != 0  # its only non-completed points were stopped: still
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
     assert len(probe_records(tmp_path / "0")) == 2
+    if sig != signal.SIGKILL:  # the others were running: stopped, and by what
+        by = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
+        stopped = [read_json(tmp_path / str(n) / "launch.json") for n in (1, 2)]
+        assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2

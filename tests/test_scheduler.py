@@ -78,7 +78,8 @@ def test_fail_fast_stops_running_points_and_starts_no_more(hydra_sweep_runner, t
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "FAILED"
     # Point 1 would run for 10 minutes: fail_fast stopped it.
     record = read_json(tmp_path / "1" / "launch.json")
-    assert record["status"] == "FAILED" and "fail_fast" in record["error"]
+    assert (record["status"], record["stopped_by"]) == ("STOPPED", "fail_fast")
+    assert "was stopped by fail_fast after a failed point" in record["error"]
     assert FakeJobs.jobs[1].stopped
     assert {e.point for e in FakeJobs.events} == {0, 1}  # 2 and 3 never started
 
@@ -94,6 +95,8 @@ def test_timeout_stops_that_point_only(hydra_sweep_runner, tmp_path):
             "hydra.launcher.max_parallel=2",
         )
     assert FakeJobs.jobs[0].timed_out and not FakeJobs.jobs[1].timed_out
+    timed_out = read_json(tmp_path / "0" / "launch.json")
+    assert (timed_out["status"], timed_out["stopped_by"]) == ("STOPPED", "timeout")
     # The other point was still running when the first was stopped, and completed.
     assert spans(0)[1] < spans(1)[1]
     assert read_json(tmp_path / "1" / "launch.json")["status"] == "COMPLETED"
@@ -110,7 +113,9 @@ def test_resume_keeps_completed_points_and_reruns_the_rest(hydra_sweep_runner, t
     assert {e.point for e in FakeJobs.events} == {1}  # only the failed point ran again
 
 
-def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(hydra_sweep_runner, tmp_path):
+def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(
+    hydra_sweep_runner, tmp_path, capsys
+):
     FakeJobs.interrupt_after = 0.6
     FakeJobs.sleeps = {0: 0.0, 1: 600.0, 2: 600.0, 3: 600.0}
     with pytest.raises(KeyboardInterrupt):
@@ -118,8 +123,17 @@ def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(hydra_sweep_ru
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
     for num in (1, 2, 3):  # running when Ctrl-C came: point 3 took point 0's slot
         record = read_json(tmp_path / str(num) / "launch.json")
-        assert record["status"] == "FAILED" and "was interrupted" in record["error"]
+        assert (record["status"], record["stopped_by"]) == ("STOPPED", "Ctrl-C")
+        assert "was stopped by Ctrl-C" in record["error"]
     assert [job.stopped for job in FakeJobs.jobs] == [False, True, True, True]
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert sorted(line.split(",")[2] for line in summary[1:]) == [
+        "COMPLETED",
+        *["STOPPED (Ctrl-C)"] * 3,
+    ]
+    out = capsys.readouterr().out
+    assert "#1 stopped value=1" in out and "(by Ctrl-C)" in out
+    assert "0 failed, 3 stopped]" in out
     assert all(job.cleaned for job in FakeJobs.jobs)
 
 
@@ -240,3 +254,38 @@ def test_cpu_points_split_the_cores_instead_of_devices(monkeypatch):
     assert pool.environment([], 2, 4, {}) == {"OMP_NUM_THREADS": "2"}
     assert pool.environment([], 2, 4, {"OMP_NUM_THREADS": "7"}) == {}
     assert DevicePool([], split_threads=False).environment([], 2, 4, {}) == {}
+
+
+def test_console_lines_show_compact_numbers_and_short_override_lists(
+    hydra_sweep_runner, tmp_path, capsys
+):
+    """Values in the same compact form as the best; a long override list shortened on
+    the console, whole in launch.json."""
+    fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=0.03642549514770508",
+        "+a_rather_long_key_name=1",
+        "+another_rather_long_key_name=2",
+        "+yet_another_key=3",
+    )
+    out = capsys.readouterr().out
+    (done,) = [line for line in out.splitlines() if "#0 done" in line]
+    assert "-> 0.0364255  [" in done and "-> 0.03642549514770508" not in done
+    assert "...(+" in done and "yet_another_key" not in done
+    record = read_json(tmp_path / "0" / "launch.json")
+    assert "+yet_another_key=3" in record["overrides"]
+
+
+def test_short_labels_and_compact_values():
+    from runner.sweep.console import LABEL_WIDTH, compact, short_label
+
+    assert compact(0.03642549514770508) == "0.0364255"
+    assert compact([0.5, 2]) == "(0.5, 2)"
+    assert compact(True) == "True" and compact("text") == "'text'"
+    assert short_label(["a=1", "b=2"]) == "a=1 b=2"
+    many = [f"key_number_{n}=value_{n}" for n in range(10)]
+    label = short_label(many)
+    assert len(label) <= LABEL_WIDTH and label.endswith("...(+8)")
+    assert label.startswith("key_number_0=value_0 key_number_1=value_1")
+    assert len(short_label(["x=" + "9" * 200])) == LABEL_WIDTH

@@ -188,7 +188,8 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
         "sacct to show every job cancelled",
     )
     for record in records:
-        assert read_json(record)["status"] == "FAILED"
+        assert read_json(record)["status"] == "STOPPED"
+        assert read_json(record)["stopped_by"] == "Ctrl-C"
     time.sleep(1)
     assert not processes_mentioning(str(tmp_path))
 

@@ -72,7 +72,8 @@ def test_elastic_restart_and_timeout_work_warm(tmp_path):
     assert launch_status(tmp_path / "0") == "COMPLETED"  # failed once, restarted, done
     assert list((tmp_path / "0" / "torchrun").glob("*/attempt_1"))
     timed_out = read_json(tmp_path / "1" / "launch.json")
-    assert timed_out["status"] == "FAILED" and timed_out["timed_out"] is True
+    assert timed_out["status"] == "STOPPED" and timed_out["timed_out"] is True
+    assert timed_out["stopped_by"] == "timeout"
     assert "timed out after 20 s" in timed_out["error"]
 
 

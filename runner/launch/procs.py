@@ -76,6 +76,17 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def interruption() -> str | None:
+    """In a ``finally`` or ``except`` block: ``Ctrl-C`` or ``SIGTERM`` if that is what
+    ends it (SIGTERM as :func:`sigterm_as_exit` raises it), else None."""
+    error = sys.exc_info()[1]
+    if isinstance(error, KeyboardInterrupt):
+        return "Ctrl-C"
+    if isinstance(error, SystemExit) and error.code == 128 + signal.SIGTERM:
+        return "SIGTERM"
+    return None
+
+
 _ports_lock = threading.Lock()
 _ports_in_use: set[int] = set()
 

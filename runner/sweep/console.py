@@ -8,10 +8,47 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.sweep.points import Point
 
 log = logging.getLogger(__name__)
+
+
+# Console lines show at most this much of a point's overrides (launch.json and the
+# summary keep them all).
+LABEL_WIDTH = 60
+
+
+def compact(value: Any) -> str:
+    """A value as console lines show it: numbers like the best (6 significant
+    digits), several numbers each so, anything else as its repr, shortened."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.6g}"
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return "(" + ", ".join(f"{v:.6g}" for v in value) + ")"
+    text = repr(value)
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
+
+
+def short_label(overrides: Sequence[str]) -> str:
+    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
+    fit, then how many more."""
+    shown: list[str] = []
+    for n, override in enumerate(overrides):
+        rest = len(overrides) - n
+        more = f" ...(+{rest})" if rest > 1 else ""
+        if len(" ".join([*shown, override])) + len(more) > LABEL_WIDTH and shown:
+            return " ".join(shown) + f" ...(+{rest})"
+        shown.append(override)
+    text = " ".join(shown)
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
 
 
 class SweepConsole:
@@ -34,14 +71,16 @@ class SweepConsole:
     def best_text(self) -> str:
         return f" best {self.best[0]:.6g} (#{self.best[1]})" if self.best else ""
 
-    def progress(self, total: int, done: int, running: int, failed: int, pruned: int = 0) -> str:
+    def progress(self, total: int, counts: Mapping[str, int], running: int) -> str:
         """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: the counts of
-        this batch, the best of the whole sweep (every batch of an optimising sweeper)."""
-        ended = done + failed + pruned
-        counts = f"{done} done, {running} running, {failed} failed"
-        if pruned:
-            counts += f", {pruned} pruned"
-        return f"[{ended}/{total} ended: {counts}]{self.best_text()}"
+        this batch by status, the best of the whole sweep (every batch of an optimising
+        sweeper)."""
+        words = f"{counts.get('COMPLETED', 0)} done, {running} running"
+        words += f", {counts.get('FAILED', 0)} failed"
+        for status in ("STOPPED", "PRUNED"):
+            if counts.get(status):
+                words += f", {counts[status]} {status.lower()}"
+        return f"[{sum(counts.values())}/{total} ended: {words}]{self.best_text()}"
 
     def status(self, progress: Callable[[], str]) -> None:
         """On a terminal, redraw the live status line (at most twice a second)."""
@@ -57,6 +96,28 @@ class SweepConsole:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self.drawn_at = 0.0
+
+    def ended(self, point: Point, duration_s: float | None, progress: str) -> None:
+        """The line of a point that ended (and a failed one's error)."""
+        assert point.result is not None and point.status is not None
+        value = point.result._return_value
+        outcome = {
+            "COMPLETED": f"-> {compact(value)}",
+            "PRUNED": "",
+            "STOPPED": f"(by {point.stopped_by})",
+        }.get(point.status, "FAILED")
+        self.log(
+            logging.INFO,
+            "#%d %-6s %s  in %.1fs %s  %s",
+            point.idx,
+            {"COMPLETED": "done"}.get(point.status, point.status.lower()),
+            point.short_label,
+            duration_s or 0.0,
+            outcome,
+            progress,
+        )
+        if point.status == "FAILED":
+            self.log(logging.ERROR, "#%d %s", point.idx, value)
 
     def log(self, level: int, message: str, *args: Any) -> None:
         self.clear()

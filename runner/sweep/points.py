@@ -22,6 +22,7 @@ from runner.launch.job import Job, LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import write_atomic
 from runner.launch.worker import task_config
+from runner.sweep.console import short_label
 
 
 @dataclass
@@ -35,8 +36,10 @@ class Point:
     job: Job | None = None
     devices: list[str] = field(default_factory=list)
     result: JobReturn | None = None
-    # How it ended, as launch.json says: COMPLETED, FAILED or PRUNED.
+    # How it ended, as launch.json says: COMPLETED, FAILED, STOPPED or PRUNED.
     status: str | None = None
+    # Who stopped it (STOPPED): Ctrl-C, SIGTERM, fail_fast, timeout, the sweep.
+    stopped_by: str | None = None
     # Set when its source asked to stop it early (pruning): why, and when to force it.
     stop_reason: str | None = None
     stop_deadline: float | None = None
@@ -47,6 +50,11 @@ class Point:
     @property
     def label(self) -> str:
         return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
+
+    @property
+    def short_label(self) -> str:
+        """The label as console lines show it (runner.sweep.console.short_label)."""
+        return short_label(filter_overrides(self.overrides)) or "(no overrides)"
 
     def task_config(self) -> DictConfig:
         """The config the task sees (made once: it is a deep copy)."""
@@ -105,6 +113,8 @@ class Point:
             "devices": self.devices,
             "status": status,
         }
+        if self.stopped_by is not None:
+            record["stopped_by"] = self.stopped_by
         if error is not None:
             record["error"] = str(error)
         write_atomic(self.job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())

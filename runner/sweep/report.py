@@ -53,6 +53,12 @@ class Row:
     # A multi-objective trial's values, and whether it is on the search's Pareto front.
     values: list[float] = field(default_factory=list)
     pareto: bool = False
+    # STOPPED: by what (Ctrl-C, SIGTERM, fail_fast, timeout).
+    stopped_by: str = ""
+
+    @property
+    def shown_status(self) -> str:
+        return f"{self.status} ({self.stopped_by})" if self.stopped_by else self.status
 
 
 def _read_json(path: Path) -> dict:
@@ -181,6 +187,7 @@ def collect(sweep_dir: Path) -> list[Row]:
                 error=str(launch.get("error", "")).splitlines()[0] if launch.get("error") else "",
                 values=values,
                 pareto=str(job_dir) in pareto,
+                stopped_by=str(launch.get("stopped_by") or "") if status == "STOPPED" else "",
             )
         )
     return sorted(rows, key=lambda r: r.job)
@@ -242,7 +249,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             [
                 fmt(r.job),
                 *[r.params.get(p, "") for p in params],
-                r.status,
+                r.shown_status,
                 *([("yes" if r.pareto else "")] if any(x.pareto for x in rows) else []),
                 fmt(r.world_size),
                 fmt(r.duration_s),

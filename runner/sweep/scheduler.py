@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
-from runner.launch.job import Job, LaunchError, stop_jobs
+from runner.launch.job import Job, LaunchError, LaunchTimeout, stop_jobs
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import sigterm_as_exit, write_atomic
-from runner.sweep.console import SweepConsole
+from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
+from runner.sweep.console import SweepConsole, compact
 from runner.sweep.options import LauncherConfigError
 from runner.sweep.points import Point, PointSource
 from runner.sweep.report import sweep_maximises, write_summary
@@ -110,7 +110,7 @@ class SweepScheduler:
         self.grace = float(params.get("stop_grace", 10.0))
         self.resume = bool(params.get("resume", False))
         self.running: list[Point] = []
-        self.done = self.failed = self.pruned = 0
+        self.counts: Counter[str] = Counter()  # ended points by status
         self.console = console
 
     # ------------------------------------------------------------------ per point
@@ -169,27 +169,32 @@ class SweepScheduler:
         HydraConfig.instance().set_config(point.config)
         callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
         point.result, point.status = earlier, "COMPLETED"
-        self.done += 1
+        self.counts["COMPLETED"] += 1
         self.console.scored(point.idx, earlier._return_value)
         self.source.ended(point)
         callbacks.on_job_end(config=point.config, job_return=earlier)
         HydraConfig.instance().set_config(self.config)
         self.console.log(
             logging.INFO,
-            "#%d kept   %s  completed in an earlier run -> %r  %s",
+            "#%d kept   %s  completed in an earlier run -> %s  %s",
             point.idx,
-            point.label,
-            earlier._return_value,
+            point.short_label,
+            compact(earlier._return_value),
             self.progress(),
         )
 
     def _refuse(self, point: Point, error: Exception) -> None:
         """A point that cannot run: it fails before anything of it starts."""
         point.result, point.status = point.job_return(JobStatus.FAILED, error), "FAILED"
-        self.failed += 1
+        self.counts["FAILED"] += 1
         self.source.ended(point)
         self.console.log(
-            logging.ERROR, "#%d failed %s  %s  %s", point.idx, point.label, error, self.progress()
+            logging.ERROR,
+            "#%d failed %s  %s  %s",
+            point.idx,
+            point.short_label,
+            error,
+            self.progress(),
         )
 
     def _launch_config(self, point: Point) -> LaunchConfig:
@@ -234,7 +239,7 @@ class SweepScheduler:
             logging.INFO,
             "#%d start  %s  (%d rank%s per node, %s%s)",
             point.idx,
-            point.label,
+            point.short_label,
             nproc,
             "s" if nproc > 1 else "",
             point.job.describe(),
@@ -247,8 +252,9 @@ class SweepScheduler:
         self.running.remove(point)
 
     def _finish(self, point: Point, error: BaseException | None = None) -> None:
-        """Turn an ended job into the point's JobReturn; record how it ran. A point its
-        source stopped (``stop_reason``) ends PRUNED."""
+        """Turn an ended job into the point's JobReturn; record how it ran: COMPLETED,
+        FAILED, PRUNED (its source stopped it: ``stop_reason``) or STOPPED (by the
+        sweep, ``stopped_by``, or by its own timeout)."""
         job, config = point.job, point.config
         assert job is not None and config is not None
         try:
@@ -258,16 +264,16 @@ class SweepScheduler:
                 raise error
             ret = point.job_return(JobStatus.COMPLETED, job.result())
             point.status = "COMPLETED"
-            self.done += 1
         except LaunchError as failure:
             ret = point.job_return(JobStatus.FAILED, failure)
+            if isinstance(failure, LaunchTimeout) and point.stopped_by is None:
+                point.stopped_by = "timeout"
             if point.stop_reason is not None:
                 point.status = "PRUNED"
-                self.pruned += 1
             else:
-                point.status = "FAILED"
-                self.failed += 1
+                point.status = "STOPPED" if point.stopped_by else "FAILED"
         finally:
+            self.counts[point.status or "FAILED"] += 1
             job.cleanup()
             if point in self.running:
                 self._release(point)
@@ -279,35 +285,16 @@ class SweepScheduler:
             write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
             self.console.scored(point.idx, ret._return_value)
         record = point.write_record(
-            point.status,
-            ret._return_value if ret.status != JobStatus.COMPLETED else None,
+            point.status, ret._return_value if ret.status != JobStatus.COMPLETED else None
         )
         point.result = ret
         self.source.ended(point)
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        outcome = {"COMPLETED": f"-> {ret._return_value!r}", "PRUNED": ""}.get(
-            point.status, "FAILED"
-        )
-        self.console.log(
-            logging.INFO,
-            "#%d %-6s %s  in %.1fs %s  %s",
-            point.idx,
-            {"COMPLETED": "done"}.get(point.status, point.status.lower()),
-            point.label,
-            record["duration_s"] or 0.0,
-            outcome,
-            self.progress(),
-        )
-        if point.status == "FAILED":
-            self.console.log(logging.ERROR, "#%d %s", point.idx, ret._return_value)
+        self.console.ended(point, record["duration_s"], self.progress())
 
     def progress(self) -> str:
         return self.source.progress(len(self.running)) or self.console.progress(
-            max(self.source.size, len(self.points)),
-            self.done,
-            len(self.running),
-            self.failed,
-            self.pruned,
+            max(self.source.size, len(self.points)), self.counts, len(self.running)
         )
 
     def _withdraw(self, point: Point, reason: str) -> None:
@@ -357,10 +344,12 @@ class SweepScheduler:
         """The point's devices from the pool (leased: other runs see who holds them). A
         head that waits for devices other runs hold says so, once per change."""
         assert point.launch is not None
-        what = f"sweep {self.config.hydra.sweep.dir} point #{point.idx} ({point.label})"
+        what = f"sweep {self.config.hydra.sweep.dir} point #{point.idx} ({point.short_label})"
         devices = self.pool.take(point.launch.nproc_per_node, head=head, what=what)
         if head and devices is None and (news := self.pool.waiting_news()):
-            self.console.log(logging.INFO, "#%d waits  %s  for %s", point.idx, point.label, news)
+            self.console.log(
+                logging.INFO, "#%d waits  %s  for %s", point.idx, point.short_label, news
+            )
         return devices
 
     def _backfill(self, pending: deque[Point]) -> None:
@@ -389,7 +378,9 @@ class SweepScheduler:
                 point.stop_reason = reason
                 point.stop_deadline = time.monotonic() + self.grace
                 point.job.stop()
-                self.console.log(logging.INFO, "#%d stop   %s  %s", point.idx, point.label, reason)
+                self.console.log(
+                    logging.INFO, "#%d stop   %s  %s", point.idx, point.short_label, reason
+                )
         elif time.monotonic() > point.stop_deadline:
             point.job.wait_stopped(point.stop_deadline)
 
@@ -426,7 +417,7 @@ class SweepScheduler:
                         self._finish(point)
                         if self.fail_fast and point.status == "FAILED" and not stopping:
                             stopping = True
-                            self._stop_running("stopped: fail_fast after a failed point")
+                            self._stop_running("fail_fast", "after a failed point")
                     if succeeded:
                         if not stopping:
                             self._start_what_fits(pending, ready_only=True)
@@ -443,7 +434,8 @@ class SweepScheduler:
                     self.console.log(
                         logging.WARNING, "stopping %d running point(s)", len(self.running)
                     )
-                    self._stop_running(None)
+                    by = interruption()  # else an error of the sweep's own
+                    self._stop_running(by or "the sweep", "" if by else "as it ended early")
                 self.pool.new_head()  # leases kept for a head that will not start now
                 HydraConfig.instance().set_config(self.config)
                 for point in self.points:
@@ -451,19 +443,19 @@ class SweepScheduler:
                         self._withdraw(point, "was not started: the sweep stopped")
         return [point.result for point in self.points if point.result is not None]
 
-    def _stop_running(self, reason: str | None) -> None:
+    def _stop_running(self, by: str, why: str) -> None:
+        """Stop every running point: STOPPED by ``by`` (Ctrl-C, SIGTERM, fail_fast),
+        unless its source was stopping it already (pruned)."""
         points = list(self.running)
         stop_jobs([p.job for p in points if p.job is not None], self.grace)
         for point in points:
             assert point.job is not None
             point.job.poll()
             point.interrupted = point.stop_reason is None
-            self._finish(
-                point,
-                LaunchError(
-                    f"sweep point #{point.idx} ({point.label}) {reason or 'was interrupted'}"
-                ),
-            )
+            if point.interrupted:
+                point.stopped_by = by
+            error = f"sweep point #{point.idx} ({point.label}) was stopped by {by} {why}"
+            self._finish(point, LaunchError(error.rstrip()))
 
 
 def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn]:

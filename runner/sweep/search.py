@@ -160,6 +160,8 @@ class Search:
         value = point.result._return_value if point.result is not None else None
         job_dir = str(point.job_dir) if point.config is not None else None
         status = point.status if point.job is not None and not point.interrupted else None
+        if status == "STOPPED":  # by its own timeout: a failed trial
+            status = "FAILED"
         self.tell(point.idx, status or "INTERRUPTED", value, job_dir)
 
     def progress(self, running: int) -> str:
