@@ -1,17 +1,14 @@
 """``python -m runner``: compose the experiment from conf/ and run it (``-m`` sweeps)."""
 
 import sys
-from pathlib import Path
 
 import hydra
 
 import runner.trainer.config  # noqa: F401  (stores the schemas before Hydra composes)
-from runner.trainer.cli import malformed_override
+from runner.trainer.cli import CONF_DIR, malformed_override
 from runner.trainer.task import main
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 if __name__ == "__main__":
     if problem := malformed_override(sys.argv[1:]):
         sys.exit(problem)
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(main)()

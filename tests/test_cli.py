@@ -47,6 +47,22 @@ def test_parent_commands_do_not_import_torch(args):
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
 
 
+def test_help_shows_the_app_and_only_the_options_a_user_picks():
+    out = runner_cli("--help").stdout
+    assert out.startswith("runner: Hydra configs, sweeps and multi-process DDP")
+    assert "powered by Hydra" not in out.splitlines()[0]
+    assert "_schema" not in out
+    assert "model: mlp, resmlp" in out and "data: blobs, regression, spirals" in out
+    assert "--multirun" in out and "--hydra-help" in out  # Hydra's flags follow
+    # The commands of the README's Usage section, each as the help shows it.
+    readme = (REPO / "README.md").read_text()
+    usage = readme.split("## Usage", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in usage.strip().splitlines() if line.startswith("python")]
+    assert len(commands) >= 8
+    for command in commands:
+        assert command in out, command
+
+
 def test_cfg_job_prints_composed_config():
     out = runner_cli("--cfg", "job", "model=resmlp", "trainer.epochs=3").stdout
     assert "_target_: runner.trainer.models.ResidualMLP" in out and "epochs: 3" in out

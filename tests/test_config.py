@@ -8,8 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 import runner.trainer.config  # noqa: F401
-from runner.__main__ import CONF_DIR
-from runner.trainer.cli import malformed_override
+from runner.trainer.cli import CONF_DIR, malformed_override
 from runner.trainer.task import ConfigError, check_config
 
 

@@ -47,6 +47,8 @@ RESULT_FILE = "result.pkl"
 FAILURE_FILE = "failure.json"
 # In a job dir (kept).
 AGENT_LOG = "torchrun.log"
+# A copy of the job (job.json, task.pkl) to run it again: python -m runner.rerun JOB_DIR.
+RERUN_DIR = ".runner"
 LAUNCH_RECORD = "launch.json"
 RETURN_VALUE = "return_value.pkl"
 
@@ -170,11 +172,16 @@ def task_reference(task_function: Callable) -> str | None:
 
 
 def write_entry(
-    config_data: dict, task_function: Callable, cwd: str, sys_path: list[str] | None = None
+    config_data: dict,
+    task_function: Callable,
+    cwd: str,
+    sys_path: list[str] | None = None,
+    keep_in: Path | None = None,
 ) -> Path:
     """Create the private entry dir (0700) with the entry script, job.json and, for a
     task with no import path, task.pkl (all 0600). Returns the entry script's path.
-    ``sys_path``: the import path the ranks get (default: this process's)."""
+    ``sys_path``: the import path the ranks get (default: this process's); ``keep_in``:
+    a dir that keeps a copy of job.json and task.pkl (the job dir's RERUN_DIR)."""
     entry_dir = Path(tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-", dir=entry_base()))
     try:
         reference = task_reference(task_function)
@@ -190,6 +197,11 @@ def write_entry(
         }
         _write_private(entry_dir / JOB_FILE, json.dumps(job).encode())
         _write_private(entry_dir / ENTRY_SCRIPT, ENTRY_SOURCE.encode())
+        if keep_in is not None:
+            keep_in.mkdir(parents=True, exist_ok=True)
+            for name in (JOB_FILE, TASK_FILE):
+                if (entry_dir / name).is_file():
+                    shutil.copyfile(entry_dir / name, keep_in / name)
     except BaseException:
         shutil.rmtree(entry_dir, ignore_errors=True)
         raise

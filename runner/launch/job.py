@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from runner.launch.devices import DeviceOptions
 from runner.launch.entry import (
     AGENT_LOG,
     FAILURE_FILE,
+    RERUN_DIR,
     RESULT_FILE,
     job_config_data,
     remove_stale_entry_dirs,
@@ -189,7 +191,13 @@ class TorchrunJob:
             launch = self.launch = dataclasses.replace(
                 launch, log_dir=str(self.job_dir / "torchrun")
             )
-        self.entry_file = write_entry(self.config_data, self.task_function, self.cwd, self.sys_path)
+        self.entry_file = write_entry(
+            self.config_data,
+            self.task_function,
+            self.cwd,
+            self.sys_path,
+            keep_in=self.job_dir / RERUN_DIR,
+        )
         listen = free_port() if launch.single_node else None
         try:
             if listen is not None:
@@ -346,6 +354,8 @@ class TorchrunJob:
         }
         return {
             "command": self.command,
+            # The command that runs this job again, alone, with its exact config.
+            "rerun": [sys.executable, "-m", "runner.rerun", str(self.job_dir)],
             "cwd": self.cwd,
             "port": self.port,
             "nproc_per_node": launch.nproc_per_node,
@@ -381,7 +391,7 @@ def stop_jobs(jobs: Sequence[Job], grace: float = 10.0) -> None:
 
 
 def launch(
-    config: DictConfig,
+    config: DictConfig | None,
     task_function: Callable,
     launch_config: LaunchConfig,
     job_dir: str | Path,
@@ -389,13 +399,24 @@ def launch(
     console: bool = True,
     warm: bool = False,
     extra_env: dict[str, str] | None = None,
+    config_data: dict | None = None,
+    sys_path: list[str] | None = None,
 ) -> Any:
     """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
     return value or raise LaunchError. Clean-up happens whatever way this ends.
     ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm);
-    ``extra_env``: more environment for the agent and its ranks (their devices)."""
+    ``extra_env``: more environment for the agent and its ranks (their devices);
+    ``config_data``, ``sys_path``: a config resolved earlier, as TorchrunJob takes it."""
     remove_stale_entry_dirs()
-    job = TorchrunJob(config, task_function, launch_config, job_dir, console=console)
+    job = TorchrunJob(
+        config,
+        task_function,
+        launch_config,
+        job_dir,
+        console=console,
+        config_data=config_data,
+        sys_path=sys_path,
+    )
     with sigterm_as_exit():
         server = warm_starter(task_function, job.cwd) if warm else None
         if server is not None:

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE
 from runner.launch.procs import pid_alive, write_atomic
+from runner.launch.rerun import RERUNS
 from runner.metrics import METRICS_FILE
 
 SUMMARY_CSV = "summary.csv"
@@ -126,8 +127,14 @@ def _pareto_dirs(sweep_dir: Path) -> set[str]:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every job dir of a sweep: the dirs below it that hold ``.hydra/overrides.yaml``."""
-    found = {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}
+    """Every job dir of a sweep: the dirs below it that hold ``.hydra/overrides.yaml``
+    (not the reruns of its points, in ``reruns/``)."""
+    reruns = sweep_dir / RERUNS
+    found = {
+        p.parent.parent
+        for p in sweep_dir.glob("**/.hydra/overrides.yaml")
+        if not p.is_relative_to(reruns)
+    }
     return sorted(found, key=lambda p: str(p))
 
 

@@ -1,4 +1,5 @@
-"""What ``python -m runner`` checks before Hydra starts: every override parses.
+"""What ``python -m runner`` checks before Hydra starts (every override parses), and
+what its ``--help`` lists.
 
 Hydra's own message for a malformed override names neither the override nor what is
 wrong with it in words (``no viable alternative at input '[0.1'``). This says which
@@ -10,8 +11,14 @@ here is exactly what Hydra accepts; nothing here imports torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from runner.launch.options import invalid
+
+# runner's config dir: the groups in it are the options a user picks.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _PAIRS = {"[": "]", "{": "}", "(": ")"}
@@ -62,3 +69,18 @@ def malformed_override(argv: Sequence[str]) -> str | None:
             rule = f"cannot be parsed: {_what_is_wrong(value, said)}"
             return f"override {arg!r}: " + invalid(key, value, rule, fix)
     return None
+
+
+def config_groups(conf_dir: Path = CONF_DIR) -> str:
+    """``--help``'s list of config groups and their options, from the config dir alone
+    (the schemas in Hydra's ConfigStore are not options to pick)."""
+    lines = []
+    for group in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
+        name = group.relative_to(conf_dir).as_posix()
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options and name != "hydra" and not name.startswith("hydra/"):
+            lines.append(f"{name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("runner_groups", config_groups, replace=True)
