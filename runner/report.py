@@ -1,9 +1,44 @@
-"""``python -m runner.report SWEEP_DIR``: the documented command for a sweep's summary
-and plots. The report itself is part of the sweep layer: :mod:`runner.sweep.report`."""
+"""``python -m runner.report SWEEP_DIR``: a sweep's summary (:mod:`runner.sweep.report`)
+rebuilt from its job dirs, printed, and its plots drawn (:mod:`runner.sweep.plots`)."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from runner.sweep.report import main
+from runner.sweep.plots import plot
+from runner.sweep.report import SEED_KEY, SUMMARY_CSV, SUMMARY_MD, console_table, write_summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.report",
+        description="Rebuild a sweep's summary from its job dirs and draw its plots.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the sweep dir (hydra.sweep.dir)")
+    parser.add_argument("--no-plots", action="store_true", help="write the summary only")
+    parser.add_argument(
+        "--seed-key",
+        default=SEED_KEY,
+        help="the swept key whose points repeat one setting: the summary and plots also "
+        f"give each setting's mean and spread over it (default: {SEED_KEY})",
+    )
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    rows = write_summary(args.sweep_dir, args.seed_key)
+    if not rows:
+        print(f"no job dirs (with .hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
+        return 1
+    print(console_table(rows, args.seed_key))
+    print(f"\nwrote {args.sweep_dir / SUMMARY_CSV} and {args.sweep_dir / SUMMARY_MD}")
+    if not args.no_plots:
+        for path in plot(args.sweep_dir, rows, args.seed_key):
+            print(f"wrote {path}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

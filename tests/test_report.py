@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from runner.sweep.report import collect, main
+from runner.report import main
+from runner.sweep.report import collect
 from tests.conftest import (
     FAST,
     PROBE_APP,
@@ -191,3 +192,59 @@ def test_live_status_line_on_a_terminal(tmp_path):
     assert proc.returncode == 0
     assert "\r\x1b[K[0/2 ended: 0 done, 2 running, 0 failed]" in screen
     assert "[2/2 ended: 2 done, 0 running, 0 failed] best 1 (#0)" in screen
+
+
+@pytest.fixture(scope="module")
+def seeded_sweep(tmp_path_factory):
+    """Two settings, three seeds each."""
+    sweep_dir = tmp_path_factory.mktemp("seeds") / "sweep"
+    proc = runner_cli(
+        "-m",
+        "optim.lr=0.003,0.03",
+        "seed=0,1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.launcher.max_parallel=4",
+        *FAST,
+    )
+    return sweep_dir, proc
+
+
+def test_settings_over_seeds_are_the_mean_and_spread_of_their_points(seeded_sweep):
+    import statistics
+
+    sweep_dir, proc = seeded_sweep
+    points = summary_rows(sweep_dir)
+    with open(sweep_dir / "summary_groups.csv") as f:
+        groups = list(csv.DictReader(f))
+    assert [g["optim.lr"] for g in groups] and len(groups) == 2
+    assert "seed" not in groups[0]
+    for group in groups:
+        members = [p for p in points if p["optim.lr"] == group["optim.lr"]]
+        assert sorted(p["seed"] for p in members) == ["0", "1", "2"]
+        assert (group["points"], group["completed"]) == ("3", "3")
+        for metric in ("val_loss", "val_acc", "train_loss"):
+            values = [float(p[metric]) for p in members]
+            mean = float(group[f"{metric}_mean"])
+            assert mean == pytest.approx(statistics.fmean(values), rel=1e-5)
+            assert float(group[f"{metric}_std"]) == pytest.approx(
+                statistics.stdev(values), rel=1e-3, abs=1e-9
+            )
+    means = [float(g["val_loss_mean"]) for g in groups]
+    assert means == sorted(means)  # best setting first
+    md = (sweep_dir / "summary.md").read_text()
+    assert "Over seeds (seed)" in md and " ± " in md
+    assert "Over seeds (seed)" in proc.stdout  # printed as the sweep ends
+
+
+def test_report_plots_each_setting_over_seeds(seeded_sweep, capsys):
+    sweep_dir, _ = seeded_sweep
+    assert main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("objective_by_setting.png", "learning_curves_by_setting.png"):
+        path = sweep_dir / name
+        assert path.is_file() and path.stat().st_size > 10_000, name
+        assert str(path) in out
+    # Another key named as the seed: the settings are then the seeds.
+    assert main([str(sweep_dir), "--no-plots", "--seed-key", "optim.lr"]) == 0
+    with open(sweep_dir / "summary_groups.csv") as f:
+        assert sorted(g["seed"] for g in csv.DictReader(f)) == ["0", "1", "2"]

@@ -278,7 +278,8 @@ def test_console_lines_show_compact_numbers_and_short_override_lists(
 
 
 def test_short_labels_and_compact_values():
-    from runner.sweep.console import LABEL_WIDTH, compact, short_label
+    from runner.sweep.console import compact
+    from runner.sweep.points import LABEL_WIDTH, short_label
 
     assert compact(0.03642549514770508) == "0.0364255"
     assert compact([0.5, 2]) == "(0.5, 2)"

@@ -8,18 +8,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from runner.sweep.points import LABEL_WIDTH
 
 if TYPE_CHECKING:
     from runner.sweep.points import Point
 
 log = logging.getLogger(__name__)
-
-
-# Console lines show at most this much of a point's overrides (launch.json and the
-# summary keep them all).
-LABEL_WIDTH = 60
 
 
 def compact(value: Any) -> str:
@@ -34,20 +31,6 @@ def compact(value: Any) -> str:
     ):
         return "(" + ", ".join(f"{v:.6g}" for v in value) + ")"
     text = repr(value)
-    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
-
-
-def short_label(overrides: Sequence[str]) -> str:
-    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
-    fit, then how many more."""
-    shown: list[str] = []
-    for n, override in enumerate(overrides):
-        rest = len(overrides) - n
-        more = f" ...(+{rest})" if rest > 1 else ""
-        if len(" ".join([*shown, override])) + len(more) > LABEL_WIDTH and shown:
-            return " ".join(shown) + f" ...(+{rest})"
-        shown.append(override)
-    text = " ".join(shown)
     return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
 
 

@@ -22,7 +22,24 @@ from runner.launch.job import Job, LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import write_atomic
 from runner.launch.worker import task_config
-from runner.sweep.console import short_label
+
+# Console lines show at most this much of a point's overrides (launch.json and the
+# summary keep them all).
+LABEL_WIDTH = 60
+
+
+def short_label(overrides: Sequence[str]) -> str:
+    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
+    fit, then how many more."""
+    shown: list[str] = []
+    for n, override in enumerate(overrides):
+        rest = len(overrides) - n
+        more = f" ...(+{rest})" if rest > 1 else ""
+        if len(" ".join([*shown, override])) + len(more) > LABEL_WIDTH and shown:
+            return " ".join(shown) + f" ...(+{rest})"
+        shown.append(override)
+    text = " ".join(shown)
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
 
 
 @dataclass
@@ -53,7 +70,7 @@ class Point:
 
     @property
     def short_label(self) -> str:
-        """The label as console lines show it (runner.sweep.console.short_label)."""
+        """The label as console lines show it (:func:`short_label`)."""
         return short_label(filter_overrides(self.overrides)) or "(no overrides)"
 
     def task_config(self) -> DictConfig:

@@ -13,12 +13,11 @@ torch.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,9 @@ from runner.metrics import METRICS_FILE
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+SUMMARY_GROUPS_CSV = "summary_groups.csv"
+# The swept key whose points are repeats of one setting (the summary's groups).
+SEED_KEY = "seed"
 SKIP_METRICS = {"epoch", "step", "elapsed_s", "objective", "objective_value", "world_size"}
 
 
@@ -227,6 +229,14 @@ def swept(rows: Sequence[Row]) -> list[str]:
     return varying if len(rows) > 1 else keys
 
 
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the summary, best point first."""
     params = swept(rows)
@@ -243,13 +253,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         "error",
     ]
 
-    def fmt(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.6g}"
-        return str(value)
-
+    fmt = _fmt
     cells = []
     for r in ranked(rows):
         cells.append(
@@ -268,6 +272,79 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+@dataclass
+class Group:
+    """The points of one setting: the same values of every swept key but the seed."""
+
+    params: dict[str, str]
+    rows: list[Row]
+
+    def values(self, metric: str | None) -> list[float]:
+        """The completed points' objective (``metric`` None) or final ``metric``."""
+        found = [r.objective if metric is None else r.metrics.get(metric) for r in self.rows]
+        return [
+            v
+            for r, v in zip(self.rows, found, strict=True)
+            if r.status == "COMPLETED" and v is not None
+        ]
+
+    def stats(self, metric: str | None) -> tuple[float | None, float | None]:
+        """Mean and (sample) standard deviation; the deviation needs two values."""
+        values = self.values(metric)
+        mean = statistics.fmean(values) if values else None
+        return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def grouped(rows: Sequence[Row], seed_key: str = SEED_KEY) -> list[Group]:
+    """The sweep's settings over seeds, best mean objective first, when ``seed_key`` is
+    one of its swept keys (else none): points grouped by every other swept key."""
+    keys = swept(rows)
+    if seed_key not in keys or len(rows) < 2:
+        return []
+    others = [k for k in keys if k != seed_key]
+    by_setting: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        by_setting.setdefault(tuple(row.params.get(k, "") for k in others), []).append(row)
+    groups = [
+        Group(dict(zip(others, key, strict=True)), members) for key, members in by_setting.items()
+    ]
+    sign = -1.0 if _maximises(rows[0].job_dir) else 1.0
+    return sorted(
+        groups, key=lambda g: (g.stats(None)[0] is None, sign * (g.stats(None)[0] or 0.0))
+    )
+
+
+def group_table(
+    rows: Sequence[Row], seed_key: str = SEED_KEY, *, combined: bool = True
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the settings over seeds: each group's points, completed ones,
+    and the mean and standard deviation of its objective and final metrics, as
+    ``mean ± std`` (``combined``) or in two columns each (the CSV)."""
+    groups = grouped(rows, seed_key)
+    if not groups:
+        return [], []
+    name = objective_name(rows)
+    metrics = [None] + [m for m in dict.fromkeys(k for r in rows for k in r.metrics) if m != name]
+    names = [name if m is None else m for m in metrics]
+    header = [*groups[0].params, "points", "completed"]
+    header += names if combined else [f"{n}_{s}" for n in names for s in ("mean", "std")]
+    cells = []
+    for group in groups:
+        line = [*group.params.values(), str(len(group.rows)), str(len(group.values(None)))]
+        for metric in metrics:
+            mean, std = group.stats(metric)
+            if combined:
+                line.append(
+                    ""
+                    if mean is None
+                    else f"{mean:.6g}" + (f" ± {std:.2g}" if std is not None else "")
+                )
+            else:
+                line += [_fmt(mean), _fmt(std)]
+        cells.append(line)
+    return header, cells
+
+
 def markdown(header: list[str], cells: list[list[str]]) -> str:
     def escape(text: str) -> str:
         return text.replace("|", "\\|")
@@ -280,24 +357,50 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path) -> list[Row]:
-    """Write summary.csv and summary.md into the sweep dir; return the rows."""
-    rows = collect(sweep_dir)
-    if not rows:
-        return rows
-    header, cells = table(rows)
+def _csv(header: list[str], cells: list[list[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(cells)
-    write_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue().encode())
-    write_atomic(sweep_dir / SUMMARY_MD, markdown(header, cells).encode())
+    return buffer.getvalue().encode()
+
+
+def write_summary(sweep_dir: Path, seed_key: str = SEED_KEY) -> list[Row]:
+    """Write summary.csv and summary.md into the sweep dir (and, when it varies
+    ``seed_key``, summary_groups.csv and a second table in summary.md: each setting
+    over seeds); return the rows."""
+    rows = collect(sweep_dir)
+    if not rows:
+        return rows
+    header, cells = table(rows)
+    write_atomic(sweep_dir / SUMMARY_CSV, _csv(header, cells))
+    text = markdown(header, cells)
+    group_header, group_cells = group_table(rows, seed_key)
+    if group_cells:
+        write_atomic(
+            sweep_dir / SUMMARY_GROUPS_CSV, _csv(*group_table(rows, seed_key, combined=False))
+        )
+        text += f"\n{_over_seeds(seed_key)}\n\n" + markdown(group_header, group_cells)
+    write_atomic(sweep_dir / SUMMARY_MD, text.encode())
     return rows
 
 
-def console_table(rows: Sequence[Row]) -> str:
-    """The summary as aligned plain text, for the end of a sweep."""
-    header, cells = table(rows)
+def _over_seeds(seed_key: str) -> str:
+    return f"Over seeds ({seed_key}): each setting's mean ± standard deviation, best first"
+
+
+def console_table(rows: Sequence[Row], seed_key: str = SEED_KEY) -> str:
+    """The summary as aligned plain text, for the end of a sweep (and the settings over
+    seeds, when it varies ``seed_key``)."""
+    text = aligned(*table(rows))
+    group_header, group_cells = group_table(rows, seed_key)
+    if group_cells:
+        text += f"\n\n{_over_seeds(seed_key)}:\n" + aligned(group_header, group_cells)
+    return text
+
+
+def aligned(header: list[str], cells: list[list[str]]) -> str:
+    """A table as aligned plain text."""
     widths = [
         max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)
     ]
@@ -306,155 +409,25 @@ def console_table(rows: Sequence[Row]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _as_float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def plot(sweep_dir: Path, rows: Sequence[Row]) -> list[Path]:
-    """Draw the sweep's PNGs into the sweep dir; return their paths."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit(
-            "runner.report: plots need matplotlib. Install it with "
-            "`pip install 'runner[plot]'` (or `pip install matplotlib`); summary.csv and "
-            "summary.md were written without it."
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    written = []
-    name = objective_name(rows)
-    scored = [r for r in rows if r.objective is not None]
-    numeric = [
-        p for p in swept(rows) if all(_as_float(r.params.get(p, "x")) is not None for r in rows)
-    ]
-
-    for param in numeric:
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        xs = [_as_float(r.params[param]) or 0.0 for r in scored]  # numeric: checked above
-        ax.scatter(xs, [r.objective or 0.0 for r in scored], color="tab:blue")
-        positive = [x for x in xs if x > 0]
-        if len(positive) == len(xs) and positive and max(positive) / min(positive) >= 100:
-            ax.set_xscale("log")
-        ax.set_xlabel(param)
-        ax.set_ylabel(name)
-        ax.set_title(f"{name} against {param}")
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, sweep_dir / f"objective_vs_{_slug(param)}.png"))
-        plt.close(fig)
-
-    curves = [(r, _history(r.job_dir)) for r in rows]
-    curves = [(r, h) for r, h in curves if h]
-    if curves:
-        metric = "val_loss" if any("val_loss" in e for _, h in curves for e in h) else None
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-        for r, history in curves:
-            key = metric or next(k for k in history[0] if k not in SKIP_METRICS)
-            label = f"#{r.job} " + " ".join(f"{k}={r.params.get(k)}" for k in swept(rows))
-            ax.plot([e["epoch"] for e in history], [e[key] for e in history], label=label[:60])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric or "metric")
-        ax.set_title("learning curves")
-        ax.grid(alpha=0.3)
-        if len(curves) <= 12:
-            ax.legend(fontsize=7)
-        written.append(_save(fig, sweep_dir / "learning_curves.png"))
-        plt.close(fig)
-
-    params = swept(rows)
-    if len(params) == 2 and scored:
-        written.append(_heatmap(plt, sweep_dir, scored, params, name))
-    return written
-
-
-def _heatmap(plt, sweep_dir: Path, rows: Sequence[Row], params: list[str], name: str) -> Path:
-    xs = sorted({r.params[params[0]] for r in rows}, key=_sort_key)
-    ys = sorted({r.params[params[1]] for r in rows}, key=_sort_key)
-    grid = [[float("nan")] * len(xs) for _ in ys]
-    for r in rows:
-        if r.objective is not None:
-            grid[ys.index(r.params[params[1]])][xs.index(r.params[params[0]])] = r.objective
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-    ax.set_xticks(range(len(xs)), xs)
-    ax.set_yticks(range(len(ys)), ys)
-    ax.set_xlabel(params[0])
-    ax.set_ylabel(params[1])
-    for j, row in enumerate(grid):
-        for i, value in enumerate(row):
-            if value == value:
-                ax.text(i, j, f"{value:.3g}", ha="center", va="center", color="white", fontsize=8)
-    fig.colorbar(image, ax=ax, label=name)
-    ax.set_title(f"{name}: {params[0]} x {params[1]}")
-    path = _save(fig, sweep_dir / "heatmap.png")
-    plt.close(fig)
-    return path
-
-
-def _sort_key(text: str):
-    value = _as_float(text)
-    return (0, value, "") if value is not None else (1, 0.0, text)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def _history(job_dir: Path) -> list[dict]:
-    try:
-        lines = (job_dir / METRICS_FILE).read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return []
-
-
 # --------------------------------------------------------------------------- callback, CLI
 
 
 class SummaryCallback(Callback):
     """Hydra callback: at the end of a multirun, write the summary and print the table.
-    Stored in runner's conf as ``hydra.callbacks.summary``; any app can add it."""
+    Stored in runner's conf as ``hydra.callbacks.summary``; any app can add it.
+    ``seed_key``: the swept key whose points repeat one setting (grouped over)."""
+
+    def __init__(self, seed_key: str = SEED_KEY) -> None:
+        self.seed_key = seed_key
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = write_summary(sweep_dir)
+        rows = write_summary(sweep_dir, self.seed_key)
         if rows:
-            print(f"\nSweep summary ({sweep_dir / SUMMARY_MD}):\n{console_table(rows)}", flush=True)
+            table_text = console_table(rows, self.seed_key)
+            print(f"\nSweep summary ({sweep_dir / SUMMARY_MD}):\n{table_text}", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m runner.report",
-        description="Rebuild a sweep's summary from its job dirs and draw its plots.",
-    )
-    parser.add_argument("sweep_dir", type=Path, help="the sweep dir (hydra.sweep.dir)")
-    parser.add_argument("--no-plots", action="store_true", help="write the summary only")
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a directory")
-    rows = write_summary(args.sweep_dir)
-    if not rows:
-        print(f"no job dirs (with .hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
-        return 1
-    print(console_table(rows))
-    print(f"\nwrote {args.sweep_dir / SUMMARY_CSV} and {args.sweep_dir / SUMMARY_MD}")
-    if not args.no_plots:
-        for path in plot(args.sweep_dir, rows):
-            print(f"wrote {path}")
-    return 0
+def seed_key_of(config: Any) -> str:
+    """The seed key a sweep's summary callback groups over (runner's default if none)."""
+    return str(OmegaConf.select(config, "hydra.callbacks.summary.seed_key", default=SEED_KEY))

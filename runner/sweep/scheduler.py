@@ -37,7 +37,7 @@ from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
 from runner.sweep.console import SweepConsole, compact
 from runner.sweep.options import LauncherConfigError
 from runner.sweep.points import Point, PointSource
-from runner.sweep.report import sweep_maximises, write_summary
+from runner.sweep.report import seed_key_of, sweep_maximises, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -485,4 +485,4 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
         # After every batch, so an interrupted sweep and every optimising sweeper's
         # batches leave an up-to-date summary too.
         with contextlib.suppress(OSError):
-            write_summary(Path(str(config.hydra.sweep.dir)))
+            write_summary(Path(str(config.hydra.sweep.dir)), seed_key_of(config))
