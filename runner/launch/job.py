@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.launch.devices import DeviceOptions
 from runner.launch.entry import (
@@ -460,14 +460,21 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     in this process's environment while the block runs (a run without torchrun)."""
     from hydra.core.hydra_config import HydraConfig
 
-    params = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    params = hydra_cfg.launcher if hydra_cfg is not None else {}
     options = DeviceOptions.from_params(params)
     problems = options.device_problems()
     pool = options.pool(split_threads=False)
     problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
     if problems:
         raise ValueError("\n".join(problems))
-    what = f"run {HydraConfig.get().runtime.output_dir}" if params else "a run"
+    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
+    output_dir = (
+        OmegaConf.select(root, "hydra.runtime.output_dir", default=None)
+        if isinstance(root, DictConfig)
+        else None
+    )
+    what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
     devices = pool.take(nproc, head=True, what=what)
     while devices is None:
         if news := pool.waiting_news():
