@@ -232,7 +232,7 @@ def test_a_one_process_run_sees_only_its_leased_device_while_it_runs(other_runs,
     like a sweep's and set in its own environment for the run, then put back."""
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.launch.job import run_devices
+    from runner.launch.devices import run_devices
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # as a plain Python caller
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # devices=auto reads it

@@ -10,6 +10,7 @@ Across processes: every device a job holds is also a lease
 machine respects, so two sweeps, or a sweep and a single run, never stack on one
 device; a job whose devices another run holds waits, and the pool says who holds
 them (``blocked_by``). ``leases=false`` or ``devices=none`` leave devices to the user.
+A single run takes its devices the same way, waiting if it must (:func:`run_devices`).
 
 Policy: first in, first out, with backfill. The first pending job (the head) starts
 as soon as its slice is free. While it waits, a later job that fits in the devices
@@ -31,17 +32,23 @@ Nothing here imports torch: devices are found from ``CUDA_VISIBLE_DEVICES`` or
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runner.launch.leases import Holder, Lease, LeaseDir
 from runner.launch.options import invalid
 
+log = logging.getLogger(__name__)
+
+# How often a single run that waits for devices other runs hold tries again.
+DEVICE_POLL_S = 0.2
 # How long a job that other runs' leases kept out waits before asking them again
 # (unless a device of this pool frees sooner): each ask costs a few file locks.
 LEASE_RETRY_S = 0.1
@@ -323,3 +330,52 @@ class DevicePool:
             share = (os.cpu_count() or 1) // (slots * nproc)
             return {"OMP_NUM_THREADS": str(max(1, share))}
         return {}
+
+
+@contextlib.contextmanager
+def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, str]]:
+    """The current Hydra run's devices, one per local rank, leased like a sweep's
+    (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
+    hold them it waits, and says who holds them. Yields the environment its ranks
+    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
+    in this process's environment while the block runs (a run without torchrun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    params = hydra_cfg.launcher if hydra_cfg is not None else {}
+    options = DeviceOptions.from_params(params)
+    problems = options.device_problems()
+    pool = options.pool(split_threads=False)
+    problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
+    if problems:
+        raise ValueError("\n".join(problems))
+    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
+    output_dir = (
+        OmegaConf.select(root, "hydra.runtime.output_dir", default=None)
+        if isinstance(root, DictConfig)
+        else None
+    )
+    what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
+    devices = pool.take(nproc, head=True, what=what)
+    while devices is None:
+        if news := pool.waiting_news():
+            log.info("waiting for %s", news)
+        time.sleep(DEVICE_POLL_S)
+        devices = pool.take(nproc, head=True, what=what)
+    env = pool.environment(devices, nproc, 1, {})
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        if devices:
+            log.info("on devices %s", ",".join(devices))
+        if in_process:
+            os.environ.update(env)
+        yield env
+    finally:
+        pool.give_back(devices)
+        if in_process:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

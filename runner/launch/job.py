@@ -35,13 +35,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from runner.launch.devices import DeviceOptions
+from runner.launch.devices import run_devices
 from runner.launch.entry import (
     AGENT_LOG,
     FAILURE_FILE,
@@ -56,9 +56,6 @@ from runner.launch.procs import free_port, release_port, sigterm_as_exit
 from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter, warm_starter
 
 log = logging.getLogger(__name__)
-
-# How often a run that waits for devices other runs hold tries again.
-DEVICE_POLL_S = 0.2
 
 
 class LaunchError(RuntimeError):
@@ -449,54 +446,6 @@ def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
             warm=bool(hydra_cfg.launcher.get("warm", False)),
             extra_env=env,
         )
-
-
-@contextlib.contextmanager
-def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, str]]:
-    """The current Hydra run's devices, one per local rank, leased like a sweep's
-    (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
-    hold them it waits, and says who holds them. Yields the environment its ranks
-    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
-    in this process's environment while the block runs (a run without torchrun)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    params = hydra_cfg.launcher if hydra_cfg is not None else {}
-    options = DeviceOptions.from_params(params)
-    problems = options.device_problems()
-    pool = options.pool(split_threads=False)
-    problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
-    if problems:
-        raise ValueError("\n".join(problems))
-    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
-    output_dir = (
-        OmegaConf.select(root, "hydra.runtime.output_dir", default=None)
-        if isinstance(root, DictConfig)
-        else None
-    )
-    what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
-    devices = pool.take(nproc, head=True, what=what)
-    while devices is None:
-        if news := pool.waiting_news():
-            log.info("waiting for %s", news)
-        time.sleep(DEVICE_POLL_S)
-        devices = pool.take(nproc, head=True, what=what)
-    env = pool.environment(devices, nproc, 1, {})
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        if devices:
-            log.info("on devices %s", ",".join(devices))
-        if in_process:
-            os.environ.update(env)
-        yield env
-    finally:
-        pool.give_back(devices)
-        if in_process:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def wanted_world_size(default: int = 1) -> int:

@@ -24,8 +24,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from runner.launch.devices import run_devices
 from runner.launch.entry import JOB_FILE, RERUN_DIR
-from runner.launch.job import LaunchError, launch, run_devices
+from runner.launch.job import LaunchError, launch
 from runner.launch.options import LaunchConfig
 from runner.launch.worker import load_task, restore_config, task_config
 

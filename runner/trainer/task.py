@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.launch.job import run_devices, wanted_world_size
+from runner.launch.devices import run_devices
+from runner.launch.job import wanted_world_size
 from runner.launch.options import invalid
 
 
