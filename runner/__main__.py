@@ -11,4 +11,4 @@ from runner.trainer.task import main
 if __name__ == "__main__":
     if problem := malformed_override(sys.argv[1:]):
         sys.exit(problem)
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(main)()
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()

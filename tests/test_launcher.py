@@ -292,7 +292,8 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
         with sweep:
             pass
     assert time.monotonic() - started < 100
-    assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
+    stopped = read_json(tmp_path / "1" / "launch.json")
+    assert (stopped["status"], stopped["stopped_by"]) == ("STOPPED", "fail_fast")
     assert not (tmp_path / "2").exists()
 
 

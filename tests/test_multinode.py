@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.launch.options import LaunchConfig
+from runner.sweep.console import compact
 from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json
 
 pytestmark = pytest.mark.slow
@@ -168,7 +169,7 @@ def check_two_node_sweep(tmp_path: Path, procs, port: int) -> None:
         for k, proc in enumerate(procs):
             output = (proc.stdout + proc.stderr).splitlines()
             done = next(line for line in output if f"#{num} done" in line)
-            assert f"-> {value if k == rank0_node else None}" in done
+            assert f"-> {compact(value if k == rank0_node else None)}  [" in done
 
 
 def test_sweep_across_two_network_namespaces(tmp_path, two_nodes, entry_base):

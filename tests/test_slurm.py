@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.sweep.console import compact
 from tests.conftest import PROBE_APP, REPO, probe_records, read_json, run, wait_until
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def test_two_point_two_rank_sweep_returns_every_result(tmp_path, slurm):
         assert all(Path(p).is_file() for p in launch["slurm_logs"])
         assert launch["rank0_here"] is True
         done = [line for line in (proc.stdout + proc.stderr).splitlines() if f"#{num} done" in line]
-        assert done and f"-> {value}" in done[0]  # rank 0's value reached the sweeper
+        assert done and f"-> {compact(value)}  [" in done[0]  # rank 0's value reached it
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert [line.split(",")[2] for line in summary[1:]] == ["COMPLETED", "COMPLETED"]
 

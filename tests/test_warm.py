@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from runner.launch import warm
+from runner.sweep.console import compact
 from tests.conftest import (
     APPS,
     FAST,
@@ -55,7 +56,7 @@ def test_points_are_forked_isolated_and_complete(tmp_path, entry_base):
         assert "--start_method" in launch["command"] and "--run_path" in launch["command"]
     out = proc.stdout + proc.stderr
     assert "warm start unavailable" not in out
-    assert [f"-> {v}.0" in out for v in (1, 2, 3, 4)] == [True] * 4
+    assert [f"-> {compact(float(v))}  [" in out for v in (1, 2, 3, 4)] == [True] * 4
     assert not entry_dirs(entry_base)
 
 
@@ -114,7 +115,7 @@ def test_module_that_cannot_be_imported_ahead_falls_back_to_cold(tmp_path):
     for num, value in enumerate([1, 2]):
         launch = read_json(tmp_path / str(num) / "launch.json")
         assert launch["status"] == "COMPLETED" and launch["warm"] is False
-        assert f"-> {2.0 * value}" in proc.stdout + proc.stderr
+        assert f"-> {compact(2.0 * value)}  [" in proc.stdout + proc.stderr
 
 
 def test_single_run_warm_trains_exactly_as_cold(tmp_path):

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from runner.launch.options import invalid
 
 # runner's config dir: the groups in it are the options a user picks.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _PAIRS = {"[": "]", "{": "}", "(": ")"}
@@ -71,12 +71,13 @@ def malformed_override(argv: Sequence[str]) -> str | None:
     return None
 
 
-def config_groups(conf_dir: Path = CONF_DIR) -> str:
+def config_groups(conf_dir: str = CONF_DIR) -> str:
     """``--help``'s list of config groups and their options, from the config dir alone
     (the schemas in Hydra's ConfigStore are not options to pick)."""
     lines = []
-    for group in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
-        name = group.relative_to(conf_dir).as_posix()
+    root = Path(conf_dir)
+    for group in sorted(p for p in root.rglob("*") if p.is_dir()):
+        name = group.relative_to(root).as_posix()
         options = sorted(f.stem for f in group.glob("*.yaml"))
         if options and name != "hydra" and not name.startswith("hydra/"):
             lines.append(f"{name}: {', '.join(options)}")
