@@ -90,6 +90,23 @@ def test_rank_killed_with_restarts_finishes_like_undisturbed(undisturbed, tmp_pa
     assert entry_dirs(entry_base) == []
 
 
+def test_the_fault_hook_is_said_when_armed_and_refused_when_malformed(tmp_path):
+    args = [*TRAIN, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'bad'}"]
+    bad = runner_cli(*args, env={"RUNNER_FAULT": "1-30"}, check=False)
+    assert bad.returncode != 0
+    assert "RUNNER_FAULT='1-30' is invalid: the test hook takes RANK:STEP" in bad.stderr
+    assert "Fix: unset RUNNER_FAULT" in bad.stderr
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+    armed = runner_cli(
+        *TRAIN,
+        "trainer.epochs=1",
+        f"hydra.run.dir={tmp_path / 'armed'}",
+        env={"RUNNER_FAULT": "0:999"},
+    )
+    said = armed.stdout + armed.stderr
+    assert "RUNNER_FAULT=0:999 is set: this rank (0) SIGKILLs itself after global step 999" in said
+
+
 def test_rank_killed_without_restarts_fails_the_point(tmp_path, entry_base):
     proc = runner_cli(
         *TRAIN,

@@ -116,12 +116,39 @@ def keep_epochs(metrics_file: Path, epochs: int) -> None:
     metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
-def inject_fault(fault: str, step: int, rank: int, output_dir: Path) -> None:
-    """Fault injection for tests: RUNNER_FAULT="RANK:STEP" SIGKILLs that rank after that
-    global step, once per output dir (a marker file remembers it)."""
-    fault_rank, fault_step = (int(x) for x in fault.split(":"))
-    marker = output_dir / f".fault_rank{fault_rank}_step{fault_step}"
-    if (rank, step) == (fault_rank, fault_step) and not marker.exists():
+def armed_fault(rank: int) -> int | None:
+    """The test hook RUNNER_FAULT="RANK:STEP", read once before training: the global
+    step after which this rank SIGKILLs itself, or None. A malformed value is an error
+    naming it; an armed hook is said in the log of the rank it kills, so a run killed
+    by it is never mistaken for an OOM kill."""
+    value = os.environ.get("RUNNER_FAULT")
+    if not value:
+        return None
+    try:
+        fault_rank, fault_step = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise ValueError(
+            f"RUNNER_FAULT={value!r} is invalid: the test hook takes RANK:STEP, two "
+            "integers (that rank SIGKILLs itself after that global step). Fix: unset "
+            "RUNNER_FAULT for a real run, or set it like RUNNER_FAULT=1:5"
+        ) from None
+    if fault_rank != rank:
+        return None
+    log.warning(
+        "RUNNER_FAULT=%s is set: this rank (%d) SIGKILLs itself after global step %d, "
+        "once per run dir (a test hook; unset it for real runs)",
+        value,
+        rank,
+        fault_step,
+    )
+    return fault_step
+
+
+def inject_fault(fault_step: int, step: int, output_dir: Path) -> None:
+    """Fault injection for tests (see armed_fault): SIGKILL this rank after
+    ``fault_step``, once per output dir (a marker file remembers it)."""
+    marker = output_dir / f".fault_rank{os.environ.get('RANK', '0')}_step{fault_step}"
+    if step == fault_step and not marker.exists():
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -164,6 +191,7 @@ def train(cfg: DictConfig) -> float:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     is_rank0 = rank == 0
+    fault = armed_fault(rank)
     use_cuda = cfg.trainer.device in ("auto", "cuda") and torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
@@ -276,7 +304,6 @@ def train(cfg: DictConfig) -> float:
         bar.update(step)
     plain_lines = is_rank0 and bar is None and cfg.trainer.progress != "off"
     every = cfg.trainer.checkpoint_every if cfg.trainer.checkpoint else 0
-    fault = os.environ.get("RUNNER_FAULT") or None
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.trainer.epochs):
         sampler.set_epoch(epoch)
@@ -306,7 +333,7 @@ def train(cfg: DictConfig) -> float:
                 scheduler.step()
             step += 1
             if fault is not None:
-                inject_fault(fault, step, rank, output_dir)
+                inject_fault(fault, step, output_dir)
             if bar is not None:
                 bar.update()
             if every and step % every == 0 and s + 1 < steps_per_epoch:
