@@ -41,6 +41,19 @@ def lease_dir(tmp_path_factory, monkeypatch) -> Path:
     return path
 
 
+# What this run of the suite must have (comma-separated: slurm, netns). .ci/run sets
+# it, so a cluster or namespaces that CI asked for and did not get fail the tests
+# that need them instead of skipping them; locally they skip, saying why.
+REQUIRED = {w.strip() for w in os.environ.get("RUNNER_TESTS_REQUIRE", "").split(",") if w.strip()}
+
+
+def unavailable(what: str, reason: str):
+    """Skip a test that needs ``what`` (slurm, netns), or fail it where it is required."""
+    if what in REQUIRED:
+        pytest.fail(f"{what} is required here (RUNNER_TESTS_REQUIRE) but {reason}")
+    pytest.skip(reason)
+
+
 def entry_dirs(base: Path) -> list[Path]:
     return sorted(base.glob("runner-*"))
 

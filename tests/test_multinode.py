@@ -19,7 +19,7 @@ import pytest
 
 from runner.launch.options import LaunchConfig
 from runner.sweep.console import compact
-from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json
+from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -89,14 +89,15 @@ class TwoNodes:
 def two_nodes():
     missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
     if os.geteuid() != 0 or missing:
-        pytest.skip(
+        unavailable(
+            "netns",
             "two network namespaces need root and iproute2/util-linux "
-            f"(missing: {missing or 'root'}); the loopback tests cover the rest"
+            f"(missing: {missing or 'root'}); the loopback tests cover the rest",
         )
     try:
         nodes = TwoNodes()
     except subprocess.CalledProcessError as error:
-        pytest.skip(f"cannot create network namespaces here: {error.stderr!r}")
+        unavailable("netns", f"cannot create network namespaces here: {error.stderr!r}")
     yield nodes
     nodes.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.sweep.console import compact
-from tests.conftest import PROBE_APP, REPO, probe_records, read_json, run, wait_until
+from tests.conftest import PROBE_APP, REPO, probe_records, read_json, run, unavailable, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +30,19 @@ HOW_TO_START = (
 
 @pytest.fixture(scope="module")
 def slurm():
-    """Skip unless a Slurm cluster with accounting answers here."""
+    """Skip (or fail, where required) unless a Slurm cluster with accounting answers."""
     if not shutil.which("sinfo"):
-        pytest.skip(f"no Slurm client on PATH; {HOW_TO_START}")
+        unavailable("slurm", f"no Slurm client on PATH; {HOW_TO_START}")
     for cmd in (["sinfo", "-h", "-o", "%T"], ["sacct", "-n", "-X", "-S", "now"]):
         probe = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         if probe.returncode != 0:
-            pytest.skip(f"`{' '.join(cmd)}` failed ({probe.stderr.strip()[:200]}); {HOW_TO_START}")
+            unavailable(
+                "slurm",
+                f"`{' '.join(cmd)}` failed ({probe.stderr.strip()[:200]}); {HOW_TO_START}",
+            )
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
     if not {"idle", "mixed", "allocated"} & set(states.split()):
-        pytest.skip(f"no Slurm node is up (states: {states.split()}); {HOW_TO_START}")
+        unavailable("slurm", f"no Slurm node is up (states: {states.split()}); {HOW_TO_START}")
 
 
 def slurm_sweep(sweep_dir: Path, *overrides: str) -> list[str]:
