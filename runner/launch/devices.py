@@ -340,42 +340,34 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
     in this process's environment while the block runs (a run without torchrun)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import env_override
     from omegaconf import DictConfig, OmegaConf
 
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    params = hydra_cfg.launcher if hydra_cfg is not None else {}
-    options = DeviceOptions.from_params(params)
+    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
+    state = root if isinstance(root, DictConfig) else OmegaConf.create()
+    options = DeviceOptions.from_params(OmegaConf.select(state, "hydra.launcher", default={}))
     problems = options.device_problems()
     pool = options.pool(split_threads=False)
     problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
     if problems:
         raise ValueError("\n".join(problems))
-    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
-    output_dir = (
-        OmegaConf.select(root, "hydra.runtime.output_dir", default=None)
-        if isinstance(root, DictConfig)
-        else None
-    )
+    output_dir = OmegaConf.select(state, "hydra.runtime.output_dir", default=None)
     what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
-    devices = pool.take(nproc, head=True, what=what)
-    while devices is None:
-        if news := pool.waiting_news():
-            log.info("waiting for %s", news)
-        time.sleep(DEVICE_POLL_S)
-        devices = pool.take(nproc, head=True, what=what)
-    env = pool.environment(devices, nproc, 1, {})
-    saved = {k: os.environ.get(k) for k in env}
     try:
-        if devices:
-            log.info("on devices %s", ",".join(devices))
-        if in_process:
-            os.environ.update(env)
-        yield env
+        devices = pool.take(nproc, head=True, what=what)
+        while devices is None:
+            if news := pool.waiting_news():
+                log.info("waiting for %s", news)
+            time.sleep(DEVICE_POLL_S)
+            devices = pool.take(nproc, head=True, what=what)
+    except BaseException:  # Ctrl-C while waiting: out of the line of waiting runs
+        pool.new_head()
+        raise
+    env = pool.environment(devices, nproc, 1, {})
+    if devices:
+        log.info("on devices %s", ",".join(devices))
+    try:
+        with env_override(env) if in_process else contextlib.nullcontext():
+            yield env
     finally:
         pool.give_back(devices)
-        if in_process:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value

@@ -41,6 +41,8 @@ from pathlib import Path
 
 DEFAULT_LEASE_DIR = "/tmp/runner-device-leases"
 LEASE_DIR_ENV = "RUNNER_LEASE_DIR"
+# The guard of the line of waiting runs (device files are all named device-*).
+LINE = "line"
 
 
 class LeaseDirError(OSError):
@@ -161,8 +163,9 @@ class LeaseDir:
         return [path for _, path in sorted(found)]
 
     @contextlib.contextmanager
-    def _guard(self, device: str) -> Iterator[None]:
-        fd = _open(self.path / f"{self._name(device)}.guard")
+    def _guard(self, name: str) -> Iterator[None]:
+        """Hold ``name``.guard: a device's (``device-0``) or the waiting line's."""
+        fd = _open(self.path / f"{name}.guard")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds by whoever has it
             yield
@@ -195,7 +198,7 @@ class LeaseDir:
         if waiter is not None and device in waiter.devices:
             self.refused_by = [waiter]
             return None
-        with self._guard(device):
+        with self._guard(self._name(device)):
             holders, fd, new = self._probe(device)
             limit = min([self.per_device] + [h.limit for h in holders])
             self.refused_by = holders
@@ -216,7 +219,7 @@ class LeaseDir:
         as ``what``, waiting for some of ``devices``. True if first in line: then no
         other run takes any of those devices; they go to this one as they free."""
         self.ensure()
-        with self._guard("line"):
+        with self._guard(LINE):
             if self._ticket is None:
                 name = f"waiting-{time.time_ns():020d}-{os.getpid()}-{id(self)}.lock"
                 fd = _open(self.path / name)
@@ -229,7 +232,7 @@ class LeaseDir:
     def first_in_line(self) -> Holder | None:
         """The run first in the line of waiting runs, if it is another one."""
         self.ensure()
-        with self._guard("line"):
+        with self._guard(LINE):
             return self._first()
 
     def _first(self) -> Holder | None:
@@ -251,7 +254,7 @@ class LeaseDir:
         """This run waits no more (its job started, or will not)."""
         if self._ticket is not None:
             path, fd = self._ticket
-            with self._guard("line"):
+            with self._guard(LINE):
                 path.unlink(missing_ok=True)
                 os.close(fd)
             self._ticket = None
