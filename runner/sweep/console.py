@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from runner.sweep.points import LABEL_WIDTH
+from runner.sweep.points import clip
 
 if TYPE_CHECKING:
     from runner.sweep.points import Point
@@ -30,8 +30,7 @@ def compact(value: Any) -> str:
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         return "(" + ", ".join(f"{v:.6g}" for v in value) + ")"
-    text = repr(value)
-    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
+    return clip(repr(value))
 
 
 class SweepConsole:
@@ -52,7 +51,7 @@ class SweepConsole:
             self.best = (float(value), idx)
 
     def best_text(self) -> str:
-        return f" best {self.best[0]:.6g} (#{self.best[1]})" if self.best else ""
+        return f" best {compact(self.best[0])} (#{self.best[1]})" if self.best else ""
 
     def progress(self, total: int, counts: Mapping[str, int], running: int) -> str:
         """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: the counts of

@@ -28,6 +28,11 @@ from runner.launch.worker import task_config
 LABEL_WIDTH = 60
 
 
+def clip(text: str) -> str:
+    """``text`` in at most LABEL_WIDTH characters."""
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
+
+
 def short_label(overrides: Sequence[str]) -> str:
     """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
     fit, then how many more."""
@@ -35,11 +40,10 @@ def short_label(overrides: Sequence[str]) -> str:
     for n, override in enumerate(overrides):
         rest = len(overrides) - n
         more = f" ...(+{rest})" if rest > 1 else ""
-        if len(" ".join([*shown, override])) + len(more) > LABEL_WIDTH and shown:
+        if shown and len(" ".join([*shown, override]) + more) > LABEL_WIDTH:
             return " ".join(shown) + f" ...(+{rest})"
         shown.append(override)
-    text = " ".join(shown)
-    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
+    return clip(" ".join(shown))
 
 
 @dataclass

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from runner.metrics import METRICS_FILE, MetricsReader
+from runner.sweep.console import compact
 from runner.sweep.options import (
     SearchConfigError,
     SearchOptions,
@@ -173,7 +174,7 @@ class Search:
             text += f", {t['failed']} failed"
         text += "]"
         if self.best is not None:
-            text += f" best {self.best[0]:.6g} (#{self.best[1]})"
+            text += f" best {compact(self.best[0])} (#{self.best[1]})"
         elif len(self.directions) > 1 and t["done"]:
             text += f" Pareto front: {len(self.study.best_trials)} trial(s)"
         return text
