@@ -28,20 +28,21 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """A 2 x 3 runner sweep with TensorBoard on, as a user would run it."""
-    sweep_dir = tmp_path_factory.mktemp("report") / "sweep"
+def runner_sweep(tmp_path_factory, name: str, *overrides: str):
+    """A small runner sweep, 4 at a time, as a user would run it: (sweep dir, process)."""
+    sweep_dir = tmp_path_factory.mktemp(name) / "sweep"
     proc = runner_cli(
-        "-m",
-        "optim.lr=0.003,0.03",
-        "model.hidden=8,32",
-        "logger=tensorboard",
-        f"hydra.sweep.dir={sweep_dir}",
-        "hydra.launcher.max_parallel=4",
-        *FAST,
+        "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.max_parallel=4", *FAST
     )
     return sweep_dir, proc
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A 2 x 2 runner sweep with TensorBoard on."""
+    return runner_sweep(
+        tmp_path_factory, "report", "optim.lr=0.003,0.03", "model.hidden=8,32", "logger=tensorboard"
+    )
 
 
 def summary_rows(sweep_dir):
@@ -199,16 +200,7 @@ def test_live_status_line_on_a_terminal(tmp_path):
 @pytest.fixture(scope="module")
 def seeded_sweep(tmp_path_factory):
     """Two settings, three seeds each."""
-    sweep_dir = tmp_path_factory.mktemp("seeds") / "sweep"
-    proc = runner_cli(
-        "-m",
-        "optim.lr=0.003,0.03",
-        "seed=0,1,2",
-        f"hydra.sweep.dir={sweep_dir}",
-        "hydra.launcher.max_parallel=4",
-        *FAST,
-    )
-    return sweep_dir, proc
+    return runner_sweep(tmp_path_factory, "seeds", "optim.lr=0.003,0.03", "seed=0,1,2")
 
 
 def test_settings_over_seeds_are_the_mean_and_spread_of_their_points(seeded_sweep):
