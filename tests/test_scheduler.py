@@ -290,3 +290,20 @@ def test_short_labels_and_compact_values():
     assert len(label) <= LABEL_WIDTH and label.endswith("...(+8)")
     assert label.startswith("key_number_0=value_0 key_number_1=value_1")
     assert len(short_label(["x=" + "9" * 200])) == LABEL_WIDTH
+
+
+def test_the_summary_groups_over_the_seed_key_its_callback_names(hydra_sweep_runner, tmp_path):
+    """hydra.callbacks.summary.seed_key: the repeats of each setting are that key's."""
+    fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=1,2",
+        "+rep=0,1",
+        "+hydra.callbacks.summary._target_=runner.sweep.report.SummaryCallback",
+        "+hydra.callbacks.summary.seed_key=rep",
+    )
+    groups = (tmp_path / "summary_groups.csv").read_text().splitlines()
+    assert groups[0].startswith("value,points,completed,return_value_mean")
+    assert [line.split(",")[:3] for line in groups[1:]] == [["1", "2", "2"], ["2", "2", "2"]]
+    # Written after every batch and again by the callback as the sweep ends: both use it.
+    assert "Over seeds (rep)" in (tmp_path / "summary.md").read_text()
