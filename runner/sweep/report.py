@@ -253,19 +253,18 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         "error",
     ]
 
-    fmt = _fmt
     cells = []
     for r in ranked(rows):
         cells.append(
             [
-                fmt(r.job),
+                _fmt(r.job),
                 *[r.params.get(p, "") for p in params],
                 r.shown_status,
                 *([("yes" if r.pareto else "")] if any(x.pareto for x in rows) else []),
-                fmt(r.world_size),
-                fmt(r.duration_s),
-                fmt(r.objective) if not r.values else ", ".join(map(fmt, r.values)),
-                *[fmt(r.metrics.get(m)) for m in metrics if m != objective_name(rows)],
+                _fmt(r.world_size),
+                _fmt(r.duration_s),
+                _fmt(r.objective) if not r.values else ", ".join(map(_fmt, r.values)),
+                *[_fmt(r.metrics.get(m)) for m in metrics if m != objective_name(rows)],
                 r.error,
             ]
         )
