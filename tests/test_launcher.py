@@ -87,7 +87,7 @@ def probe_sweep(request, tmp_path_factory, entry_base):
             *([WARM] if request.param else []),
         ],
         cwd=work,
-        env={"PROBE_PARENT_MODULES": str(modules)},
+        env={"PROBE_PARENT_MODULES": str(modules), "PROBE_LOADS": str(work / "loads.txt")},
     )
     return work, work / "sweep", proc, read_json(modules)
 
@@ -95,6 +95,28 @@ def probe_sweep(request, tmp_path_factory, entry_base):
 def test_sweep_parent_never_imports_torch(probe_sweep):
     *_, modules = probe_sweep
     assert "hydra" in modules and "torch" not in modules
+
+
+def test_ranks_load_the_script_once_and_warm_ones_not_at_all(probe_sweep):
+    """The task lives in the script: a rank loads it as ``__mp_main__`` (its
+    ``__main__`` block does not run); in warm mode only the warm process loads it,
+    ahead of every point, and the forked ranks find it loaded (an import-counting
+    probe: the script notes each load)."""
+    work, sweep, proc, _ = probe_sweep
+    warm = WARM in proc.args
+    loads = [line.split() for line in (work / "loads.txt").read_text().splitlines()]
+    by_pid: dict[int, list[str]] = {}
+    for pid, name in loads:
+        by_pid.setdefault(int(pid), []).append(name)
+    assert list(by_pid.values()).count(["__main__"]) == 1  # the parent, as a script
+    rank_pids = {r["pid"] for n in range(3) for r in probe_records(sweep / f"point_{n}")}
+    assert len(rank_pids) == 6
+    loaded_ahead = {pid for pid, names in by_pid.items() if names == ["__mp_main__"]}
+    if warm:
+        assert len(loaded_ahead) == 1 and not loaded_ahead & rank_pids, by_pid
+    else:
+        assert loaded_ahead == rank_pids, by_pid
+    assert len(loads) == len(by_pid)  # no process loaded it twice
 
 
 def test_every_rank_sees_the_parents_hydra_state(probe_sweep):

@@ -4,9 +4,9 @@ The job's full config, ``hydra`` node included, is resolved once in the parent a
 written as JSON into a private entry directory (0700, files 0600) beside a fixed entry
 script. Every rank runs that script, which hands the data to
 :mod:`runner.launch.worker`: no value is ever turned into code, and ``${now:...}``
-and friends have the same value in every rank. The task travels by import path when
-it has one, else by value (cloudpickle), so closures and functions defined in a
-script's ``__main__`` work too.
+and friends have the same value in every rank. The task travels by name when it has
+one (its module's, or the path of the script being run, see :func:`task_reference`),
+else by value (cloudpickle), so closures work too.
 
 The names of the files parent, agent and ranks share (in the entry dir and in a job
 dir) are defined here, once.
@@ -14,6 +14,7 @@ dir) are defined here, once.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, Node
@@ -50,6 +52,10 @@ AGENT_LOG = "torchrun.log"
 # A copy of the job (job.json, task.pkl) to run it again: python -m runner.rerun JOB_DIR.
 RERUN_DIR = ".runner"
 LAUNCH_RECORD = "launch.json"
+# The name under which ranks (and warm processes) load a task's script: the name
+# multiprocessing gives the main script in a "spawn" child, where its
+# ``if __name__ == "__main__":`` block does not run.
+SCRIPT_MODULE = "__mp_main__"
 RETURN_VALUE = "return_value.pkl"
 
 # The entry script is fixed text: the job is data in job.json beside it. Only as
@@ -154,21 +160,99 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def task_reference(task_function: Callable) -> str | None:
-    """``module:qualname`` when the task can be imported by name in another process."""
-    module = getattr(task_function, "__module__", None)
-    qualname = getattr(task_function, "__qualname__", "")
-    if not module or module == "__main__" or "<" in qualname:
-        return None
-    try:
-        import importlib
+def _unwrap_depth(obj: Any, target: Callable) -> int | None:
+    """How many ``__wrapped__`` steps (decorators such as ``@hydra.main``) lead from
+    ``obj`` to ``target``; None if none do."""
+    for depth in range(8):
+        if obj is target:
+            return depth
+        obj = getattr(obj, "__wrapped__", None)
+        if obj is None:
+            return None
+    return None
 
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    test = node.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    values = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and values == ["__main__"]
+
+
+def started_under_main_guard(main: ModuleType) -> bool:
+    """Whether the ``__main__`` module ``main`` is, right now, running the statement
+    that started this app from inside its ``if __name__ == "__main__":`` block: then
+    loading it again under another name defines its task and starts nothing."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and not (
+        frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back
+    path = getattr(main, "__file__", None)
+    if frame.f_globals is not vars(main) or not path:
+        return False
+    try:
+        tree = ast.parse(Path(path).read_bytes(), path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    line = frame.f_lineno or 0
+    return any(
+        _is_main_guard(node) and node.lineno <= line <= (node.end_lineno or node.lineno)
+        for node in tree.body
+    )
+
+
+def task_reference(task_function: Callable) -> dict | None:
+    """Where another process finds the task by name, or None: it then travels by value.
+
+    ``{"module": name}``: the task of an importable module, or of the module run with
+    ``python -m``; ``{"script": path}``: the task of the script this process runs
+    (``python train.py``), which the ranks load under the name ``__mp_main__``, as
+    multiprocessing's "spawn" children do. Each with ``qualname``, and ``unwrap``:
+    the decorators (``@hydra.main``) to look through from that name to the task. A
+    task of the running ``__main__`` goes by name only when the app started from
+    inside its ``if __name__ == "__main__":`` block, so loading it starts nothing.
+    """
+    module_name = getattr(task_function, "__module__", None)
+    qualname = getattr(task_function, "__qualname__", "")
+    if not module_name or "<" in qualname:
         return None
-    return f"{module}:{qualname}" if obj is task_function else None
+    module = sys.modules.get(module_name)
+    reference: dict[str, Any]
+    if module_name == "__main__":
+        if module is None or not started_under_main_guard(module):
+            return None
+        spec = getattr(module, "__spec__", None)
+        path = getattr(module, "__file__", None)
+        if spec is not None:
+            reference = {"module": spec.name}
+        elif path:
+            reference = {"script": os.path.abspath(path)}
+        else:
+            return None
+    elif module_name == SCRIPT_MODULE:  # a script loaded by load_script (a rerun)
+        if module is None or not getattr(module, "__file__", None):
+            return None
+        reference = {"script": module.__file__}
+    else:
+        try:
+            import importlib
+
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return None
+        reference = {"module": module_name}
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    depth = _unwrap_depth(obj, task_function)
+    return None if depth is None else {**reference, "qualname": qualname, "unwrap": depth}
 
 
 def write_entry(

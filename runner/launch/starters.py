@@ -105,16 +105,14 @@ class SubprocessStarter:
 
 def warm_starter(task_function: Callable, cwd: str) -> AgentStarter | None:
     """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
-    when warm start cannot work here: no fork, or the task's module fails to import
-    ahead. Then jobs run cold, as if warm were off."""
+    when warm start cannot work here: no fork, or the task's module or script fails
+    to load ahead. Then jobs run cold, as if warm were off."""
     from runner.launch.warm import WarmServer, WarmStartError, warm_available
 
     reason = warm_available()
     if reason is None:
-        reference = task_reference(task_function)
-        preload = [reference.partition(":")[0]] if reference else []
         try:
-            return WarmServer(preload, cwd, import_path(cwd))
+            return WarmServer(task_reference(task_function), cwd, import_path(cwd))
         except WarmStartError as error:
             reason = str(error).splitlines()[0]
     logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)

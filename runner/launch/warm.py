@@ -3,8 +3,9 @@
 A cold point pays Python start-up and ``import torch`` in its torchrun agent and again
 in every worker (seconds each). In warm mode (``hydra.launcher.warm=true``) the sweep
 parent starts one *warm process* (``python -m runner.launch.warm``) that imports torch,
-torchrun, Hydra, runner's worker and the task's module once, and never initialises
-CUDA. For every point the parent sends it a request and it forks a child from that
+torchrun, Hydra, runner's worker and the task's module (or script, loaded as
+``__mp_main__`` so that its ``__main__`` block does not run) once, and never
+initialises CUDA. For every point the parent sends it a request and it forks a child from that
 pristine state; the child is the point's torchrun agent, the same
 ``runner.launch.agent`` with the same arguments as a cold point, plus torchrun's own
 ``--start_method fork --run_path`` (:data:`WARM_AGENT_FLAGS`): its workers are forked
@@ -97,7 +98,9 @@ class WarmServer:
 
     flags = WARM_AGENT_FLAGS
 
-    def __init__(self, preload: list[str], cwd: str, sys_path: list[str]) -> None:
+    def __init__(self, task: dict | None, cwd: str, sys_path: list[str]) -> None:
+        """``task``: the task's reference (:func:`~runner.launch.entry.task_reference`),
+        whose module or script the warm process imports ahead."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env[WARM_FD_ENV] = str(child_end.fileno())
@@ -106,7 +109,7 @@ class WarmServer:
             [*sys_path, *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(preload)],
+            [sys.executable, "-m", __name__, json.dumps(task)],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -124,7 +127,6 @@ class WarmServer:
         if "error" in ready:
             self.close()
             raise WarmStartError(ready["error"])
-        self.imported = ready.get("imported", [])
 
     def _read(self, timeout: float) -> None:
         """Read what the warm process sent within ``timeout``; file exits and replies."""
@@ -232,7 +234,9 @@ def check_cuda_untouched() -> None:
         )
 
 
-def _preload(modules: list[str]) -> list[str]:
+def _preload(task: dict | None) -> None:
+    """Import torch, torchrun and runner's agent and worker, then the task's module or
+    script (a script as ``__mp_main__``, so its ``__main__`` block does not run)."""
     import importlib
 
     base = [
@@ -248,12 +252,14 @@ def _preload(modules: list[str]) -> list[str]:
         AGENT_MODULE,
         "runner.launch.worker",
     ]
-    for name in [*base, *modules]:
+    for name in base:
         importlib.import_module(name)
     from runner.launch.agent import install
+    from runner.launch.worker import load_task
 
     install()
-    return [*base, *modules]
+    if task is not None:
+        load_task({"task": task}, Path())
 
 
 def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:
@@ -333,7 +339,7 @@ def _stop_all(children: set[int], grace: float = 10.0) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def serve(control: socket.socket, preload: list[str]) -> int:
+def serve(control: socket.socket, task: dict | None) -> int:
     """The warm process: import once, then fork an agent per request until the
     parent goes away; report every agent's exit code."""
     children: set[int] = set()
@@ -348,12 +354,12 @@ def serve(control: socket.socket, preload: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         try:
-            imported = _preload(preload)
+            _preload(task)
             check_cuda_untouched()
         except BaseException as error:
             send({"error": f"{type(error).__name__}: {error}"})
             return 1
-        send({"ready": True, "imported": imported})
+        send({"ready": True})
         buffer = b""
         while True:
             timeout = 0.02 if len(pidfds) < len(children) else 0.5

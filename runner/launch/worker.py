@@ -24,11 +24,12 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.launch.entry import RESULT_FILE, TASK_FILE
+from runner.launch.entry import RESULT_FILE, SCRIPT_MODULE, TASK_FILE
 from runner.launch.procs import die_with_parent, write_atomic
 
 log = logging.getLogger(__name__)
@@ -147,19 +148,48 @@ class ConfigMismatch(RuntimeError):
     """The nodes of one multi-node job composed different configs."""
 
 
-def load_task(job: dict, entry_dir: Path) -> Callable:
-    """The task function: imported by ``module:qualname`` or unpickled by value."""
-    if job["task"]:
-        import importlib
-
-        module, _, qualname = job["task"].partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
+def load_script(path: str) -> ModuleType:
+    """The script at ``path`` as the module ``__mp_main__`` (loaded once per process):
+    what multiprocessing's "spawn" children do with the main script, so its
+    ``if __name__ == "__main__":`` block does not run. Its classes and functions are
+    pickled by value for the parent (which has no such module)."""
+    loaded = sys.modules.get(SCRIPT_MODULE)
+    if loaded is not None and getattr(loaded, "__file__", None) == path:
+        return loaded
     import cloudpickle
 
-    return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
+    module = ModuleType(SCRIPT_MODULE)
+    module.__file__ = path
+    sys.modules[SCRIPT_MODULE] = module
+    try:
+        code = compile(Path(path).read_bytes(), path, "exec")
+        exec(code, vars(module))
+    except BaseException:
+        del sys.modules[SCRIPT_MODULE]
+        raise
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+def load_task(job: dict, entry_dir: Path) -> Callable:
+    """The task function: found by name (:func:`runner.launch.entry.task_reference`)
+    or unpickled by value."""
+    reference = job["task"]
+    if reference is None:
+        import cloudpickle
+
+        return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
+    if "script" in reference:
+        obj: Any = load_script(reference["script"])
+    else:
+        import importlib
+
+        obj = importlib.import_module(reference["module"])
+    for part in reference["qualname"].split("."):
+        obj = getattr(obj, part)
+    for _ in range(reference["unwrap"]):
+        obj = obj.__wrapped__
+    return obj
 
 
 def run(job: dict, entry_dir: Path) -> Any:
@@ -179,6 +209,10 @@ def run(job: dict, entry_dir: Path) -> Any:
         check_same_config(job["config"])
     config = restore_config(job["config"])
     task = load_task(job, entry_dir)
+    if job["task"] and "script" in job["task"]:
+        # The script is this rank's main module, as it is under ``python train.py``:
+        # its "spawn" children load it (not the entry script) and find its classes.
+        sys.modules["__main__"] = sys.modules[SCRIPT_MODULE]
     if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
         os.chdir(job["cwd"])
         value = task(config)

@@ -16,6 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import OmegaConf
 
+if os.environ.get("PROBE_LOADS"):  # who loads this script, and under which name
+    with open(os.environ["PROBE_LOADS"], "a") as loads:
+        loads.write(f"{os.getpid()} {__name__}\n")
+
 
 def probe(cfg) -> float:
     hc = HydraConfig.get()
