@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
 def main(cfg: DictConfig) -> float:
-    from runner.trainer.task import inside_torchrun
+    from runner.launch.app import inside_torchrun
 
     if not inside_torchrun():
         from hydra.core.hydra_config import HydraConfig

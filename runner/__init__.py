@@ -1,6 +1,18 @@
 """runner: Hydra-composed PyTorch experiments, sweeps and torchrun DDP that work together.
 
-Importing this package must stay light: it never imports torch.
+``@runner.main(...)`` is ``@hydra.main`` whose single runs take the launcher's ranks
+(:mod:`runner.launch.app`). Importing this package must stay light: it never imports
+torch, and ``runner.main`` is imported when first used.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from runner.launch.app import main
+
+        return main
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -46,6 +46,8 @@ ENTRY_SCRIPT = "entry.py"
 JOB_FILE = "job.json"
 TASK_FILE = "task.pkl"
 RESULT_FILE = "result.pkl"
+# What rank 0 saw of its job beyond the return value (whether the ranks formed a group).
+RANK0_FILE = "rank0.json"
 FAILURE_FILE = "failure.json"
 # In a job dir (kept).
 AGENT_LOG = "torchrun.log"
@@ -77,6 +79,20 @@ if __name__ == "__main__":
 
     main(_job, _job_dir)
 """
+
+
+def lone_ranks(record: dict) -> str | None:
+    """What to say of a job whose ranks never formed a process group (its launch.json
+    ``record`` says ``process_group: false``), else None."""
+    if record.get("process_group") is not False:
+        return None
+    world = record.get("world_size") or "its"
+    return (
+        f"{world} ranks ran, but the task never joined a process group: each rank trained "
+        "alone. Fix: have the task join one (torch.distributed.init_process_group; "
+        "Lightning: strategy='ddp' with devices equal to nproc_per_node), or run one rank "
+        "(hydra.launcher.nproc_per_node=1)"
+    )
 
 
 def _escape(value: str) -> str:

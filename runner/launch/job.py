@@ -45,9 +45,11 @@ from runner.launch.devices import run_devices
 from runner.launch.entry import (
     AGENT_LOG,
     FAILURE_FILE,
+    RANK0_FILE,
     RERUN_DIR,
     RESULT_FILE,
     job_config_data,
+    lone_ranks,
     remove_stale_entry_dirs,
     write_entry,
 )
@@ -171,6 +173,8 @@ class TorchrunJob:
         self.returncode: int | None = None
         self.timed_out = False
         self.rank0_here = False
+        # Whether the ranks formed a process group (rank 0 says; None: not known here).
+        self.process_group: bool | None = None
 
     @property
     def entry_dir(self) -> Path | None:
@@ -245,6 +249,9 @@ class TorchrunJob:
             self.ended_at = time.time()
             assert self.entry_dir is not None
             self.rank0_here = (self.entry_dir / RESULT_FILE).is_file()
+            with contextlib.suppress(OSError, ValueError):
+                facts = json.loads((self.entry_dir / RANK0_FILE).read_text())
+                self.process_group = facts.get("process_group")
             if self.port is not None and self.launch.single_node:
                 release_port(self.port)
         return code
@@ -357,6 +364,8 @@ class TorchrunJob:
             "port": self.port,
             "nproc_per_node": launch.nproc_per_node,
             "nnodes": launch.nnodes,
+            "world_size": launch.world_size,
+            "process_group": self.process_group,
             **({} if launch.single_node else multinode),
             **run_times(self.started_at, self.ended_at),
             "exit_code": self.returncode,
@@ -421,7 +430,10 @@ def launch(
         try:
             job.start(extra_env)
             job.wait()
-            return job.result()
+            value = job.result()
+            if note := lone_ranks(job.launch_record()):
+                log.warning(note)
+            return value
         finally:
             if job.proc is not None:
                 stop_jobs([job])

@@ -15,13 +15,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.launch.entry import RESULT_FILE, SCRIPT_MODULE, TASK_FILE
+from runner.launch.entry import RANK0_FILE, RESULT_FILE, SCRIPT_MODULE, TASK_FILE
 from runner.launch.procs import die_with_parent, write_atomic
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,6 @@ def check_same_config(config_data: dict, timeout: float = 300.0) -> None:
     for a partner that stopped).
     """
     import hashlib
-    import json
     import time
 
     import torch.distributed as dist
@@ -192,6 +192,36 @@ def load_task(job: dict, entry_dir: Path) -> Callable:
     return obj
 
 
+@contextlib.contextmanager
+def watch_process_group() -> Iterator[Callable[[], bool]]:
+    """Yields a check, true once this process has had torch.distributed's default
+    process group while the block ran, even if the task destroyed it again.
+
+    Every way a task forms one (``init_process_group``, ``init_device_mesh``,
+    Lightning, whatever name it imported them under) goes through c10d's
+    ``_update_default_pg``, which is watched while the block runs; a torch without it
+    leaves ``is_initialized()`` when the task returns as the sign."""
+    import torch.distributed as dist
+
+    c10d = dist.distributed_c10d
+    original = getattr(c10d, "_update_default_pg", None)
+    seen = False
+
+    def update_default_pg(pg: Any) -> None:
+        nonlocal seen
+        seen = seen or pg is not None
+        assert original is not None
+        original(pg)
+
+    if original is not None:
+        c10d._update_default_pg = update_default_pg
+    try:
+        yield lambda: seen or (dist.is_available() and dist.is_initialized())
+    finally:
+        if original is not None:
+            c10d._update_default_pg = original
+
+
 def run(job: dict, entry_dir: Path) -> Any:
     """Rebuild the job's Hydra state in this rank and call its task."""
     from hydra.core.hydra_config import HydraConfig
@@ -213,22 +243,26 @@ def run(job: dict, entry_dir: Path) -> Any:
         # The script is this rank's main module, as it is under ``python train.py``:
         # its "spawn" children load it (not the entry script) and find its classes.
         sys.modules["__main__"] = sys.modules[SCRIPT_MODULE]
-    if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
-        os.chdir(job["cwd"])
-        value = task(config)
-    else:
-        HydraConfig.instance().set_config(config)
-        hydra_cfg = HydraConfig.get()
-        output_dir = hydra_cfg.runtime.output_dir
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        os.chdir(output_dir if hydra_cfg.job.chdir else job["cwd"])
-        configure_rank_logging(config, rank)
-        with env_override(hydra_cfg.job.env_set):
-            value = task(task_config(config))
-    if rank == 0:
-        import cloudpickle
+    many = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    with watch_process_group() if many else contextlib.nullcontext() as joined:
+        if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
+            os.chdir(job["cwd"])
+            value = task(config)
+        else:
+            HydraConfig.instance().set_config(config)
+            hydra_cfg = HydraConfig.get()
+            output_dir = hydra_cfg.runtime.output_dir
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            os.chdir(output_dir if hydra_cfg.job.chdir else job["cwd"])
+            configure_rank_logging(config, rank)
+            with env_override(hydra_cfg.job.env_set):
+                value = task(task_config(config))
+        if rank == 0:
+            import cloudpickle
 
-        write_atomic(entry_dir / RESULT_FILE, cloudpickle.dumps(value))
+            facts = {"process_group": joined() if joined else None}
+            write_atomic(entry_dir / RANK0_FILE, json.dumps(facts).encode())
+            write_atomic(entry_dir / RESULT_FILE, cloudpickle.dumps(value))
     return value
 
 

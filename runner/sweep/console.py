@@ -79,8 +79,9 @@ class SweepConsole:
             sys.stderr.flush()
             self.drawn_at = 0.0
 
-    def ended(self, point: Point, duration_s: float | None, progress: str) -> None:
-        """The line of a point that ended (and a failed one's error)."""
+    def ended(self, point: Point, record: dict, progress: str) -> None:
+        """The line of a point that ended (``record``: its launch.json), and a failed
+        one's error, or what was wrong with a completed one."""
         assert point.result is not None and point.status is not None
         value = point.result._return_value
         outcome = {
@@ -94,12 +95,14 @@ class SweepConsole:
             point.idx,
             {"COMPLETED": "done"}.get(point.status, point.status.lower()),
             point.short_label,
-            duration_s or 0.0,
+            record.get("duration_s") or 0.0,
             outcome,
             progress,
         )
         if point.status == "FAILED":
             self.log(logging.ERROR, "#%d %s", point.idx, value)
+        if record.get("warning"):
+            self.log(logging.WARNING, "#%d %s", point.idx, record["warning"])
 
     def log(self, level: int, message: str, *args: Any) -> None:
         self.clear()

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf
 
-from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE
+from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, lone_ranks
 from runner.launch.job import Job, LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import write_atomic
@@ -138,6 +138,8 @@ class Point:
             record["stopped_by"] = self.stopped_by
         if error is not None:
             record["error"] = str(error)
+        if note := lone_ranks(record):
+            record["warning"] = note
         write_atomic(self.job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
         return record
 

@@ -27,7 +27,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE
+from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, lone_ranks
 from runner.launch.procs import pid_alive, write_atomic
 from runner.launch.rerun import RERUNS
 from runner.metrics import METRICS_FILE
@@ -58,6 +58,8 @@ class Row:
     pareto: bool = False
     # STOPPED: by what (Ctrl-C, SIGTERM, fail_fast, timeout).
     stopped_by: str = ""
+    # What was wrong with a completed point (its ranks never formed a process group).
+    note: str = ""
 
     @property
     def shown_status(self) -> str:
@@ -197,6 +199,7 @@ def collect(sweep_dir: Path) -> list[Row]:
                 values=values,
                 pareto=str(job_dir) in pareto,
                 stopped_by=str(launch.get("stopped_by") or "") if status == "STOPPED" else "",
+                note=(lone_ranks(launch) or "").split(". Fix:")[0],
             )
         )
     return sorted(rows, key=lambda r: r.job)
@@ -261,11 +264,11 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                 *[r.params.get(p, "") for p in params],
                 r.shown_status,
                 *([("yes" if r.pareto else "")] if any(x.pareto for x in rows) else []),
-                _fmt(r.world_size),
+                _fmt(r.world_size) + (" (no group)" if r.note else ""),
                 _fmt(r.duration_s),
                 _fmt(r.objective) if not r.values else ", ".join(map(_fmt, r.values)),
                 *[_fmt(r.metrics.get(m)) for m in metrics if m != objective_name(rows)],
-                r.error,
+                r.error or (f"warning: {r.note}" if r.note else ""),
             ]
         )
     return header, cells

@@ -290,7 +290,7 @@ class SweepScheduler:
         point.result = ret
         self.source.ended(point)
         self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        self.console.ended(point, record["duration_s"], self.progress())
+        self.console.ended(point, record, self.progress())
 
     def progress(self) -> str:
         return self.source.progress(len(self.running)) or self.console.progress(

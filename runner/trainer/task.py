@@ -3,19 +3,18 @@ to torchrun.
 
 A run that wants one process trains here. A run that wants more (``nproc_per_node``
 or ``nnodes`` above 1) and is not yet inside a torchrun worker is handed, whole, to
-the launch core, which starts one torchrun whose every rank calls this same function
-and lands in :func:`runner.trainer.train.train`. Nothing here imports torch until training
-starts, so composing, printing and scheduling stay light.
+the launch core (:func:`runner.launch.app.run_task`, which any Hydra app can use),
+which starts one torchrun whose every rank calls :func:`train_task`. Nothing here
+imports torch until training starts, so composing, printing and scheduling stay light.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.launch.devices import run_devices
+from runner.launch.app import run_task
 from runner.launch.job import wanted_world_size
 from runner.launch.options import invalid
 
@@ -171,41 +170,16 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def inside_torchrun() -> bool:
-    """True in a worker started by torchrun (its agent sets TORCHELASTIC_RUN_ID)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ
+def train_task(cfg: DictConfig) -> float:
+    """What the run's one process, or each of its ranks, runs."""
+    from runner.trainer.train import train
 
-
-def check_not_slurm_single_run() -> None:
-    """Hydra uses launchers for multiruns only: a single run with the Slurm launcher
-    would silently run here instead of on the cluster."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return
-    hydra_cfg = HydraConfig.get()
-    target = str(hydra_cfg.launcher.get("_target_", ""))
-    if target.endswith("TorchrunSlurmLauncher") and hydra_cfg.mode == RunMode.RUN:
-        raise ConfigError(
-            "hydra/launcher=torchrun_slurm submits multiruns only, and this is a single "
-            "run, which would run on this machine. Fix: add -m to submit it as one Slurm "
-            "job (python -m runner -m hydra/launcher=torchrun_slurm ...)"
-        )
+    return train(cfg)
 
 
 def main(cfg: DictConfig) -> float:
-    """Hydra task: train ``cfg`` and return the objective (a float for sweepers)."""
+    """Hydra task: check ``cfg``, then train it here or in ``nproc_per_node`` ranks of
+    one torchrun (:func:`runner.launch.app.run_task`); return the objective (a float
+    for sweepers)."""
     check_config(cfg)
-    if not inside_torchrun():
-        check_not_slurm_single_run()
-    if not inside_torchrun() and wanted_world_size(default=cfg.trainer.nproc_per_node) > 1:
-        from runner.launch.job import launch_current_job
-
-        return launch_current_job(main, cfg)
-    from runner.trainer.train import train
-
-    if inside_torchrun():  # a rank: its launcher gave it its devices
-        return train(cfg)
-    with run_devices(1, in_process=True):  # before torch sees CUDA_VISIBLE_DEVICES
-        return train(cfg)
+    return run_task(train_task, cfg, nproc=cfg.trainer.nproc_per_node)
