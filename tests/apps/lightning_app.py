@@ -55,9 +55,7 @@ def main(cfg) -> float:
         enable_model_summary=False,
     )
     model = Regressor(cfg.lr)
-    trainer.fit(
-        model, DataLoader(dataset(0), batch_size=16), DataLoader(dataset(1), batch_size=16)
-    )
+    trainer.fit(model, DataLoader(dataset(0), batch_size=16), DataLoader(dataset(1), batch_size=16))
     val_loss = float(trainer.callback_metrics["val_loss"])
     record = {
         "global_rank": trainer.global_rank,
