@@ -36,5 +36,6 @@ bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/footprint.py
 	$(PY) bench/trainer_speed.py
+	$(PY) bench/logger_cost.py
 	$(PY) bench/sweep.py --workload allreduce
 	$(PY) bench/sweep.py --workload train

@@ -45,7 +45,8 @@ def hand(world: int) -> float:
     return float(out.stdout.strip().split("samples_per_s=")[-1].split()[0])
 
 
-def trainer(world: int) -> float:
+def trainer(world: int, *overrides: str) -> float:
+    """Samples per second of runner's trainer's epoch loop (``overrides`` added)."""
     run_dir = Path(tempfile.mkdtemp(prefix="runner-bench-")) / "run"
     subprocess.run(
         [
@@ -58,6 +59,7 @@ def trainer(world: int) -> float:
             f"trainer.nproc_per_node={world}",
             "trainer.progress=off",
             f"hydra.run.dir={run_dir}",
+            *overrides,
         ],
         cwd=REPO,
         env=dict(os.environ, OMP_NUM_THREADS="1"),

@@ -46,6 +46,16 @@ CASES = [
     (["trainer.device=tpu"], "trainer.device='tpu' is invalid"),
     (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 is invalid"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5 is invalid"),
+    # tracking: an unknown logger, a store that cannot be opened (before any point starts)
+    (["logger=wandb"], "Could not find 'logger/wandb'"),
+    (
+        ["logger=mlflow", "logger.tracking_uri=sqlite:////dev/null/x/mlflow.db"],
+        "logger.tracking_uri='sqlite:////dev/null/x/mlflow.db' is invalid: cannot be opened",
+    ),
+    (
+        ["-m", "seed=1,2", "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9"],
+        "logger.tracking_uri='http://127.0.0.1:9' is invalid: cannot be opened",
+    ),
     # malformed override and sweep syntax: which override, and what is wrong with it
     (
         ["optim.lr=[0.1"],

@@ -66,7 +66,7 @@ def test_summary_rows_match_each_points_metrics(sweep):
     assert losses == sorted(losses)  # best (lowest val_loss) first
     assert "trainer.epochs" not in rows[0]  # not swept: not a column
     md = (sweep_dir / "summary.md").read_text()
-    assert md.startswith("| job | optim.lr | model.hidden | status |")
+    assert md.startswith("Best first by val_loss (lower is better).\n\n| job | optim.lr |")
     assert "Sweep summary" in proc.stdout and "val_loss" in proc.stdout
 
 

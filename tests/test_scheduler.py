@@ -307,3 +307,31 @@ def test_the_summary_groups_over_the_seed_key_its_callback_names(hydra_sweep_run
     assert [line.split(",")[:3] for line in groups[1:]] == [["1", "2", "2"], ["2", "2", "2"]]
     # Written after every batch and again by the callback as the sweep ends: both use it.
     assert "Over seeds (rep)" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_launchers_direction_orders_the_best_and_the_summary(
+    hydra_sweep_runner, tmp_path, capsys
+):
+    """An app whose sweeper has no direction (and no trainer.objective_mode) says it on
+    the launcher: the live line's best, the summary's order and its heading follow."""
+    fake_sweep(
+        hydra_sweep_runner,
+        tmp_path,
+        "value=0.2,0.9,0.5",
+        "hydra.launcher.direction=maximize",
+        "+hydra.callbacks.summary._target_=runner.sweep.report.SummaryCallback",
+    )
+    ends = [line for line in capsys.readouterr().out.splitlines() if " done " in line]
+    assert "best 0.9 (#1)" in ends[-1], ends
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in summary[1:]] == ["1", "2", "0"]
+    assert (
+        (tmp_path / "summary.md")
+        .read_text()
+        .startswith("Best first by return_value (higher is better).")
+    )
+
+
+def test_a_direction_that_is_neither_way_is_refused(hydra_sweep_runner, tmp_path):
+    with pytest.raises(LauncherConfigError, match="hydra.launcher.direction=maximize"):
+        fake_sweep(hydra_sweep_runner, tmp_path, "value=1", "hydra.launcher.direction=up")

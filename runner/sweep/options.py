@@ -42,6 +42,9 @@ class SchedulerOptions(DeviceOptions):
     # torch and the task (fractions of a second per point instead of seconds); falls
     # back to cold start, with a notice, where that cannot work.
     warm: bool = False
+    # Which way the sweep's best lies, for its live line and summary: minimize or
+    # maximize; null: the sweeper's direction, else trainer.objective_mode, else lower.
+    direction: str | None = None
 
     def scheduler_problems(self) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""
@@ -53,6 +56,15 @@ class SchedulerOptions(DeviceOptions):
                     self.max_parallel,
                     "must be an integer >= 1, or null for as many as fit",
                     "hydra.launcher.max_parallel=2",
+                )
+            )
+        if self.direction not in (None, "minimize", "maximize"):
+            found.append(
+                invalid(
+                    _key("direction"),
+                    self.direction,
+                    "must be minimize or maximize, or null to follow the sweeper",
+                    "hydra.launcher.direction=maximize",
                 )
             )
         if self.stop_grace < 0:

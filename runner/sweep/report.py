@@ -82,13 +82,20 @@ def _overrides(job_dir: Path) -> list[str]:
 
 def sweep_maximises(config: Any) -> bool:
     """Whether a sweep's best is its highest value: the sweeper's ``direction`` when it
-    has one (Optuna's; the first of several), else runner's ``trainer.objective_mode``."""
-    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
-    if OmegaConf.is_list(direction) and len(direction):
-        direction = direction[0]
-    if isinstance(direction, str):
-        return direction == "maximize"
+    has one (Optuna's; the first of several), else the launcher's ``direction`` (any
+    app can set it), else runner's ``trainer.objective_mode``."""
+    for key in ("hydra.sweeper.direction", "hydra.launcher.direction"):
+        direction = OmegaConf.select(config, key, default=None)
+        if OmegaConf.is_list(direction) and len(direction):
+            direction = direction[0]
+        if isinstance(direction, str):
+            return direction == "maximize"
     return str(OmegaConf.select(config, "trainer.objective_mode", default="min")) == "max"
+
+
+def better(maximises: bool) -> str:
+    """Which way is better, as the summary says it."""
+    return "higher is better" if maximises else "lower is better"
 
 
 def _maximises(job_dir: Path) -> bool:
@@ -376,7 +383,7 @@ def write_summary(sweep_dir: Path, seed_key: str = SEED_KEY) -> list[Row]:
         return rows
     header, cells = table(rows)
     write_atomic(sweep_dir / SUMMARY_CSV, _csv(header, cells))
-    text = markdown(header, cells)
+    text = f"{ranking(rows)}\n\n" + markdown(header, cells)
     group_header, group_cells = group_table(rows, seed_key)
     if group_cells:
         write_atomic(
@@ -391,10 +398,16 @@ def _over_seeds(seed_key: str) -> str:
     return f"Over seeds ({seed_key}): each setting's mean ± standard deviation, best first"
 
 
+def ranking(rows: Sequence[Row]) -> str:
+    """What the summary's order means: ``Best first by val_loss (lower is better).``"""
+    maximises = bool(rows) and _maximises(rows[0].job_dir)
+    return f"Best first by {objective_name(rows)} ({better(maximises)})."
+
+
 def console_table(rows: Sequence[Row], seed_key: str = SEED_KEY) -> str:
     """The summary as aligned plain text, for the end of a sweep (and the settings over
-    seeds, when it varies ``seed_key``)."""
-    text = aligned(*table(rows))
+    seeds, when it varies ``seed_key``), under what its order means."""
+    text = f"{ranking(rows)}\n" + aligned(*table(rows))
     group_header, group_cells = group_table(rows, seed_key)
     if group_cells:
         text += f"\n\n{_over_seeds(seed_key)}:\n" + aligned(group_header, group_cells)

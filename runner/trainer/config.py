@@ -125,8 +125,14 @@ class CosineConf:
 
 @dataclass
 class LoggerConf:
-    # "none", or "tensorboard": rank 0 writes event files next to metrics.jsonl.
+    # "none"; "tensorboard": rank 0 writes event files (and the HParams view) next to
+    # metrics.jsonl; "mlflow": one MLflow run per job, nested under one per sweep.
     name: str = "none"
+    # mlflow: where runs go (an SQLite file, or a tracking server's URL).
+    tracking_uri: str | None = None
+    experiment: str = "runner"
+    # mlflow: attach the final checkpoint to the run.
+    log_checkpoint: bool = False
 
 
 @dataclass

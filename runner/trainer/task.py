@@ -56,21 +56,29 @@ def check_config(cfg: DictConfig) -> None:
     check_keys(cfg)
     t = cfg.trainer
     _require(
-        cfg.logger.name in ("none", "tensorboard"),
+        cfg.logger.name in ("none", "tensorboard", "mlflow"),
         "logger",
         cfg.logger.name,
-        "must be none or tensorboard",
+        "must be none, tensorboard or mlflow",
         "logger=tensorboard",
     )
-    if cfg.logger.name == "tensorboard":
+    if cfg.logger.name in ("tensorboard", "mlflow"):
         import importlib.util
 
         _require(
-            importlib.util.find_spec("tensorboard") is not None,
+            importlib.util.find_spec(cfg.logger.name) is not None,
             "logger",
-            "tensorboard",
-            "needs the tensorboard package, which is not installed",
-            "pip install 'runner[tensorboard]'",
+            cfg.logger.name,
+            f"needs the {cfg.logger.name} package, which is not installed",
+            f"pip install 'runner[{cfg.logger.name}]'",
+        )
+    if cfg.logger.name == "mlflow":
+        _require(
+            bool(cfg.logger.tracking_uri),
+            "logger.tracking_uri",
+            cfg.logger.tracking_uri,
+            "must name an MLflow store",
+            "logger.tracking_uri=sqlite:///ABSOLUTE/PATH/mlflow.db",
         )
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
     _require(

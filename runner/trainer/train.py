@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from runner.metrics import METRICS_FILE, append_metrics
+from runner.trainer.loggers import NoLogger, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +295,7 @@ def train(cfg: DictConfig) -> float:
                 checkpoint_path,
             )
 
-    writer = None
-    if is_rank0 and cfg.logger.name == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(output_dir), purge_step=step or None)
+    logger = make_logger(cfg, output_dir, checkpoint_path, step) if is_rank0 else NoLogger()
     bar = _progress_bar(cfg, total_steps, is_rank0)
     if bar is not None:
         bar.update(step)
@@ -351,11 +348,7 @@ def train(cfg: DictConfig) -> float:
         if is_rank0:
             # The objective of every epoch too: what a search prunes on.
             append_metrics(output_dir, {**metrics, "objective": metrics[cfg.trainer.objective]})
-        if writer is not None:
-            for key, value in metrics.items():
-                if key not in ("epoch", "step", "elapsed_s"):
-                    writer.add_scalar(key, value, global_step=step)
-            writer.flush()
+        logger.log(metrics, step)
         if cfg.trainer.checkpoint:
             save(epoch + 1, 0, torch.zeros((), device=device))
         if is_rank0:
@@ -368,8 +361,6 @@ def train(cfg: DictConfig) -> float:
                 log.info("epoch %d/%d %s", epoch + 1, cfg.trainer.epochs, summary)
     if bar is not None:
         bar.close()
-    if writer is not None:
-        writer.close()
 
     objective = cfg.trainer.objective
     result = float(metrics[objective])
@@ -381,6 +372,7 @@ def train(cfg: DictConfig) -> float:
             "world_size": world_size,
         }
         (output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        logger.close(final, step)
         log.info(
             "done: %s=%.4f (%s)",
             objective,

@@ -63,6 +63,13 @@ def probe(cfg) -> float:
         record["peer_hosts"] = [None] * dist.get_world_size()
         dist.all_gather_object(record["peer_hosts"], os.environ.get("PROBE_HOST"))
         dist.destroy_process_group()
+    if cfg.track:  # the documented call of any task under the launcher
+        from runner.tracking import open_point_run
+
+        run = open_point_run(cfg, tracking_uri=cfg.track)
+        record["run_id"] = run.run_id if run is not None else None
+        if run is not None:
+            run.log_metrics({"value": float(cfg.value)}, step=0)
     time.sleep(cfg.sleep)
     record["end"] = time.time()
     Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))

@@ -1,0 +1,369 @@
+"""One MLflow run per job, whatever its world size, nested under one run per sweep.
+
+Rank 0 of a job opens (or continues) the job's run with :func:`open_point_run` and
+logs to it; the run id is kept in the job dir (``mlflow_run.json``), so an elastic
+restart, a resumed run or a resumed sweep continues the same run instead of opening
+a second. A sweep's parent run is opened by :class:`MlflowCallback` in the sweep's
+parent process (its id kept in the sweep dir), which also ends each job's run with the
+job's status as ``launch.json`` says it (a rank that was killed cannot), tags it with
+how the job ran and attaches its ``.hydra/`` files, and attaches the sweep's summary
+to the parent run at the end. runner's trainer does all this with ``logger=mlflow``;
+any Hydra task under the launcher calls :func:`open_point_run` itself::
+
+    from runner.tracking import open_point_run
+
+    run = open_point_run(cfg)           # None on ranks other than 0
+    if run is not None:
+        run.log_metrics({"val_loss": loss}, step=epoch)
+
+MLflow is imported only when a run is opened or the callback has a tracking URI;
+nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.launch.entry import LAUNCH_RECORD
+from runner.launch.options import invalid
+from runner.launch.procs import write_atomic
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# In a job dir: the job's run; in a sweep dir: the sweep's parent run.
+RUN_FILE = "mlflow_run.json"
+SWEEP_RUN_FILE = "mlflow_sweep.json"
+DEFAULT_EXPERIMENT = "runner"
+# How a job's launch.json status ends its run.
+END_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED", "STOPPED": "KILLED"}
+
+
+class TrackingError(RuntimeError):
+    """A tracking store that cannot be used, or a run id file that cannot be read."""
+
+
+class StoreUnavailable(SystemExit):
+    """The store cannot be opened, found by the callback before any job starts. Hydra
+    turns a callback's exceptions into warnings (and every job would then start and
+    fail); a SystemExit is the one way a callback stops the run, with this message."""
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> None:
+    """Open the store once, failing fast (no retries): an error naming ``key``, the
+    URI and the fix if it cannot be reached or opened."""
+    if tracking_uri.startswith("sqlite:///"):
+        with contextlib.suppress(OSError):  # a dir that cannot be made fails below
+            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in fail_fast}
+    os.environ.update(fail_fast)
+    try:
+        _client(tracking_uri).search_experiments(max_results=1)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TrackingError(
+            invalid(
+                key,
+                tracking_uri,
+                f"cannot be opened ({type(error).__name__}: {reason[:200]})",
+                f"{key}=sqlite:///ABSOLUTE/PATH/mlflow.db (an embedded store), or the URL "
+                "of a tracking server that is running",
+            )
+        ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def read_run_file(path: Path) -> dict | None:
+    """The run a job dir (or sweep dir) keeps, or None if it keeps none; a file that
+    cannot be read is an error naming it, never a silent second run."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("run_id"), str) or not data["run_id"]:
+            raise ValueError("no run_id")
+        return data
+    except (OSError, ValueError, AttributeError) as error:
+        raise TrackingError(
+            f"{path} is corrupt ({error}): it should name the MLflow run this job continues. "
+            "Fix: restore it, or delete it to start a new run for this job"
+        ) from None
+
+
+def _write_run_file(path: Path, run_id: str, tracking_uri: str) -> None:
+    data = {"run_id": run_id, "tracking_uri": tracking_uri}
+    write_atomic(path, (json.dumps(data) + "\n").encode())
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path`` (concurrent points opening one parent run)."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, made if new; with an SQLite store its artifacts go beside
+    the database (not into ``./mlruns`` of whichever process made it)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    uri = str(client.tracking_uri)
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = Path(uri[len("sqlite:///") :]).with_name("mlflow-artifacts").as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception:  # made by a concurrent process in between
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def sweep_run(sweep_dir: Path, tracking_uri: str, experiment: str) -> str:
+    """The sweep's parent run: the one its dir keeps, else a new one (made once, under
+    a lock, whoever asks first). Returns its id."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / SWEEP_RUN_FILE
+    with _locked(path):
+        kept = read_run_file(path)
+        client = _client(tracking_uri)
+        if kept is not None:
+            if client.get_run(kept["run_id"]).info.status != "RUNNING":
+                client.update_run(kept["run_id"], status="RUNNING")
+            return str(kept["run_id"])
+        run = client.create_run(
+            _experiment_id(client, experiment),
+            run_name=f"sweep {sweep_dir.name}",
+            tags={"runner.sweep_dir": str(sweep_dir.resolve())},
+        )
+        _write_run_file(path, run.info.run_id, tracking_uri)
+        return str(run.info.run_id)
+
+
+def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """A config (DictConfig or mapping) flattened to MLflow params: ``optim.lr``,
+    ``model.hidden``, ..."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+class PointRun:
+    """A job's run, as rank 0 logs to it. Steps already in the run's history (a run
+    continued after its last checkpoint) are not logged twice."""
+
+    def __init__(self, client: MlflowClient, run_id: str, last_step: int | None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.last_step = last_step
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.last_step is not None and step <= self.last_step:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+        self.last_step = step
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        known = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in known]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[start : start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+
+def open_point_run(
+    cfg: DictConfig | Mapping[str, Any] | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> PointRun | None:
+    """From inside a Hydra task: the job's MLflow run, opened on global rank 0 (None on
+    the other ranks), or continued if the job dir keeps one; nested under the sweep's
+    parent run in a multirun. ``cfg``: logged flattened as params.
+    ``tracking_uri``: see :func:`store_uri`."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    uri = store_uri(tracking_uri)
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / RUN_FILE
+    client = _client(uri)
+    kept = read_run_file(path)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if kept is not None:
+        run_id = str(kept["run_id"])
+        client.update_run(run_id, status="RUNNING")
+        steps = [
+            m.step
+            for key in client.get_run(run_id).data.metrics
+            for m in client.get_metric_history(run_id, key)
+        ]
+        run = PointRun(client, run_id, max(steps) if steps else None)
+    else:
+        tags: dict[str, str] = {"runner.job_dir": str(job_dir.resolve())}
+        name = hydra_cfg.job.name
+        if multirun:
+            sweep_dir = Path(str(hydra_cfg.sweep.dir))
+            tags["mlflow.parentRunId"] = sweep_run(sweep_dir, uri, experiment)
+            tags["runner.sweep_dir"] = str(sweep_dir.resolve())
+            tags["runner.job_num"] = str(hydra_cfg.job.num)
+            name = f"#{hydra_cfg.job.num} " + " ".join(hydra_cfg.overrides.task)
+        created = client.create_run(
+            _experiment_id(client, experiment), run_name=name[:250], tags=tags
+        )
+        _write_run_file(path, created.info.run_id, uri)
+        run = PointRun(client, created.info.run_id, None)
+    run.set_tags(
+        {
+            "runner.overrides": " ".join(hydra_cfg.overrides.task),
+            "runner.world_size": world_size,
+        }
+    )
+    if cfg is not None:
+        run.log_params(flat_params(cfg))
+    return run
+
+
+def store_uri(tracking_uri: str | None) -> str:
+    """The store's URI as every process of a run must see it: a relative SQLite path is
+    taken from the dir Hydra was started in (ranks may run elsewhere); none given:
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///outputs/mlflow.db``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///outputs/mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        base = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+        uri = prefix + str((base / uri[len(prefix) :]).absolute())
+    return uri
+
+
+class MlflowCallback(Callback):
+    """Hydra callback of the process that starts the jobs (the sweep's parent, or a
+    single run's): checks the store before any job starts, opens the sweep's parent
+    run, and ends each job's run with its status. Does nothing without a
+    ``tracking_uri`` (runner's app passes ``logger.tracking_uri``, set by
+    ``logger=mlflow``)."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT):
+        self.tracking_uri = store_uri(tracking_uri) if tracking_uri else None
+        self.experiment = experiment
+
+    def _check(self) -> None:
+        assert self.tracking_uri is not None
+        try:
+            check_tracking_uri(self.tracking_uri)
+        except TrackingError as error:
+            raise StoreUnavailable(f"Error: {error}") from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracking_uri:
+            self._check()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracking_uri:
+            self._check()
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            sweep_run(sweep_dir, self.tracking_uri, self.experiment)
+            # A sweep that fails (or is stopped) never reaches on_multirun_end.
+            atexit.register(self._end_sweep, sweep_dir, "FAILED")
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+        if not self.tracking_uri or not output_dir:
+            return
+        job_dir = Path(str(output_dir))
+        kept = read_run_file(job_dir / RUN_FILE)
+        if kept is None:
+            return  # rank 0 never opened one (the job failed before it could)
+        client = _client(kept["tracking_uri"])
+        run_id = kept["run_id"]
+        record = _launch_record(job_dir)
+        for key in ("status", "command", "port", "slurm_job_id", "exit_code", "stopped_by"):
+            value = record.get(key)
+            if value is not None:
+                text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+                client.set_tag(run_id, f"runner.{key}", text)
+        hydra_dir = job_dir / str(OmegaConf.select(config, "hydra.output_subdir") or ".hydra")
+        if hydra_dir.is_dir():
+            client.log_artifacts(run_id, str(hydra_dir), artifact_path="hydra")
+        status = END_STATUS.get(str(record.get("status")))
+        if status is None:  # a single run: no launch.json
+            completed = getattr(job_return.status, "name", "") == "COMPLETED"
+            status = "FINISHED" if completed else "FAILED"
+        client.set_terminated(run_id, status=status)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracking_uri:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            atexit.unregister(self._end_sweep)
+            self._end_sweep(sweep_dir, "FINISHED")
+
+    @staticmethod
+    def _end_sweep(sweep_dir: Path, status: str) -> None:
+        """End the sweep's parent run with ``status``, its summary attached."""
+        kept = read_run_file(sweep_dir / SWEEP_RUN_FILE)
+        if kept is None:
+            return
+        client = _client(kept["tracking_uri"])
+        for name in ("summary.md", "summary.csv"):
+            if (sweep_dir / name).is_file():
+                client.log_artifact(kept["run_id"], str(sweep_dir / name))
+        client.set_terminated(kept["run_id"], status=status)
+
+
+def _launch_record(job_dir: Path) -> dict:
+    try:
+        return dict(json.loads((job_dir / LAUNCH_RECORD).read_text()))
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,245 @@
+"""One tracked run per job (``logger=mlflow``), read back with MLflow's own client
+from the SQLite store; TensorBoard's HParams read back with TensorBoard's reader."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, PROBE_APP, read_json, run, runner_cli
+
+EXPERIMENT = "runner"
+
+
+def client_of(db: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def runs_of(db: Path, experiment: str = EXPERIMENT) -> list:
+    client = client_of(db)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {db}"
+    return client.search_runs([found.experiment_id])
+
+
+def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tracked_sweep(tmp_path_factory):
+    """Two points of two ranks each, ``logger=mlflow`` into an SQLite store."""
+    base = tmp_path_factory.mktemp("tracked")
+    db = base / "mlflow.db"
+    proc = runner_cli(
+        "-m",
+        "optim.lr=0.1,0.01",
+        "trainer.nproc_per_node=2",
+        "trainer.epochs=3",
+        "data.n_samples=400",
+        "trainer.progress=off",
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{db}",
+        f"hydra.sweep.dir={base / 'sweep'}",
+    )
+    return base / "sweep", db, proc
+
+
+@pytest.mark.slow
+def test_a_sweep_has_one_run_per_point_under_one_parent_run(tracked_sweep):
+    """Not one per rank: two 2-rank points give two runs, nested under the sweep's,
+    whose params are the resolved config and whose metrics are metrics.jsonl's."""
+    sweep, db, _ = tracked_sweep
+    client = client_of(db)
+    runs = runs_of(db)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2, [r.info.run_name for r in runs]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.md"}
+    assert read_json(sweep / "mlflow_sweep.json")["run_id"] == parent.info.run_id
+    for num in range(2):
+        job_dir = sweep / str(num)
+        run_id = read_json(job_dir / "mlflow_run.json")["run_id"]
+        [point] = [r for r in children if r.info.run_id == run_id]
+        assert point.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert point.info.status == "FINISHED"
+        tags = point.data.tags
+        assert tags["runner.job_num"] == str(num) and tags["runner.world_size"] == "2"
+        assert tags["runner.status"] == "COMPLETED"
+        assert "runner.launch.agent" in tags["runner.command"] and tags["runner.port"]
+        assert f"optim.lr={['0.1', '0.01'][num]}" in tags["runner.overrides"]
+        params = point.data.params
+        assert params["optim.lr"] == ["0.1", "0.01"][num]
+        assert params["trainer.nproc_per_node"] == "2" and params["model.hidden"]
+        lines = jsonl(job_dir / "metrics.jsonl")
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert history(client, run_id, key) == [(line["step"], line[key]) for line in lines]
+        artifacts = {a.path for a in client.list_artifacts(run_id, "hydra")}
+        assert artifacts == {"hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"}
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_and_resumed_keeps_one_run(tmp_path):
+    """Rank 1 SIGKILLed in epoch 3 fails the run (FAILED); ``trainer.resume=auto`` into
+    the same dir continues the same MLflow run, its metric history continuous (each
+    epoch's step once) and equal to metrics.jsonl, and ends it FINISHED."""
+    db = tmp_path / "mlflow.db"
+    run_dir = tmp_path / "run"
+    args = [
+        "trainer.nproc_per_node=2",
+        "trainer.epochs=4",
+        "data.n_samples=400",
+        "trainer.progress=off",
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{db}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    failed = runner_cli(*args, env={"RUNNER_FAULT": "1:12"}, check=False)
+    assert failed.returncode != 0
+    [first] = runs_of(db)
+    assert first.info.status == "FAILED"
+    run_id = first.info.run_id
+    assert read_json(run_dir / "mlflow_run.json")["run_id"] == run_id
+    runner_cli(*args, "trainer.resume=auto", env={"RUNNER_FAULT": "1:12"})
+    [again] = runs_of(db)
+    assert again.info.run_id == run_id and again.info.status == "FINISHED"
+    lines = jsonl(run_dir / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [5, 10, 15, 20]
+    client = client_of(db)
+    assert history(client, run_id, "val_loss") == [
+        (line["step"], line["val_loss"]) for line in lines
+    ]
+
+
+@pytest.mark.slow
+def test_a_corrupt_run_file_is_an_error_naming_it_never_a_second_run(tmp_path):
+    db = tmp_path / "mlflow.db"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "mlflow_run.json").write_text("{not json")
+    proc = runner_cli(
+        *FAST,
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{db}",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{run_dir / 'mlflow_run.json'} is corrupt" in proc.stderr
+    assert "delete it to start a new run" in proc.stderr
+    assert not (run_dir / "metrics.json").exists()
+    client = client_of(db)
+    assert not [
+        r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+    ]
+
+
+@pytest.mark.slow
+def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
+    """The probe app (not runner's) calls ``open_point_run`` in every rank; with the
+    callback in its config, each 2-rank point is one run under the sweep's."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    sweep = tmp_path / "sweep"
+    run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=1,2",
+            f"track={uri}",
+            f"hydra.sweep.dir={sweep}",
+            "+hydra.callbacks.mlflow._target_=runner.tracking.MlflowCallback",
+            f"+hydra.callbacks.mlflow.tracking_uri={uri}",
+        ],
+        cwd=tmp_path,
+    )
+    runs = runs_of(db)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_id: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    for num in range(2):
+        records = [read_json(p) for p in sorted((sweep / str(num)).glob("probe_rank*.json"))]
+        assert [r["run_id"] is None for r in records] == [False, True]  # rank 0 only
+        point = children[records[0]["run_id"]]
+        assert point.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert point.info.status == "FINISHED"
+        assert point.data.metrics["value"] == num + 1.0
+
+
+def test_a_jobs_status_ends_its_run(tmp_path):
+    """The callback ends each job's run as launch.json says: COMPLETED -> FINISHED,
+    FAILED -> FAILED, PRUNED and STOPPED -> KILLED (fast: runs made by hand in a real
+    SQLite store, the jobs' records written as the scheduler writes them)."""
+    from omegaconf import OmegaConf
+
+    from runner.tracking import RUN_FILE, MlflowCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    callback = MlflowCallback(tracking_uri=uri)
+    client = client_of(tmp_path / "mlflow.db")
+    experiment = client.create_experiment("x")
+    expected = {
+        "COMPLETED": "FINISHED",
+        "FAILED": "FAILED",
+        "PRUNED": "KILLED",
+        "STOPPED": "KILLED",
+    }
+    for status, ended in expected.items():
+        job_dir = tmp_path / status
+        job_dir.mkdir()
+        run_id = client.create_run(experiment).info.run_id
+        (job_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+        (job_dir / "launch.json").write_text(json.dumps({"status": status, "port": 1234}))
+        config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}}})
+        callback.on_job_end(config=config, job_return=None)
+        finished = client.get_run(run_id)
+        assert finished.info.status == ended, status
+        assert finished.data.tags["runner.status"] == status
+    # A job whose rank 0 never opened a run: nothing to end, no error.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    callback.on_job_end(
+        config=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(empty)}}}),
+        job_return=None,
+    )
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_hold_every_points_config_and_result(tmp_path):
+    """``logger=tensorboard``: each point's event files carry its hyperparameters and
+    final metrics in TensorBoard's HParams format (read back with TensorBoard's own
+    reader), so ``tensorboard --logdir SWEEP_DIR`` tables the sweep."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    sweep = tmp_path / "sweep"
+    runner_cli("-m", "optim.lr=0.1,0.01", *FAST, "logger=tensorboard", f"hydra.sweep.dir={sweep}")
+    for num, lr in enumerate((0.1, 0.01)):
+        events = EventAccumulator(str(sweep / str(num)))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/session_start_info"]
+        ).session_start_info
+        assert start.hparams["optim.lr"].number_value == pytest.approx(lr)
+        assert start.hparams["model._target_"].string_value.endswith("MLP")
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/experiment"]
+        ).experiment
+        names = {m.name.tag for m in experiment.metric_infos}
+        assert {"final/val_loss", "final/objective_value"} <= names
+        final = read_json(sweep / str(num) / "metrics.json")
+        [scalar] = events.Scalars("final/val_loss")
+        assert scalar.value == pytest.approx(final["val_loss"])
