@@ -189,16 +189,28 @@ class PointRun:
         self.client = client
         self.run_id = run_id
         self.last_step = last_step
+        self.pending: list[Any] = []
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, wait: bool = True) -> None:
+        """Log ``metrics`` at ``step``. ``wait=False``: do not wait for the store
+        (MLflow's asynchronous logging, so training never waits on a database commit);
+        then :meth:`flush` before the task returns."""
         if self.last_step is not None and step <= self.last_step:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        operations = self.client.log_batch(self.run_id, metrics=batch, synchronous=wait)
+        if operations is not None:  # logged in the background
+            self.pending.append(operations)
         self.last_step = step
+
+    def flush(self) -> None:
+        """Wait until everything logged so far is in the store."""
+        for operations in self.pending:
+            operations.wait()
+        self.pending.clear()
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param

@@ -84,6 +84,16 @@ def runner_cli(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "runner", *overrides], **kwargs)
 
 
+def modules_imported(stderr: str) -> list[str]:
+    """The modules a ``python -X importtime`` process imported, nested ones included
+    (its stderr lines read ``import time: SELF | CUMULATIVE |   indented.name``)."""
+    return [
+        line.split("|")[-1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:")
+    ]
+
+
 def processes_of(parent_pid: int) -> list[int]:
     """PIDs (agents and workers) started for jobs of runner parent ``parent_pid``."""
     needle = f"RUNNER_PARENT_PID={parent_pid}".encode()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, run, runner_cli
+from tests.conftest import REPO, modules_imported, run, runner_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,7 @@ def imported_modules(*args: str) -> str:
 
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"], ["--cfg", "hydra"]])
 def test_parent_commands_do_not_import_torch(args):
-    modules = [
-        line.split("|")[-1].strip()
-        for line in imported_modules(*args).splitlines()
-        if line.startswith("import time:")
-    ]
+    modules = modules_imported(imported_modules(*args))
     assert "hydra" in modules and "omegaconf" in modules
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from tests.conftest import (
     REPO,
     entry_dirs,
     interrupt_and_expect_nothing_left,
+    modules_imported,
     probe_records,
     processes_of,
     run,
@@ -121,15 +123,20 @@ def test_timeout_stops_the_job(tmp_path, entry_base):
     assert entry_dirs(entry_base) == []
 
 
+KEPT: list = []
+
+
 def leave_work_for_exit(cfg):
     """What a task may leave for the end of its process: an atexit handler, a running
-    non-daemon thread, unflushed output, and an object only interpreter teardown
-    would finalize."""
+    non-daemon thread, a thread pool never shut down (MLflow's asynchronous logging
+    leaves one) with work queued, unflushed output, and an object only interpreter
+    teardown would finalize."""
     import atexit
     import os
     import sys
     import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     rank = os.environ["RANK"]
@@ -141,6 +148,10 @@ def leave_work_for_exit(cfg):
         (out / f"thread{rank}").write_text("ran")
 
     threading.Thread(target=late).start()
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.submit(time.sleep, 0.3)
+    pool.submit(lambda: (out / f"pool{rank}").write_text("ran"))
+    KEPT.append(pool)  # held for good, as a library's own pool is
     sys.stdout.write(f"unflushed {rank}")
 
     class TornDown:
@@ -153,15 +164,25 @@ def leave_work_for_exit(cfg):
 
 @pytest.mark.slow
 def test_successful_rank_ends_like_python_without_the_teardown(tmp_path, entry_base):
-    """A finished rank joins the task's threads, runs its atexit handlers and flushes
-    its output, then skips interpreter teardown (where torch can abort a rank that
-    succeeded)."""
+    """A finished rank ends its thread pools and joins the task's threads, runs its
+    atexit handlers and flushes its output, as interpreter exit does, then skips
+    interpreter teardown (where torch can abort a rank that succeeded). A pool's idle
+    worker would wait forever to be joined: the job's timeout turns that into a
+    failure here rather than a hang."""
     HydraConfig.instance().cfg = None
     out = tmp_path / "out"
     out.mkdir()
     cfg = OmegaConf.create({"out": str(out)})
-    assert launch(cfg, leave_work_for_exit, two_ranks(), tmp_path, console=False) == "returned"
-    assert sorted(p.name for p in out.iterdir()) == ["atexit0", "atexit1", "thread0", "thread1"]
+    job = two_ranks(timeout=90)
+    assert launch(cfg, leave_work_for_exit, job, tmp_path, console=False) == "returned"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "atexit0",
+        "atexit1",
+        "pool0",
+        "pool1",
+        "thread0",
+        "thread1",
+    ]
     stdout = {p.parent.name: p.read_text() for p in tmp_path.glob("torchrun/*/*/*/stdout.log")}
     assert stdout == {"0": "unflushed 0", "1": "unflushed 1"}
     assert entry_dirs(entry_base) == []
@@ -232,13 +253,17 @@ def start_a_spawned_process(cfg) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
-def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm):
+def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm, caplog):
     """The entry script runs the worker only as ``__main__``, so a spawned child does
     not start the task again inside itself."""
     HydraConfig.instance().cfg = None
     config = OmegaConf.create({"x": 7})
-    value = launch(config, start_a_spawned_process, two_ranks(), tmp_path, console=False, warm=warm)
+    with caplog.at_level(logging.INFO, logger="runner.launch.job"):
+        value = launch(
+            config, start_a_spawned_process, two_ranks(), tmp_path, console=False, warm=warm
+        )
     assert value == 7
+    assert ("its ranks fork from a warm process" in caplog.text) == warm
     assert entry_dirs(entry_base) == []
 
 
@@ -374,8 +399,9 @@ def test_ddp_is_exact_and_parent_stays_light(tmp_path):
         ],
         cwd=REPO,
     )
-    parent_imports = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    assert parent_imports and not [line for line in parent_imports if "| torch" in line]
+    parent_imports = modules_imported(proc.stderr)
+    assert "hydra" in parent_imports
+    assert not [m for m in parent_imports if m == "torch" or m.startswith("torch.")]
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["model"]
     assert one.keys() == two.keys()

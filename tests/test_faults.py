@@ -44,6 +44,10 @@ TRAIN = [
 ]
 
 
+# Two ranks with dropout: each rank draws its own masks from its own random state.
+TWO_RANKS = ["trainer.nproc_per_node=2", "model.dropout=0.1"]
+
+
 def same_training(a, b) -> None:
     """Same final weights (bit for bit) and the same per-epoch metrics."""
     wa = torch.load(a / "checkpoint.pt", weights_only=False)["model"]
@@ -59,10 +63,11 @@ def same_training(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def undisturbed(tmp_path_factory):
-    """Reference runs, never interrupted: 1 process (with dropout) and 2 ranks."""
+    """Reference runs, never interrupted: 1 process and 2 ranks, with dropout (so a
+    rank whose random state were restored wrongly would train differently)."""
     root = tmp_path_factory.mktemp("undisturbed")
     runner_cli(*TRAIN, "model.dropout=0.1", f"hydra.run.dir={root / 'one'}")
-    runner_cli(*TRAIN, "trainer.nproc_per_node=2", f"hydra.run.dir={root / 'two'}")
+    runner_cli(*TRAIN, *TWO_RANKS, f"hydra.run.dir={root / 'two'}")
     return root
 
 
@@ -79,7 +84,7 @@ def test_killed_run_resumes_bit_for_bit(undisturbed, tmp_path):
 def test_rank_killed_with_restarts_finishes_like_undisturbed(undisturbed, tmp_path, entry_base):
     proc = runner_cli(
         *TRAIN,
-        "trainer.nproc_per_node=2",
+        *TWO_RANKS,
         "hydra.launcher.max_restarts=1",
         f"hydra.run.dir={tmp_path}",
         env={"RUNNER_FAULT": "1:30"},

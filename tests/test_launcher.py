@@ -276,12 +276,17 @@ def test_points_of_different_world_sizes_get_one_device_per_rank(hydra_sweep_run
 
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
 def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base, mode):
-    """Like Hydra's basic launcher, the sweep raises the failure after the batch ends."""
+    """The healthy points are running when the other fails (they wait at a gate until
+    the failing rank is about to raise), and then complete; like Hydra's basic
+    launcher, the sweep raises the failure after the batch ends."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
     sweep = sweep_probe(
         hydra_sweep_runner,
-        tmp_path,
+        tmp_path / "sweep",
         "fail_rank=-1,1,-1",
-        "sleep=1",
+        f"gate={gate}",
+        "gate_points=3",
         "hydra.launcher.max_parallel=3",
         *mode,
     )
@@ -289,23 +294,29 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
         with sweep:
             pass
     assert err.value.rank == 1
-    statuses = [read_json(tmp_path / str(n) / "launch.json")["status"] for n in range(3)]
+    sweep_dir = tmp_path / "sweep"
+    statuses = [read_json(sweep_dir / str(n) / "launch.json")["status"] for n in range(3)]
     assert statuses == ["COMPLETED", "FAILED", "COMPLETED"]
-    assert read_json(tmp_path / "1" / "launch.json")["exit_code"] == 1
-    assert [len(probe_records(tmp_path / str(n))) for n in (0, 2)] == [2, 2]
+    assert read_json(sweep_dir / "1" / "launch.json")["exit_code"] == 1
+    assert [len(probe_records(sweep_dir / str(n))) for n in (0, 2)] == [2, 2]
     # The failing rank wrote its record; its partner may have been stopped before.
-    assert 1 in [r["rank"] for r in probe_records(tmp_path / "1")]
+    assert 1 in [r["rank"] for r in probe_records(sweep_dir / "1")]
     assert entry_dirs(entry_base) == []
 
 
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
 def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
-    started = time.monotonic()
+    """Point 0 fails once points 0 and 1 run; point 1 would then sleep two minutes and
+    complete, but fail_fast stops it, and point 2 never starts."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
     sweep = sweep_probe(
         hydra_sweep_runner,
-        tmp_path,
+        tmp_path / "sweep",
         "fail_rank=0,-1,-1",
-        "sleep=0,120,0",
+        "sleep=120",
+        f"gate={gate}",
+        "gate_points=2",
         "hydra.launcher.max_parallel=2",
         "hydra.launcher.fail_fast=true",
         *mode,
@@ -313,10 +324,11 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
     with pytest.raises(LaunchError, match="probe failure on rank 0"):
         with sweep:
             pass
-    assert time.monotonic() - started < 100
-    stopped = read_json(tmp_path / "1" / "launch.json")
+    sweep_dir = tmp_path / "sweep"
+    assert read_json(sweep_dir / "0" / "launch.json")["status"] == "FAILED"
+    stopped = read_json(sweep_dir / "1" / "launch.json")
     assert (stopped["status"], stopped["stopped_by"]) == ("STOPPED", "fail_fast")
-    assert not (tmp_path / "2").exists()
+    assert not (sweep_dir / "2").exists()
 
 
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])

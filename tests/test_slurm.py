@@ -7,12 +7,10 @@ skip, saying how to start one.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,16 +71,29 @@ def in_queue(job_ids: list[str]) -> list[str]:
     return [j for j in job_ids if j in out]
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_of_job(job_id: str) -> list[int]:
+    """Live processes of Slurm job ``job_id``: its batch script, agents and ranks (each
+    has the job's id in its environment, whatever its command line)."""
+    needle = f"SLURM_JOB_ID={job_id}".encode()
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and proc.name != str(os.getpid()):
+        if proc.name.isdigit():
             try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                pass
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if needle in environ and state != "Z":
+                found.append(int(proc.name))
     return found
+
+
+def nothing_left_of(job_ids: list[str]) -> None:
+    wait_until(
+        lambda: not [pid for job_id in job_ids for pid in processes_of_job(job_id)],
+        30,
+        f"every process of Slurm jobs {job_ids} to end",
+    )
 
 
 def test_two_point_two_rank_sweep_returns_every_result(tmp_path, slurm):
@@ -164,6 +175,8 @@ def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep
     wait_until(lambda: record.is_file(), 60, "the point to be submitted")
     job_id = read_json(record)["slurm_job_id"]
     wait_until(lambda: len(probe_records(tmp_path / "0")) == 2, 120, "both ranks to start")
+    ranks = {r["pid"] for r in probe_records(tmp_path / "0")}
+    assert ranks <= set(processes_of_job(job_id))  # the leftover check sees the ranks
     subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
     out, _ = parent.communicate(timeout=120)
     assert parent.returncode != 0
@@ -171,7 +184,7 @@ def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep
     assert launch["status"] == "FAILED"
     assert f"Slurm job {job_id}" in launch["error"]
     assert launch["slurm_state"] not in ("RUNNING", "PENDING", "COMPLETED")
-    assert not processes_mentioning(str(tmp_path))
+    nothing_left_of([job_id])
 
 
 def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
@@ -183,6 +196,8 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
     job_ids = [read_json(r)["slurm_job_id"] for r in records]
     wait_until(lambda: len(probe_records(tmp_path / "0")) == 2, 120, "point 0's ranks to run")
     assert sorted(squeue_states(job_ids)) == ["PENDING", "PENDING", "RUNNING"]
+    ranks = {r["pid"] for r in probe_records(tmp_path / "0")}
+    assert ranks <= set(processes_of_job(job_ids[0]))  # the leftover check sees the ranks
     parent.send_signal(signal.SIGINT)
     parent.communicate(timeout=120)
     assert not in_queue(job_ids)
@@ -194,8 +209,7 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
     for record in records:
         assert read_json(record)["status"] == "STOPPED"
         assert read_json(record)["stopped_by"] == "Ctrl-C"
-    time.sleep(1)
-    assert not processes_mentioning(str(tmp_path))
+    nothing_left_of(job_ids)
 
 
 def test_bad_slurm_settings_fail_before_submitting(tmp_path, slurm):

@@ -123,6 +123,32 @@ def test_a_run_killed_mid_training_and_resumed_keeps_one_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_sweep_continues_its_runs(tmp_path):
+    """A point whose rank dies fails (its run FAILED, the sweep's parent run FAILED as
+    the sweep fails); the same sweep with ``hydra.launcher.resume=true`` reruns it into
+    the same runs: still one parent and two points, all FINISHED."""
+    db = tmp_path / "mlflow.db"
+    args = [
+        "-m",
+        "trainer.epochs=2,4",
+        "trainer.nproc_per_node=2",
+        "data.n_samples=400",
+        "trainer.progress=off",
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{db}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    first = runner_cli(*args, env={"RUNNER_FAULT": "1:12"}, check=False)
+    assert first.returncode != 0
+    before = {r.info.run_id: r.info.status for r in runs_of(db)}
+    assert sorted(before.values()) == ["FAILED", "FAILED", "FINISHED"]
+    runner_cli(*args, "hydra.launcher.resume=true", env={"RUNNER_FAULT": "1:12"})
+    after = {r.info.run_id: r.info.status for r in runs_of(db)}
+    assert after.keys() == before.keys()
+    assert set(after.values()) == {"FINISHED"}
+
+
+@pytest.mark.slow
 def test_a_corrupt_run_file_is_an_error_naming_it_never_a_second_run(tmp_path):
     db = tmp_path / "mlflow.db"
     run_dir = tmp_path / "run"

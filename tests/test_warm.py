@@ -3,6 +3,7 @@ launcher's own tests (tests/test_launcher.py, Hydra's suites included) also run 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -119,16 +120,21 @@ def test_module_that_cannot_be_imported_ahead_falls_back_to_cold(tmp_path):
 
 
 def test_single_run_warm_trains_exactly_as_cold(tmp_path):
-    """The same 2-rank training, cold and warm: bit-identical final metrics."""
+    """The same 2-rank training, cold and warm: bit-identical final metrics; the warm
+    run says its ranks forked from the warm process (a dropped flag, or a fall back to
+    cold, would not)."""
     metrics = {}
     for mode in ("cold", "warm"):
         run_dir = tmp_path / mode
-        runner_cli(
+        proc = runner_cli(
             *FAST,
             "trainer.nproc_per_node=2",
             f"hydra.launcher.warm={mode == 'warm'}",
             f"hydra.run.dir={run_dir}",
         )
+        said = proc.stdout + proc.stderr
+        assert ("its ranks fork from a warm process" in said) == (mode == "warm"), said[-2000:]
+        assert "running cold" not in said
         metrics[mode] = read_json(run_dir / "metrics.json")
         metrics[mode].pop("elapsed_s")  # wall time: the one thing allowed to differ
     assert metrics["warm"] == metrics["cold"]
@@ -161,7 +167,7 @@ def thread_count(cfg) -> tuple[str, int]:
     return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
 
 
-def test_warm_workers_take_their_own_thread_count(tmp_path):
+def test_warm_workers_take_their_own_thread_count(tmp_path, caplog):
     """torch in the warm process sized its thread pool before any point's environment
     existed; each forked rank must still get the OMP_NUM_THREADS it was given."""
     from hydra.core.hydra_config import HydraConfig
@@ -172,5 +178,7 @@ def test_warm_workers_take_their_own_thread_count(tmp_path):
 
     HydraConfig.instance().cfg = None  # plain Python, whatever earlier tests composed
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})
-    value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
+    with caplog.at_level(logging.INFO, logger="runner.launch.job"):
+        value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
     assert value == ("1", 1)
+    assert "its ranks fork from a warm process" in caplog.text  # warm, not cold

@@ -427,6 +427,7 @@ def launch(
         server = warm_starter(task_function, job.cwd) if warm else None
         if server is not None:
             job.starter = server
+            log.info("warm start: the agent and its ranks fork from a warm process")
         try:
             job.start(extra_env)
             job.wait()

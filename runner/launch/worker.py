@@ -281,13 +281,15 @@ def exit_now() -> None:
     torch's static destructors can abort a finished gloo rank (``terminate called
     without an active exception``, SIGABRT, no Python frame): 1 in 29 runs of a
     2-rank DDP job on a 2-core machine, after its result was written, failing a
-    point that had succeeded. So: join the task's non-daemon threads and run every
-    atexit handler (logging's, the task's), as interpreter exit does, flush, then
-    ``os._exit(0)``. Forked workers (warm start) already end this way: multiprocessing
-    calls ``os._exit`` after the function returns."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    point that had succeeded. So: shut down the task's thread pools, join its
+    non-daemon threads and run every atexit handler (logging's, the task's), as
+    interpreter exit does, flush, then ``os._exit(0)``. Forked workers (warm start)
+    already end this way: multiprocessing calls ``os._exit`` after the function
+    returns."""
+    # What interpreter exit does first (and multiprocessing after a forked process's
+    # target): shut down thread pools (their idle workers would wait forever to be
+    # joined), then join every non-daemon thread.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -5,11 +5,13 @@ step, and the final ones when training ends."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from runner.metrics import METRICS_FILE
 from runner.tracking import flat_params, open_point_run
 
 # Metrics that say where training is, not how it does.
@@ -78,18 +80,27 @@ class MlflowLogger:
     """The job's MLflow run (one per job, continued on resume): params, metrics every
     epoch, the final ones, and the checkpoint if ``logger.log_checkpoint``."""
 
-    def __init__(self, cfg: DictConfig, checkpoint: Path) -> None:
+    def __init__(self, cfg: DictConfig, output_dir: Path, checkpoint: Path) -> None:
         run = open_point_run(
             cfg, tracking_uri=cfg.logger.tracking_uri, experiment=cfg.logger.experiment
         )
         assert run is not None, "MlflowLogger on a rank other than 0"
         self.run = run
         self.checkpoint = checkpoint if cfg.logger.log_checkpoint else None
+        # A continued run: the epochs metrics.jsonl keeps (those its checkpoint holds)
+        # that never reached the store (logged in the background when the job died).
+        path = output_dir / METRICS_FILE
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            epoch = json.loads(line)
+            self.log({k: v for k, v in epoch.items() if k != "objective"}, epoch["step"])
+        run.flush()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log_metrics({k: v for k, v in metrics.items() if k not in NOT_LOGGED}, step)
+        logged = {k: v for k, v in metrics.items() if k not in NOT_LOGGED}
+        self.run.log_metrics(logged, step, wait=False)
 
     def close(self, final: dict[str, Any], step: int) -> None:
+        self.run.flush()
         self.run.set_tags({"runner.objective": final["objective"]})
         self.run.client.log_metric(
             self.run.run_id, "objective_value", float(final["objective_value"]), step=step
@@ -104,5 +115,5 @@ def make_logger(cfg: DictConfig, output_dir: Path, checkpoint: Path, step: int) 
     if name == "tensorboard":
         return TensorBoardLogger(cfg, output_dir, step)
     if name == "mlflow":
-        return MlflowLogger(cfg, checkpoint)
+        return MlflowLogger(cfg, output_dir, checkpoint)
     return NoLogger()

@@ -21,6 +21,23 @@ if os.environ.get("PROBE_LOADS"):  # who loads this script, and under which name
         loads.write(f"{os.getpid()} {__name__}\n")
 
 
+def wait_for(ready, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"probe waited {timeout:g} s for {what}")
+        time.sleep(0.05)
+
+
+def pass_gate(cfg, rank: int, num) -> None:
+    gate = Path(cfg.gate)
+    if rank == 0:
+        (gate / f"started_{num}").touch()
+    wait_for(lambda: len(list(gate.glob("started_*"))) >= cfg.gate_points, "every point")
+    if rank != cfg.fail_rank:
+        wait_for(lambda: (gate / "released").exists(), "the failing rank")
+
+
 def probe(cfg) -> float:
     hc = HydraConfig.get()
     rank = int(os.environ.get("RANK", "0"))
@@ -70,6 +87,12 @@ def probe(cfg) -> float:
         record["run_id"] = run.run_id if run is not None else None
         if run is not None:
             run.log_metrics({"value": float(cfg.value)}, step=0)
+    if cfg.gate:
+        pass_gate(cfg, rank, record["job_num"])
+        if rank == cfg.fail_rank:  # the others wait for this: fail now
+            Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
+            (Path(cfg.gate) / "released").touch()
+            raise ValueError(f"probe failure on rank {rank}")
     time.sleep(cfg.sleep)
     record["end"] = time.time()
     Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
