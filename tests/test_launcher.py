@@ -277,7 +277,7 @@ def test_points_of_different_world_sizes_get_one_device_per_rank(hydra_sweep_run
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
 def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, entry_base, mode):
     """The healthy points are running when the other fails (they wait at a gate until
-    the failing rank is about to raise), and then complete; like Hydra's basic
+    the sweep has recorded the failure), and then complete; like Hydra's basic
     launcher, the sweep raises the failure after the batch ends."""
     gate = tmp_path / "gate"
     gate.mkdir()

@@ -29,13 +29,24 @@ def wait_for(ready, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def pass_gate(cfg, rank: int, num) -> None:
+def a_point_failed(sweep_dir: Path) -> bool:
+    """Whether the sweep's parent has recorded a failed point (its launch.json)."""
+    for record in sweep_dir.glob("*/launch.json"):
+        try:
+            if json.loads(record.read_text()).get("status") == "FAILED":
+                return True
+        except ValueError:  # being written
+            pass
+    return False
+
+
+def pass_gate(cfg, rank: int, num, sweep_dir: Path) -> None:
     gate = Path(cfg.gate)
     if rank == 0:
         (gate / f"started_{num}").touch()
     wait_for(lambda: len(list(gate.glob("started_*"))) >= cfg.gate_points, "every point")
     if rank != cfg.fail_rank:
-        wait_for(lambda: (gate / "released").exists(), "the failing rank")
+        wait_for(lambda: a_point_failed(sweep_dir), "the sweep to record a failed point")
 
 
 def probe(cfg) -> float:
@@ -88,10 +99,9 @@ def probe(cfg) -> float:
         if run is not None:
             run.log_metrics({"value": float(cfg.value)}, step=0)
     if cfg.gate:
-        pass_gate(cfg, rank, record["job_num"])
+        pass_gate(cfg, rank, record["job_num"], Path(hc.sweep.dir))
         if rank == cfg.fail_rank:  # the others wait for this: fail now
             Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
-            (Path(cfg.gate) / "released").touch()
             raise ValueError(f"probe failure on rank {rank}")
     time.sleep(cfg.sleep)
     record["end"] = time.time()
