@@ -267,30 +267,32 @@ def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm, caplog):
     assert entry_dirs(entry_base) == []
 
 
-def test_free_ports_never_repeat_while_held():
-    socks = [free_port() for _ in range(200)]
-    ports = [s.getsockname()[1] for s in socks]
-    try:
-        assert len(set(ports)) == len(ports)
-        assert all(s.getsockname()[0] == "127.0.0.1" for s in socks)
-    finally:
-        for sock, port in zip(socks, ports, strict=True):
-            sock.close()
-            release_port(port)
-
-
 def test_free_port_skips_ports_of_running_jobs(monkeypatch):
-    """A port given to a running job is not handed out again, even after its socket closed."""
+    """A port given to a running job is not handed out again, even after its socket
+    closed: here the OS is made to offer exactly that port first (a real socket bound
+    to it), and free_port must pass it over for the next."""
+    import socket
+
+    from runner.launch import procs
+
     first = free_port()
     port = first.getsockname()[1]
     first.close()  # the OS may now offer it again, but the job still has it
+    offers = [port]
+
+    class OfferingTheReservedPort(socket.socket):
+        def bind(self, address):
+            host, wanted = address
+            super().bind((host, offers.pop() if offers and wanted == 0 else wanted))
+
+    monkeypatch.setattr(procs.socket, "socket", OfferingTheReservedPort)
     try:
-        for _ in range(50):
-            sock = free_port()
-            other = sock.getsockname()[1]
-            sock.close()
-            release_port(other)
-            assert other != port
+        sock = free_port()
+        other = sock.getsockname()
+        sock.close()
+        release_port(other[1])
+        assert offers == []  # the reserved port was offered
+        assert other[1] != port and other[0] == "127.0.0.1"
     finally:
         release_port(port)
 
