@@ -4,6 +4,7 @@ timeouts, signals, Optuna, and an app that is not runner's."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -384,7 +385,10 @@ def test_sweep_resume_keeps_completed_points(tmp_path):
     first = run(sweep, check=False)
     assert first.returncode != 0 and "probe fails once" in first.stderr
     assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
-    (tmp_path / "2" / "launch.json").unlink()  # as if the parent died while it ran
+    # As a parent killed while point 2 ran leaves its record: RUNNING, its agent gone.
+    record = read_json(tmp_path / "2" / "launch.json")
+    record.update(status="RUNNING", end_time=None, duration_s=None, exit_code=None)
+    (tmp_path / "2" / "launch.json").write_text(json.dumps(record))
     before = {n: probe_records(tmp_path / str(n))[0]["start"] for n in range(3)}
 
     second = run([*sweep, "hydra.launcher.resume=true"])
