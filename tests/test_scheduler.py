@@ -254,6 +254,9 @@ def test_cpu_points_split_the_cores_instead_of_devices(monkeypatch):
     assert pool.environment([], 2, 4, {}) == {"OMP_NUM_THREADS": "2"}
     assert pool.environment([], 2, 4, {"OMP_NUM_THREADS": "7"}) == {}
     assert DevicePool([], split_threads=False).environment([], 2, 4, {}) == {}
+    assert pool.environment([], 1, 3, {}) == {"OMP_NUM_THREADS": "5"}  # 16 // 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own: left alone
+    assert pool.environment([], 2, 4, {}) == {}
 
 
 def test_console_lines_show_compact_numbers_and_short_override_lists(
