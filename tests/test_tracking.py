@@ -269,3 +269,54 @@ def test_tensorboard_hparams_hold_every_points_config_and_result(tmp_path):
         final = read_json(sweep / str(num) / "metrics.json")
         [scalar] = events.Scalars("final/val_loss")
         assert scalar.value == pytest.approx(final["val_loss"])
+
+
+def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
+    """Logged in the background, an epoch's metrics can be lost when the job dies,
+    though metrics.jsonl (written first) and the checkpoint hold that epoch: the
+    continued run backfills it from metrics.jsonl, and logs nothing twice (fast: the
+    trainer's logger on a run made by hand in a real SQLite store)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import runner.trainer.config  # noqa: F401  (its schemas, before composing)
+    from runner.tracking import RUN_FILE
+    from runner.trainer.cli import CONF_DIR
+    from runner.trainer.loggers import MlflowLogger
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["logger=mlflow", f"logger.tracking_uri={uri}"],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        cfg.hydra.job.name = "runner"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        client = client_of(db)
+        run_id = client.create_run(client.create_experiment(EXPERIMENT)).info.run_id
+        client.log_metric(run_id, "val_loss", 0.5, step=5)  # epoch 1 reached the store
+        (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+        lines = [
+            {"epoch": 1, "step": 5, "val_loss": 0.5, "objective": 0.5},
+            {"epoch": 2, "step": 10, "val_loss": 0.4, "objective": 0.4},  # it did not
+        ]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        task_cfg = cfg.copy()
+        with open_dict(task_cfg):
+            del task_cfg["hydra"]
+        logger = MlflowLogger(task_cfg, run_dir, run_dir / "checkpoint.pt")
+        logger.log({"epoch": 3, "step": 15, "val_loss": 0.3}, 15)
+        logger.run.flush()
+        assert history(client, run_id, "val_loss") == [(5, 0.5), (10, 0.4), (15, 0.3)]
+        assert "objective" not in client.get_run(run_id).data.metrics
+    finally:
+        HydraConfig.instance().cfg = None
