@@ -95,13 +95,60 @@ def test_a_script_task_goes_by_name_only_when_the_script_is_guarded(tmp_path):
     guarded = json.loads(run([sys.executable, "guarded.py"], cwd=tmp_path, env=env).stdout)
     script = str(tmp_path / "guarded.py")
     assert guarded == [
-        {"script": script, "qualname": "plain", "unwrap": 0},
-        {"script": script, "qualname": "task", "unwrap": 1},
+        {"script": script, "source": GUARDED, "qualname": "plain", "unwrap": 0},
+        {"script": script, "source": GUARDED, "qualname": "task", "unwrap": 1},
     ]
     as_module = json.loads(run([sys.executable, "-m", "pkg.app"], cwd=tmp_path, env=env).stdout)
     assert as_module[1] == {"module": "pkg.app", "qualname": "task", "unwrap": 1}
     unguarded = run([sys.executable, "unguarded.py"], cwd=tmp_path, env=env).stdout
     assert json.loads(unguarded) is None
+
+
+EDITED_MID_SWEEP = """
+from pathlib import Path
+
+import hydra
+
+VALUE = 1
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg) -> float:
+    if cfg.edit:  # the user edits the script while the sweep runs
+        path = Path(__file__)
+        path.write_text(path.read_text().replace("VALUE = 1", "VALUE = 2"))
+    return float(VALUE)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_edited_mid_sweep_does_not_change_the_points_after(tmp_path):
+    """Every point runs the script as it was when the sweep began: point 0 edits it on
+    disk, point 1 (started after) still runs the text the sweep started with."""
+    script = tmp_path / "app.py"
+    script.write_text(EDITED_MID_SWEEP)
+    sweep = tmp_path / "sweep"
+    proc = run(
+        [
+            sys.executable,
+            str(script),
+            "-m",
+            "+edit=true,false",
+            "hydra/launcher=torchrun",
+            "hydra.launcher.max_parallel=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert "VALUE = 2" in script.read_text()  # point 0 did edit it
+    said = proc.stdout + proc.stderr
+    assert "#0 done" in said and "#1 done" in said
+    assert [line for line in said.splitlines() if "#1 done" in line][0].count("-> 1  ") == 1
 
 
 # --------------------------------------------------------------------------- Lightning

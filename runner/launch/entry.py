@@ -224,16 +224,29 @@ def started_under_main_guard(main: ModuleType) -> bool:
     )
 
 
+_script_sources: dict[str, str] = {}
+
+
+def script_source(path: str, source: str | None = None) -> str:
+    """The text of the script at ``path`` as this process first read it (``source``:
+    the text it ran instead), so every job of a sweep runs the script as it was when
+    the sweep began, whatever is edited on disk meanwhile."""
+    if path not in _script_sources:
+        _script_sources[path] = source if source is not None else Path(path).read_text()
+    return _script_sources[path]
+
+
 def task_reference(task_function: Callable) -> dict | None:
     """Where another process finds the task by name, or None: it then travels by value.
 
     ``{"module": name}``: the task of an importable module, or of the module run with
-    ``python -m``; ``{"script": path}``: the task of the script this process runs
-    (``python train.py``), which the ranks load under the name ``__mp_main__``, as
-    multiprocessing's "spawn" children do. Each with ``qualname``, and ``unwrap``:
-    the decorators (``@hydra.main``) to look through from that name to the task. A
-    task of the running ``__main__`` goes by name only when the app started from
-    inside its ``if __name__ == "__main__":`` block, so loading it starts nothing.
+    ``python -m``; ``{"script": path, "source": text}``: the task of the script this
+    process runs (``python train.py``), which the ranks run (its text as the sweep
+    began) under the name ``__mp_main__``, as multiprocessing's "spawn" children do.
+    Each with ``qualname``, and ``unwrap``: the decorators (``@hydra.main``) to look
+    through from that name to the task. A task of the running ``__main__`` goes by
+    name only when the app started from inside its ``if __name__ == "__main__":``
+    block, so loading it starts nothing.
     """
     module_name = getattr(task_function, "__module__", None)
     qualname = getattr(task_function, "__qualname__", "")
@@ -249,13 +262,15 @@ def task_reference(task_function: Callable) -> dict | None:
         if spec is not None:
             reference = {"module": spec.name}
         elif path:
-            reference = {"script": os.path.abspath(path)}
+            path = os.path.abspath(path)
+            reference = {"script": path, "source": script_source(path)}
         else:
             return None
     elif module_name == SCRIPT_MODULE:  # a script loaded by load_script (a rerun)
-        if module is None or not getattr(module, "__file__", None):
+        path = getattr(module, "__file__", None)
+        if not path:
             return None
-        reference = {"script": module.__file__}
+        reference = {"script": path, "source": script_source(path)}
     else:
         try:
             import importlib

@@ -109,15 +109,18 @@ class WarmServer:
             [*sys_path, *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(task)],
+            [sys.executable, "-m", __name__],
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             pass_fds=[child_end.fileno()],
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
         child_end.close()
+        assert self.proc.stdin is not None
+        with self.proc.stdin:  # the task's reference (a script's text may be long)
+            self.proc.stdin.write(json.dumps(task).encode())
         self.sock = parent_end
         self._buffer = b""
         self._lock = threading.Lock()
@@ -403,7 +406,9 @@ def main() -> NoReturn:
     die_with_parent(signal.SIGTERM)
     control = socket.socket(fileno=int(os.environ.pop(WARM_FD_ENV)))
     try:
-        code = serve(control, json.loads(sys.argv[1]))
+        task = json.loads(sys.stdin.read())
+        sys.stdin.close()
+        code = serve(control, task)
     except SystemExit as exit_:  # SIGTERM
         code = exit_.code if isinstance(exit_.code, int) else 1
     # Its agents are stopped and it ran no task: skip the interpreter's teardown of

@@ -30,7 +30,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.launch.entry import RANK0_FILE, RESULT_FILE, SCRIPT_MODULE, TASK_FILE
+from runner.launch.entry import (
+    RANK0_FILE,
+    RESULT_FILE,
+    SCRIPT_MODULE,
+    TASK_FILE,
+    script_source,
+)
 from runner.launch.procs import die_with_parent, write_atomic
 
 log = logging.getLogger(__name__)
@@ -148,11 +154,12 @@ class ConfigMismatch(RuntimeError):
     """The nodes of one multi-node job composed different configs."""
 
 
-def load_script(path: str) -> ModuleType:
-    """The script at ``path`` as the module ``__mp_main__`` (loaded once per process):
-    what multiprocessing's "spawn" children do with the main script, so its
-    ``if __name__ == "__main__":`` block does not run. Its classes and functions are
-    pickled by value for the parent (which has no such module)."""
+def load_script(path: str, source: str | None = None) -> ModuleType:
+    """The script at ``path`` (its text ``source``, else the file's) as the module
+    ``__mp_main__``, loaded once per process: what multiprocessing's "spawn" children
+    do with the main script, so its ``if __name__ == "__main__":`` block does not run.
+    Its classes and functions are pickled by value for the parent (which has no such
+    module)."""
     loaded = sys.modules.get(SCRIPT_MODULE)
     if loaded is not None and getattr(loaded, "__file__", None) == path:
         return loaded
@@ -162,7 +169,7 @@ def load_script(path: str) -> ModuleType:
     module.__file__ = path
     sys.modules[SCRIPT_MODULE] = module
     try:
-        code = compile(Path(path).read_bytes(), path, "exec")
+        code = compile(script_source(path, source), path, "exec")
         exec(code, vars(module))
     except BaseException:
         del sys.modules[SCRIPT_MODULE]
@@ -180,7 +187,7 @@ def load_task(job: dict, entry_dir: Path) -> Callable:
 
         return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
     if "script" in reference:
-        obj: Any = load_script(reference["script"])
+        obj: Any = load_script(reference["script"], reference.get("source"))
     else:
         import importlib
 
