@@ -35,6 +35,17 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def tracked(db: Path) -> list[str]:
+    """Small 2-rank training into the SQLite store ``db`` (``logger=mlflow``)."""
+    return [
+        "trainer.nproc_per_node=2",
+        "data.n_samples=400",
+        "trainer.progress=off",
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{db}",
+    ]
+
+
 @pytest.fixture(scope="module")
 def tracked_sweep(tmp_path_factory):
     """Two points of two ranks each, ``logger=mlflow`` into an SQLite store."""
@@ -43,12 +54,8 @@ def tracked_sweep(tmp_path_factory):
     proc = runner_cli(
         "-m",
         "optim.lr=0.1,0.01",
-        "trainer.nproc_per_node=2",
         "trainer.epochs=3",
-        "data.n_samples=400",
-        "trainer.progress=off",
-        "logger=mlflow",
-        f"logger.tracking_uri=sqlite:///{db}",
+        *tracked(db),
         f"hydra.sweep.dir={base / 'sweep'}",
     )
     return base / "sweep", db, proc
@@ -96,15 +103,7 @@ def test_a_run_killed_mid_training_and_resumed_keeps_one_run(tmp_path):
     epoch's step once) and equal to metrics.jsonl, and ends it FINISHED."""
     db = tmp_path / "mlflow.db"
     run_dir = tmp_path / "run"
-    args = [
-        "trainer.nproc_per_node=2",
-        "trainer.epochs=4",
-        "data.n_samples=400",
-        "trainer.progress=off",
-        "logger=mlflow",
-        f"logger.tracking_uri=sqlite:///{db}",
-        f"hydra.run.dir={run_dir}",
-    ]
+    args = ["trainer.epochs=4", *tracked(db), f"hydra.run.dir={run_dir}"]
     failed = runner_cli(*args, env={"RUNNER_FAULT": "1:12"}, check=False)
     assert failed.returncode != 0
     [first] = runs_of(db)
@@ -128,16 +127,7 @@ def test_a_resumed_sweep_continues_its_runs(tmp_path):
     the sweep fails); the same sweep with ``hydra.launcher.resume=true`` reruns it into
     the same runs: still one parent and two points, all FINISHED."""
     db = tmp_path / "mlflow.db"
-    args = [
-        "-m",
-        "trainer.epochs=2,4",
-        "trainer.nproc_per_node=2",
-        "data.n_samples=400",
-        "trainer.progress=off",
-        "logger=mlflow",
-        f"logger.tracking_uri=sqlite:///{db}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
+    args = ["-m", "trainer.epochs=2,4", *tracked(db), f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = runner_cli(*args, env={"RUNNER_FAULT": "1:12"}, check=False)
     assert first.returncode != 0
     before = {r.info.run_id: r.info.status for r in runs_of(db)}
