@@ -72,7 +72,7 @@ class FakeJob:
             assert self.started_at is not None
             elapsed = time.time() - self.started_at
             curve = FakeJobs.curves.get(self.num, [])
-            while self.written < len(curve) and elapsed >= (self.written + 1) * CURVE_STEP_S:
+            while self.written < len(curve) and elapsed >= (self.written + 1) * FakeJobs.curve_step:
                 append_metrics(
                     self.job_dir, {"epoch": self.written, "objective": curve[self.written]}
                 )
@@ -125,8 +125,9 @@ class FakeJobs:
     sleeps: ClassVar[dict[int, float]] = {}
     # Points that fail whatever their config says (a rerun with the same overrides).
     failing: ClassVar[set[int]] = set()
-    # Values point N writes to its metrics.jsonl while it runs, one per CURVE_STEP_S.
+    # Values point N writes to its metrics.jsonl while it runs, one per ``curve_step`` s.
     curves: ClassVar[dict[int, list[float]]] = {}
+    curve_step: ClassVar[float] = CURVE_STEP_S
     # Raise KeyboardInterrupt in the scheduler's loop this many seconds in (Ctrl-C).
     interrupt_after: ClassVar[float | None] = None
 
@@ -143,6 +144,7 @@ class FakeJobs:
     @classmethod
     def reset(cls) -> None:
         cls.events, cls.jobs, cls.sleeps, cls.failing, cls.curves = [], [], {}, set(), {}
+        cls.curve_step = CURVE_STEP_S
         cls.interrupt_after = None
 
     def __init__(self, launcher: SweepLauncher) -> None:

@@ -63,7 +63,12 @@ def test_a_trial_starts_the_moment_a_slot_frees(hydra_sweep_runner, tmp_path):
 
 
 def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_path):
-    FakeJobs.curves = {0: [1.0] * 3, 1: [1.0] * 3, 2: [9.0] * 30}
+    # MedianPruner compares a trial's last step with the completed trials' values at
+    # that step: the winners' curves span every step the loser reaches, so the loser
+    # is pruned at whichever watch first sees both winners told (on a slow machine
+    # trial 1 is told after trial 2 has written steps 0 to 2).
+    FakeJobs.curve_step = 0.01
+    FakeJobs.curves = {0: [1.0] * 30, 1: [1.0] * 30, 2: [9.0] * 30}
     FakeJobs.sleeps = {0: 0.35, 1: 0.35, 2: 3.0}
     search(
         hydra_sweep_runner,
@@ -84,7 +89,7 @@ def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_pa
     pruned_at = search_study(tmp_path).trials[2].intermediate_values
     assert pruned_at and all(v == 9.0 for v in pruned_at.values())
     # The completed trials' whole curves reached the study (the pruner compares with them).
-    assert search_study(tmp_path).trials[0].intermediate_values == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert search_study(tmp_path).trials[0].intermediate_values == {i: 1.0 for i in range(30)}
 
 
 def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
