@@ -25,11 +25,36 @@ PROBE_APP = APPS / "probe_app.py"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def entry_base(tmp_path_factory) -> Path:
-    """Entry dirs of every job in this session go here, so leftovers are easy to see."""
+def session_entries(tmp_path_factory) -> Path:
+    """Entry dirs of the jobs that module and session fixtures start."""
     base = tmp_path_factory.mktemp("entries")
     os.environ["RUNNER_TMPDIR"] = str(base)
     return base
+
+
+@pytest.fixture(autouse=True)
+def entry_base(tmp_path_factory, monkeypatch) -> Path:
+    """Entry dirs of this test's jobs, in a dir of its own (inherited by what it
+    starts): a leftover fails the test that left it, not a later one."""
+    base = tmp_path_factory.mktemp("entries")
+    monkeypatch.setenv("RUNNER_TMPDIR", str(base))
+    return base
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_state():
+    """Each test starts, and leaves, with no Hydra state in this process (a sweep run
+    in-process sets HydraConfig's singleton; plain-Python callers expect none)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def clear() -> None:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+
+    clear()
+    yield
+    clear()
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +64,22 @@ def lease_dir(tmp_path_factory, monkeypatch) -> Path:
     path = tmp_path_factory.mktemp("leases")
     monkeypatch.setenv("RUNNER_LEASE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def prompt_agent(monkeypatch):
+    """runner's prompt agent and log tailers installed in this process (as in a
+    torchrun agent) for one test; torch's own are put back after it."""
+    import torch.distributed.elastic.multiprocessing.api as processes
+    import torch.distributed.launcher.api as launcher
+
+    from runner.launch import prompt
+
+    monkeypatch.setattr(launcher, "LocalElasticAgent", launcher.LocalElasticAgent)
+    monkeypatch.setattr(processes, "TailLog", processes.TailLog)
+    monkeypatch.setattr(prompt, "_state", dict(prompt._state))
+    reason = prompt.install()
+    assert reason is None, f"the prompt agent is off: {reason}"
 
 
 # What this run of the suite must have (comma-separated: slurm, netns). .ci/run sets

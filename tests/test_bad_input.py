@@ -9,8 +9,6 @@ import pytest
 
 from tests.conftest import run
 
-pytestmark = pytest.mark.slow
-
 CASES = [
     # unknown groups and options: Hydra lists what there is
     (["model=nope"], "Could not find 'model/nope'"),
@@ -126,6 +124,7 @@ def test_matrix_is_big_enough():
     assert len(CASES) >= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_bad_input(tmp_path, overrides, message):
     proc = run(

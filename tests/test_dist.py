@@ -115,10 +115,8 @@ def test_timeout_stops_the_job(tmp_path, entry_base):
     cfg = job_config(tmp_path, "hang_rank=0")
     from tests.apps.probe_app import probe
 
-    started = time.monotonic()
     with pytest.raises(LaunchError, match="timed out after 8 s"):
         launch(cfg, probe, two_ranks(timeout=8), tmp_path, console=False)
-    assert time.monotonic() - started < 60
     assert processes_of(os.getpid()) == []
     assert entry_dirs(entry_base) == []
 
@@ -169,7 +167,6 @@ def test_successful_rank_ends_like_python_without_the_teardown(tmp_path, entry_b
     interpreter teardown (where torch can abort a rank that succeeded). A pool's idle
     worker would wait forever to be joined: the job's timeout turns that into a
     failure here rather than a hang."""
-    HydraConfig.instance().cfg = None
     out = tmp_path / "out"
     out.mkdir()
     cfg = OmegaConf.create({"out": str(out)})
@@ -188,7 +185,7 @@ def test_successful_rank_ends_like_python_without_the_teardown(tmp_path, entry_b
     assert entry_dirs(entry_base) == []
 
 
-def test_tee_tailer_stops_at_once_and_copies_everything(tmp_path):
+def test_tee_tailer_stops_at_once_and_copies_everything(tmp_path, prompt_agent):
     """torchrun's tailer of a rank's log (``tee``) sleeps its interval between reads,
     and stopping it waits that sleep out; runner's agent uses one that wakes when told
     to stop and still copies the lines written last."""
@@ -197,9 +194,6 @@ def test_tee_tailer_stops_at_once_and_copies_everything(tmp_path):
 
     import torch.distributed.elastic.multiprocessing.api as processes
 
-    from runner.launch.agent import install
-
-    install()
     log = tmp_path / "stdout.log"
     log.write_text("first\n")
     out = io.StringIO()
@@ -222,7 +216,6 @@ def double_world_size(cfg):
 
 @pytest.mark.slow
 def test_launch_from_plain_python_without_hydra(tmp_path, entry_base):
-    HydraConfig.instance().cfg = None
     assert (
         launch(OmegaConf.create({"x": 21}), double_world_size, two_ranks(), tmp_path, console=False)
         == 42
@@ -256,7 +249,6 @@ def start_a_spawned_process(cfg) -> int:
 def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm, caplog):
     """The entry script runs the worker only as ``__main__``, so a spawned child does
     not start the task again inside itself."""
-    HydraConfig.instance().cfg = None
     config = OmegaConf.create({"x": 7})
     with caplog.at_level(logging.INFO, logger="runner.launch.job"):
         value = launch(
@@ -351,7 +343,8 @@ INTERRUPTIBLE = textwrap.dedent(
     from runner.launch.job import launch
     from pathlib import Path
     job_dir = Path(sys.argv[1])
-    launch(job_config(job_dir, "sleep=600"), probe, two_ranks(), job_dir, console=False)
+    config = job_config(job_dir, "sleep=600", f"gate={job_dir}", "gate_points=1")
+    launch(config, probe, two_ranks(), job_dir, console=False)
     """
 )
 
@@ -365,9 +358,10 @@ def test_parent_interrupted_or_killed_leaves_nothing(tmp_path, entry_base, sig):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: len(processes_of(parent.pid)) >= 3, 90, "the agent and two workers")
+    # Rank 0 marks its task's start (the probe's gate): the ranks run the task.
+    wait_until(lambda: (tmp_path / "started_0").exists(), 90, "the task to start")
+    assert len(processes_of(parent.pid)) >= 3  # the agent and two workers
     assert entry_dirs(entry_base)
-    time.sleep(1.0)
     interrupt_and_expect_nothing_left(parent, sig, entry_base)
     if sig != signal.SIGKILL:
         assert parent.returncode != 0

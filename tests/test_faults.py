@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +20,7 @@ from runner.launch.job import LaunchTimeout, TorchrunJob, stop_jobs
 from runner.trainer.train import CheckpointError, train
 from tests.conftest import (
     PROBE_APP,
+    REPO,
     entry_dirs,
     interrupt_and_expect_nothing_left,
     launch_status,
@@ -76,9 +77,58 @@ def test_killed_run_resumes_bit_for_bit(undisturbed, tmp_path):
     killed = runner_cli(*args, env={"RUNNER_FAULT": "0:30"}, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    # What a kill in the middle of writing the next checkpoint leaves beside it.
+    (tmp_path / ".checkpoint.pt.tmp").write_bytes(b"half a checkpoi")
     resumed = runner_cli(*args)
     assert "resuming at step 28" in resumed.stdout + resumed.stderr
     same_training(undisturbed / "one", tmp_path)
+    assert not (tmp_path / ".checkpoint.pt.tmp").exists()
+
+
+KILLED_WHILE_SAVING = """
+import os, sys, time
+from pathlib import Path
+import torch
+from runner.trainer.train import atomic_save
+
+path = Path(sys.argv[1])
+def stalled_fsync(fd):  # the new checkpoint is written, not yet renamed: killed here
+    (path.parent / "writing").touch()
+    time.sleep(600)
+os.fsync = stalled_fsync
+atomic_save({"weights": torch.ones(1000)}, path)
+"""
+
+
+def test_a_kill_while_a_checkpoint_is_written_keeps_the_last_one(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"weights": torch.zeros(1000)}, path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_SAVING, str(path)], cwd=REPO)
+    try:
+        wait_until(lambda: (tmp_path / "writing").exists(), 60, "the save to be under way")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / ".checkpoint.pt.tmp").exists()
+    assert torch.equal(torch.load(path)["weights"], torch.zeros(1000))
+
+
+def test_resume_never_starts_over_beside_any_checkpoint(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    train(make(f"paths.output_dir={tmp_path}", "trainer.epochs=1", "trainer.resume=never"))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1  # trained from the start, and saved over the old one
+
+
+def test_a_corrupt_checkpoint_fails_a_two_rank_run_through_the_cli(tmp_path, entry_base):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = runner_cli(*TRAIN, "trainer.nproc_per_node=2", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert f"cannot resume from checkpoint {tmp_path / 'checkpoint.pt'}" in proc.stderr
+    assert "Fix: delete or move it to start over, or pass trainer.resume=never" in proc.stderr
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+    assert not (tmp_path / "metrics.json").exists()
+    assert entry_dirs(entry_base) == []
 
 
 def test_rank_killed_with_restarts_finishes_like_undisturbed(undisturbed, tmp_path, entry_base):
@@ -201,6 +251,66 @@ def test_fifty_points_eight_at_a_time(tmp_path, entry_base):
     assert "[50/50 ended: 50 done, 0 running, 0 failed]" in proc.stdout + proc.stderr
 
 
+def test_a_rank_deaf_to_sigterm_is_killed_after_stop_grace(
+    hydra_sweep_runner, tmp_path, entry_base
+):
+    """A rank that ignores SIGTERM would keep torchrun's agent waiting 30 s and more:
+    ``stop_grace`` after the SIGTERM, the launcher SIGKILLs the agent's whole group."""
+    sweep = sweep_probe(
+        hydra_sweep_runner,
+        tmp_path,
+        "hang_rank=0",
+        "deaf=true",
+        "hydra.launcher.timeout=8",
+        "hydra.launcher.stop_grace=1",
+    )
+    with pytest.raises(LaunchTimeout, match="timed out after 8 s"):
+        with sweep:
+            pass
+    record = read_json(tmp_path / "0" / "launch.json")
+    assert (record["stopped_by"], record["exit_code"]) == ("timeout", -signal.SIGKILL)
+    assert processes_of(os.getpid()) == []
+    assert entry_dirs(entry_base) == []
+
+
+def cmdline(pid: int) -> str:
+    return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_workers_die_with_their_agent(tmp_path, entry_base):
+    """An agent killed outright (SIGKILL, the OOM killer) cannot stop its workers:
+    they asked the kernel for SIGKILL when it dies. The point is recorded failed."""
+    sweep, gate = tmp_path / "sweep", tmp_path / "gate"
+    gate.mkdir()
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "sleep=600",
+            f"gate={gate}",
+            "gate_points=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: (gate / "started_0").exists(), 120, "the task to start")
+        pids = processes_of(parent.pid)
+        (agent,) = [pid for pid in pids if "runner.launch.agent" in cmdline(pid)]
+        workers = [pid for pid in pids if pid != agent]
+        assert len(workers) == 2
+        os.kill(agent, signal.SIGKILL)
+        wait_until(lambda: not set(workers) & set(processes_of(parent.pid)), 30, "the workers")
+        assert parent.wait(timeout=60) != 0
+    finally:
+        parent.kill()
+    assert read_json(sweep / "0" / "launch.json")["status"] == "FAILED"
+    assert processes_of(parent.pid) == []
+    assert entry_dirs(entry_base) == []
+
+
 def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
     sweep = sweep_probe(
         hydra_sweep_runner,
@@ -221,29 +331,36 @@ def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
+    sweep, gate = tmp_path / "sweep", tmp_path / "gate"
+    gate.mkdir()
     parent = subprocess.Popen(
         [
             sys.executable,
             str(PROBE_APP),
             "-m",
             "sleep=0,600,600",
+            f"gate={gate}",  # each point's rank 0 marks its task's start
+            "gate_points=1",
             "hydra.launcher.max_parallel=2",
-            f"hydra.sweep.dir={tmp_path}",
+            f"hydra.sweep.dir={sweep}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_until(
-        lambda: len(processes_of(parent.pid)) >= 3 and launch_status(tmp_path / "0") == "COMPLETED",
+        lambda: (
+            launch_status(sweep / "0") == "COMPLETED"
+            and all((gate / f"started_{n}").exists() for n in (1, 2))
+        ),
         120,
-        "the sweep to get going",
+        "point 0 to end and points 1 and 2 to run their task",
     )
-    time.sleep(1)
+    assert len(processes_of(parent.pid)) >= 3
     interrupt_and_expect_nothing_left(parent, sig, entry_base)
     assert parent.returncode != 0  # its only non-completed points were stopped: still
-    assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
-    assert len(probe_records(tmp_path / "0")) == 2
+    assert read_json(sweep / "0" / "launch.json")["status"] == "COMPLETED"
+    assert len(probe_records(sweep / "0")) == 2
     if sig != signal.SIGKILL:  # the others were running: stopped, and by what
         by = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
-        stopped = [read_json(tmp_path / str(n) / "launch.json") for n in (1, 2)]
+        stopped = [read_json(sweep / str(n) / "launch.json") for n in (1, 2)]
         assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2

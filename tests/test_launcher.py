@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.test_utils.launcher_common_tests import (
     BatchedSweeperTestSuite,
     IntegrationTestSuite,
@@ -23,6 +23,7 @@ from tests.conftest import (
     FAST,
     PROBE_APP,
     entry_dirs,
+    launch_status,
     probe_records,
     read_json,
     run,
@@ -67,19 +68,22 @@ class TestTorchrunLauncherIntegration(IntegrationTestSuite):
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["cold", "warm"])
-def probe_sweep(request, tmp_path_factory, entry_base):
-    """The probe app, run as a script from another cwd: three 2-rank points at once,
-    with chdir, a custom subdir and env_set; every rank records what it sees. Cold,
-    and warm (agents and workers forked from a warm process)."""
+def probe_sweep(request, tmp_path_factory):
+    """The probe app, run as a script from another cwd: three 2-rank points at once
+    (each waits at a gate until all three have started), with chdir, a custom subdir
+    and env_set; every rank records what it sees. Cold, and warm (agents and workers
+    forked from a warm process)."""
     work = tmp_path_factory.mktemp("probe_cwd")
     modules = work / "parent_modules.json"
+    (work / "gate").mkdir()
     proc = run(
         [
             sys.executable,
             str(PROBE_APP),
             "-m",
             "value=1,2,3",
-            "sleep=2",
+            f"gate={work / 'gate'}",
+            "gate_points=3",
             "hydra.sweep.dir=sweep",
             "hydra.sweep.subdir=point_${hydra.job.num}",
             "hydra.job.chdir=true",
@@ -134,7 +138,12 @@ def test_every_rank_sees_the_parents_hydra_state(probe_sweep):
             assert r["world_size"] == 2
             assert r["job_name"] == parent.job.name == "probe_app"
             assert r["job_num"] == num == parent.job.num
-            assert r["overrides"] == list(parent.overrides.task) == [f"value={num + 1}", "sleep=2"]
+            assert list(parent.overrides.task) == [
+                f"value={num + 1}",
+                f"gate={work / 'gate'}",
+                "gate_points=3",
+            ]
+            assert r["overrides"] == list(parent.overrides.task)
             assert r["output_dir"] == parent.runtime.output_dir == str(job_dir.resolve())
             assert r["choices"] == dict(parent.runtime.choices)
             assert r["cwd"] == str(job_dir.resolve())  # hydra.job.chdir=true
@@ -163,6 +172,8 @@ def test_points_overlap_on_distinct_ports(probe_sweep):
         )
         for n in range(3)
     ]
+    # Each point's ranks waited at the gate for all three: no point can end before
+    # the last one started unless they ran at once.
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
     # CPU threads are shared out between concurrent ranks.
     assert {
@@ -196,9 +207,38 @@ def sweep_probe(hydra_sweep_runner, tmp_path, *overrides, task=None):
     )
 
 
-def slow_first(cfg) -> float:
-    """Sleeps ``value`` seconds: the first point (largest value) finishes last."""
-    time.sleep(float(cfg.value))
+def test_env_log_dir_and_redirects_reach_the_ranks(hydra_sweep_runner, tmp_path):
+    """``env`` is every rank's environment; ``log_dir`` holds the ranks' output files,
+    and ``redirects=1`` sends only stdout there (stderr stays with the agent)."""
+    logs = tmp_path / "logs"
+    with sweep_probe(
+        hydra_sweep_runner,
+        tmp_path / "sweep",
+        "say=hello",
+        "hydra.launcher.env={PROBE_ENV: from_launcher}",
+        f"hydra.launcher.log_dir={logs}",
+        "hydra.launcher.redirects=1",
+        "hydra.launcher.tee=0",
+    ):
+        pass
+    records = probe_records(tmp_path / "sweep" / "0")
+    assert {r["probe_env"] for r in records} == {"from_launcher"}
+    outs = {p.parent.name: p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
+    assert outs == {"0": "hello from rank 0\n", "1": "hello from rank 1\n"}
+    errs = "".join(p.read_text() for p in logs.glob("*/attempt_0/*/stderr.log"))
+    assert "hello" not in errs
+    assert not (tmp_path / "sweep" / "0" / "torchrun").exists()  # the default log_dir
+
+
+def last_first(cfg) -> float:
+    """Point N of three ends only after the sweep has recorded point N + 1 as ended:
+    the first point ends last, whatever the machine's speed."""
+    from tests.apps.probe_app import wait_for
+
+    hc = HydraConfig.get()
+    after = Path(hc.sweep.dir) / str(hc.job.num + 1)
+    if hc.job.num < 2:
+        wait_for(lambda: launch_status(after) == "COMPLETED", f"point {after.name} to end")
     return float(cfg.value)
 
 
@@ -209,7 +249,7 @@ def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
         "value=4,2,0",
         "hydra.launcher.max_parallel=3",
         "hydra.launcher.nproc_per_node=1",
-        task=slow_first,
+        task=last_first,
     ) as sweep:
         returns = sweep.returns[0]
         ends = [read_json(Path(r.working_dir) / "launch.json")["end_time"] for r in returns]
@@ -220,12 +260,16 @@ def test_results_come_back_in_input_order(hydra_sweep_runner, tmp_path):
 
 def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_path):
     """With devices to share, each running point gets its own CUDA_VISIBLE_DEVICES slice
-    (on a CPU machine the variable is set all the same, and torch ignores it)."""
+    (on a CPU machine the variable is set all the same, and torch ignores it). The
+    first two wait at a gate for each other, so they run at once."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
     with sweep_probe(
         hydra_sweep_runner,
         tmp_path,
         "value=1,2,3",
-        "sleep=1",
+        f"gate={gate}",
+        "gate_points=2",
         "hydra.launcher.devices='0,1,2,3'",
         "hydra.launcher.max_parallel=4",
     ) as sweep:
@@ -239,7 +283,11 @@ def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_pa
         for num, ret in enumerate(sweep.returns[0]):
             saved = OmegaConf.load(Path(ret.working_dir) / ".hydra" / "hydra.yaml").hydra
             assert saved.job.num == num and saved.runtime.output_dir == ret.working_dir
-            assert list(saved.overrides.task) == [f"value={num + 1}", "sleep=1"]
+            assert list(saved.overrides.task) == [
+                f"value={num + 1}",
+                f"gate={gate}",
+                "gate_points=2",
+            ]
             assert {r["job_num"] for r in probe_records(Path(ret.working_dir))} == {num}
     assert all(len(s) == 1 for s in slices)
     first, second, third = (s.pop() for s in slices)
@@ -251,9 +299,17 @@ def test_concurrent_points_get_disjoint_device_slices(hydra_sweep_runner, tmp_pa
 def test_points_of_different_world_sizes_get_one_device_per_rank(hydra_sweep_runner, tmp_path):
     """World sizes 1, 3, 2, 1 through the app key the launcher reads (``ranks``), on
     four named devices: every rank of a point sees the point's own slice, one device
-    per local rank, and points that run at the same time never share a device."""
+    per local rank, and points that run at the same time never share a device (the
+    first two wait at a gate for each other)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
     with sweep_probe(
-        hydra_sweep_runner, tmp_path, "ranks=1,3,2,1", "sleep=2", "hydra.launcher.devices='0,1,2,3'"
+        hydra_sweep_runner,
+        tmp_path,
+        "ranks=1,3,2,1",
+        f"gate={gate}",
+        "gate_points=2",
+        "hydra.launcher.devices='0,1,2,3'",
     ) as sweep:
         records = [probe_records(Path(ret.working_dir)) for ret in sweep.returns[0]]
         launches = [read_json(Path(r.working_dir) / "launch.json") for r in sweep.returns[0]]
@@ -272,7 +328,7 @@ def test_points_of_different_world_sizes_get_one_device_per_rank(hydra_sweep_run
             if spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]:
                 overlapped += 1
                 assert not slices[a] & slices[b], (a, b, slices)
-    assert overlapped >= 2  # 1 and 3 ranks ran together, then 2 and 1
+    assert overlapped >= 1  # 1 and 3 ranks ran together (the gate), then likely 2 and 1
 
 
 @pytest.mark.parametrize("mode", [[], [WARM]], ids=["cold", "warm"])
@@ -288,6 +344,7 @@ def test_failed_point_does_not_stop_the_others(hydra_sweep_runner, tmp_path, ent
         "fail_rank=-1,1,-1",
         f"gate={gate}",
         "gate_points=3",
+        "gate_failure=true",
         "hydra.launcher.max_parallel=3",
         *mode,
     )
@@ -318,6 +375,7 @@ def test_fail_fast_stops_at_first_failure(hydra_sweep_runner, tmp_path, mode):
         "sleep=120",
         f"gate={gate}",
         "gate_points=2",
+        "gate_failure=true",
         "hydra.launcher.max_parallel=2",
         "hydra.launcher.fail_fast=true",
         *mode,

@@ -8,6 +8,7 @@ cross a real interface; otherwise (and additionally) over loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -21,15 +22,25 @@ from runner.launch.options import LaunchConfig
 from runner.sweep.console import compact
 from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json, unavailable
 
-pytestmark = pytest.mark.slow
-
 NODE_ARGS = ["hydra.launcher.nproc_per_node=1", "hydra.launcher.nnodes=2"]
 
 
-def loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_port(count: int = 1) -> int:
+    """A port P of 127.0.0.1 such that P .. P + count - 1 are free now (a sweep's point
+    N uses the endpoint's port + N). The nodes bind them later: another process may
+    take one meanwhile, which the ephemeral range makes unlikely, not impossible."""
+    for _ in range(100):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            try:
+                for offset in range(1, count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", base + offset))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 class TwoNodes:
@@ -173,6 +184,7 @@ def check_two_node_sweep(tmp_path: Path, procs, port: int) -> None:
             assert f"-> {compact(value if k == rank0_node else None)}  [" in done
 
 
+@pytest.mark.slow
 def test_sweep_across_two_network_namespaces(tmp_path, two_nodes, entry_base):
     """Two points at once, each a 2-node group; rendezvous and gloo cross the veth."""
     port = 29650
@@ -188,8 +200,9 @@ def test_sweep_across_two_network_namespaces(tmp_path, two_nodes, entry_base):
     assert not entry_dirs(entry_base)
 
 
+@pytest.mark.slow
 def test_sweep_across_two_nodes_on_loopback(tmp_path, entry_base):
-    port = loopback_port()
+    port = loopback_port(2)
     procs = start_nodes(
         [probe_sweep(k, tmp_path / f"node{k}", f"127.0.0.1:{port}") for k in range(2)]
     )
@@ -197,6 +210,7 @@ def test_sweep_across_two_nodes_on_loopback(tmp_path, entry_base):
     assert not entry_dirs(entry_base)
 
 
+@pytest.mark.slow
 def test_single_training_run_on_two_nodes(tmp_path):
     """``python -m runner`` with nnodes=2: the same command on each node but node_rank,
     the run dir pinned (a ``${now:}`` dir would differ between nodes; see the next test)."""
@@ -226,6 +240,7 @@ def test_single_training_run_on_two_nodes(tmp_path):
     assert "2 rank(s)" in (run_dir / "runner.log").read_text()
 
 
+@pytest.mark.slow
 def test_nodes_that_disagree_on_the_config_fail_naming_the_keys(tmp_path, entry_base):
     """The probe's ``stamp`` is ``${now:...}``: composed on two nodes at different
     moments it differs, and the job must say so instead of training on two configs."""
@@ -252,6 +267,7 @@ def test_nodes_that_disagree_on_the_config_fail_naming_the_keys(tmp_path, entry_
     assert not entry_dirs(entry_base)
 
 
+@pytest.mark.slow
 def test_elastic_min_max_nodes_starts_with_the_nodes_present(tmp_path):
     """nnodes=1:2: one node alone forms the group once the last call passes."""
     port = loopback_port()
@@ -321,6 +337,7 @@ open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["loopback", "netns"])
 def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
     """What a 2-node Slurm job runs on each node (``runner.sweep.slurm.run_node``), under the

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -163,16 +164,22 @@ def test_report_says_how_to_get_matplotlib(tmp_path, monkeypatch, sweep):
 def test_live_status_line_on_a_terminal(tmp_path):
     import os
     import pty
+    import select
 
+    gate = tmp_path / "gate"
+    gate.mkdir()
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [
             sys.executable,
             str(PROBE_APP),
             "-m",
-            "sleep=2,2",
+            "value=1,1",
+            "sleep=1",  # after the gate: both run at once for a second
+            f"gate={gate}",
+            "gate_points=2",
             "hydra.launcher.nproc_per_node=1",
-            f"hydra.sweep.dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         stdin=follower,
         stdout=follower,
@@ -180,15 +187,18 @@ def test_live_status_line_on_a_terminal(tmp_path):
     )
     os.close(follower)
     chunks = []
-    while True:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], deadline - time.monotonic())[0]:
+            break
         try:
             data = os.read(leader, 65536)
-        except OSError:
+        except OSError:  # the sweep ended and closed the terminal
             break
         if not data:
             break
         chunks.append(data)
-    proc.wait(timeout=120)
+    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     os.close(leader)
     screen = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0

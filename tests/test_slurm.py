@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -184,11 +185,19 @@ def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep
     assert launch["status"] == "FAILED"
     assert f"Slurm job {job_id}" in launch["error"]
     assert launch["slurm_state"] not in ("RUNNING", "PENDING", "COMPLETED")
+    # Seen within a few looks (poll_interval=1), not at some later timeout: the point's
+    # recorded end against the end Slurm's accounting gives the job (whole seconds).
+    ended = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "End"], capture_output=True, text=True
+    ).stdout.split()[0]
+    assert launch["end_time"] - datetime.fromisoformat(ended).timestamp() < 10
     nothing_left_of([job_id])
 
 
-def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
-    """Each point takes every core of the node, so one runs and two wait in the queue."""
+@pytest.mark.parametrize(("sig", "by"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent, sig, by):
+    """Each point takes every core of the node, so one runs and two wait in the queue;
+    Ctrl-C or SIGTERM to the parent cancels them all."""
     cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
     parent = sweep_parent("value=1,2,3", "hang_rank=0", f"hydra.launcher.cpus_per_task={cores}")
     records = [tmp_path / str(n) / "launch.json" for n in range(3)]
@@ -198,7 +207,7 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
     assert sorted(squeue_states(job_ids)) == ["PENDING", "PENDING", "RUNNING"]
     [hanging] = [r["pid"] for r in probe_records(tmp_path / "0") if r["rank"] == 0]
     assert hanging in processes_of_job(job_ids[0])  # the leftover check sees the ranks
-    parent.send_signal(signal.SIGINT)
+    parent.send_signal(sig)
     parent.communicate(timeout=120)
     assert not in_queue(job_ids)
     wait_until(
@@ -208,8 +217,65 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent):
     )
     for record in records:
         assert read_json(record)["status"] == "STOPPED"
-        assert read_json(record)["stopped_by"] == "Ctrl-C"
+        assert read_json(record)["stopped_by"] == by
     nothing_left_of(job_ids)
+
+
+def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):
+    """One job at a time: point 0 hangs past its timeout, so its job is cancelled and
+    the point STOPPED; only then does point 1 start, with the launcher's env."""
+    proc = run(
+        slurm_sweep(
+            tmp_path,
+            "hang_rank=0,-1",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.max_parallel=1",
+            "hydra.launcher.timeout=20",
+            "hydra.launcher.env={PROBE_ENV: from_launcher}",
+        ),
+        check=False,
+    )
+    assert proc.returncode != 0  # the timed-out point is a failure for Hydra's sweeper
+    hung, ok = (read_json(tmp_path / str(n) / "launch.json") for n in (0, 1))
+    assert (hung["status"], hung["stopped_by"]) == ("STOPPED", "timeout")
+    wait_until(
+        lambda: job_state(hung["slurm_job_id"]).startswith("CANCELLED"), 30, "the job cancelled"
+    )
+    assert ok["status"] == "COMPLETED"
+    assert ok["start_time"] >= hung["end_time"]
+    assert {r["probe_env"] for r in probe_records(tmp_path / "1")} == {"from_launcher"}
+    nothing_left_of([hung["slurm_job_id"], ok["slurm_job_id"]])
+
+
+def test_fail_fast_cancels_the_running_job_on_slurm(tmp_path, slurm):
+    """Point 1 runs while point 0 fails (a gate holds it until the failure is
+    recorded); fail_fast cancels its job instead of letting it sleep ten minutes."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = run(
+        slurm_sweep(
+            tmp_path,
+            "fail_rank=0,-1",
+            "sleep=600",
+            f"gate={gate}",
+            "gate_points=2",
+            "gate_failure=true",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.max_parallel=2",
+            "hydra.launcher.fail_fast=true",
+        ),
+        check=False,
+    )
+    assert proc.returncode != 0
+    failed, stopped = (read_json(tmp_path / str(n) / "launch.json") for n in (0, 1))
+    assert failed["status"] == "FAILED"
+    assert (stopped["status"], stopped["stopped_by"]) == ("STOPPED", "fail_fast")
+    wait_until(
+        lambda: job_state(stopped["slurm_job_id"]).startswith("CANCELLED"),
+        30,
+        "the running job cancelled",
+    )
+    nothing_left_of([failed["slurm_job_id"], stopped["slurm_job_id"]])
 
 
 def test_bad_slurm_settings_fail_before_submitting(tmp_path, slurm):

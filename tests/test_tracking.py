@@ -290,23 +290,20 @@ def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
         cfg.hydra.runtime.cwd = str(tmp_path)
         cfg.hydra.job.name = "runner"
     HydraConfig.instance().set_config(cfg)
-    try:
-        client = client_of(db)
-        run_id = client.create_run(client.create_experiment(EXPERIMENT)).info.run_id
-        client.log_metric(run_id, "val_loss", 0.5, step=5)  # epoch 1 reached the store
-        (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
-        lines = [
-            {"epoch": 1, "step": 5, "val_loss": 0.5, "objective": 0.5},
-            {"epoch": 2, "step": 10, "val_loss": 0.4, "objective": 0.4},  # it did not
-        ]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        task_cfg = cfg.copy()
-        with open_dict(task_cfg):
-            del task_cfg["hydra"]
-        logger = MlflowLogger(task_cfg, run_dir, run_dir / "checkpoint.pt")
-        logger.log({"epoch": 3, "step": 15, "val_loss": 0.3}, 15)
-        logger.run.flush()
-        assert history(client, run_id, "val_loss") == [(5, 0.5), (10, 0.4), (15, 0.3)]
-        assert "objective" not in client.get_run(run_id).data.metrics
-    finally:
-        HydraConfig.instance().cfg = None
+    client = client_of(db)
+    run_id = client.create_run(client.create_experiment(EXPERIMENT)).info.run_id
+    client.log_metric(run_id, "val_loss", 0.5, step=5)  # epoch 1 reached the store
+    (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    lines = [
+        {"epoch": 1, "step": 5, "val_loss": 0.5, "objective": 0.5},
+        {"epoch": 2, "step": 10, "val_loss": 0.4, "objective": 0.4},  # it did not
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    task_cfg = cfg.copy()
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    logger = MlflowLogger(task_cfg, run_dir, run_dir / "checkpoint.pt")
+    logger.log({"epoch": 3, "step": 15, "val_loss": 0.3}, 15)
+    logger.run.flush()
+    assert history(client, run_id, "val_loss") == [(5, 0.5), (10, 0.4), (15, 0.3)]
+    assert "objective" not in client.get_run(run_id).data.metrics

@@ -29,8 +29,6 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
-
 WARM = "hydra.launcher.warm=true"
 
 
@@ -41,6 +39,7 @@ def probe(tmp_path, *overrides: str, check: bool = True) -> subprocess.Completed
     )
 
 
+@pytest.mark.slow
 def test_points_are_forked_isolated_and_complete(tmp_path, entry_base):
     """Each point starts from the pristine warm state: the mark one point leaves in
     torch's module state is never seen by the next, though all run in one warm process."""
@@ -61,6 +60,7 @@ def test_points_are_forked_isolated_and_complete(tmp_path, entry_base):
     assert not entry_dirs(entry_base)
 
 
+@pytest.mark.slow
 def test_elastic_restart_and_timeout_work_warm(tmp_path):
     proc = probe(
         tmp_path,
@@ -79,6 +79,7 @@ def test_elastic_restart_and_timeout_work_warm(tmp_path):
     assert "timed out after 20 s" in timed_out["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_signal_ends_warm_process_agents_and_workers(tmp_path, entry_base, sig):
     parent = subprocess.Popen(
@@ -99,6 +100,7 @@ def test_parent_signal_ends_warm_process_agents_and_workers(tmp_path, entry_base
     interrupt_and_expect_nothing_left(parent, sig, entry_base)
 
 
+@pytest.mark.slow
 def test_module_that_cannot_be_imported_ahead_falls_back_to_cold(tmp_path):
     proc = run(
         [
@@ -119,6 +121,7 @@ def test_module_that_cannot_be_imported_ahead_falls_back_to_cold(tmp_path):
         assert f"-> {compact(2.0 * value)}  [" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_single_run_warm_trains_exactly_as_cold(tmp_path):
     """The same 2-rank training, cold and warm: bit-identical final metrics; the warm
     run says its ranks forked from the warm process (a dropped flag, or a fall back to
@@ -167,16 +170,15 @@ def thread_count(cfg) -> tuple[str, int]:
     return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
 
 
+@pytest.mark.slow
 def test_warm_workers_take_their_own_thread_count(tmp_path, caplog):
     """torch in the warm process sized its thread pool before any point's environment
     existed; each forked rank must still get the OMP_NUM_THREADS it was given."""
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from runner.launch.job import launch
     from runner.launch.options import LaunchConfig
 
-    HydraConfig.instance().cfg = None  # plain Python, whatever earlier tests composed
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})
     with caplog.at_level(logging.INFO, logger="runner.launch.job"):
         value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)

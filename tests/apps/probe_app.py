@@ -7,6 +7,7 @@ the launcher must ship it by value. Config knobs make a rank fail, hang or sleep
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,13 +46,18 @@ def pass_gate(cfg, rank: int, num, sweep_dir: Path) -> None:
     if rank == 0:
         (gate / f"started_{num}").touch()
     wait_for(lambda: len(list(gate.glob("started_*"))) >= cfg.gate_points, "every point")
-    if rank != cfg.fail_rank:
+    if cfg.gate_failure and rank != cfg.fail_rank:
         wait_for(lambda: a_point_failed(sweep_dir), "the sweep to record a failed point")
 
 
 def probe(cfg) -> float:
     hc = HydraConfig.get()
     rank = int(os.environ.get("RANK", "0"))
+    if cfg.deaf:  # a rank that ignores SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if cfg.say:
+        print(f"{cfg.say} from rank {rank}", flush=True)
+        print(f"{cfg.say} on stderr from rank {rank}", file=sys.stderr, flush=True)
     started = time.time()
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     record = {
