@@ -215,19 +215,19 @@ def test_env_log_dir_and_redirects_reach_the_ranks(hydra_sweep_runner, tmp_path)
         hydra_sweep_runner,
         tmp_path / "sweep",
         "say=hello",
-        "hydra.launcher.env={PROBE_ENV: from_launcher}",
+        "+hydra.launcher.env.PROBE_ENV=from_launcher",
         f"hydra.launcher.log_dir={logs}",
         "hydra.launcher.redirects=1",
         "hydra.launcher.tee=0",
-    ):
-        pass
-    records = probe_records(tmp_path / "sweep" / "0")
+    ):  # the sweep dir goes when the block ends
+        records = probe_records(tmp_path / "sweep" / "0")
+        default_log_dir = (tmp_path / "sweep" / "0" / "torchrun").exists()
     assert {r["probe_env"] for r in records} == {"from_launcher"}
     outs = {p.parent.name: p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
     assert outs == {"0": "hello from rank 0\n", "1": "hello from rank 1\n"}
     errs = "".join(p.read_text() for p in logs.glob("*/attempt_0/*/stderr.log"))
     assert "hello" not in errs
-    assert not (tmp_path / "sweep" / "0" / "torchrun").exists()  # the default log_dir
+    assert not default_log_dir  # <job dir>/torchrun
 
 
 def last_first(cfg) -> float:

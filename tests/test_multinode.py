@@ -141,7 +141,14 @@ def start_nodes(
     return done
 
 
-def probe_sweep(node_rank: int, sweep_dir: Path, endpoint: str, *extra: str) -> list[str]:
+def probe_sweep(
+    node_rank: int,
+    sweep_dir: Path,
+    endpoint: str,
+    *extra: str,
+    nnodes: str = "2",
+    backend: str = "c10d",
+) -> list[str]:
     return [
         sys.executable,
         str(PROBE_APP),
@@ -149,9 +156,10 @@ def probe_sweep(node_rank: int, sweep_dir: Path, endpoint: str, *extra: str) -> 
         "value=1,2",
         "allreduce=true",
         "stamp=pinned",  # the same on both nodes (see test_nodes_that_disagree_...)
-        *NODE_ARGS,
+        "hydra.launcher.nproc_per_node=1",
+        f"hydra.launcher.nnodes={nnodes}",
         f"hydra.launcher.node_rank={node_rank}",
-        "hydra.launcher.rdzv_backend=c10d",
+        f"hydra.launcher.rdzv_backend={backend}",
         f"hydra.launcher.rdzv_endpoint={endpoint}",
         "hydra.launcher.rdzv_id=probe",
         "hydra.launcher.max_parallel=2",
@@ -205,6 +213,42 @@ def test_sweep_across_two_nodes_on_loopback(tmp_path, entry_base):
     port = loopback_port(2)
     procs = start_nodes(
         [probe_sweep(k, tmp_path / f"node{k}", f"127.0.0.1:{port}") for k in range(2)]
+    )
+    check_two_node_sweep(tmp_path, procs, port)
+    assert not entry_dirs(entry_base)
+
+
+@pytest.mark.slow
+def test_static_rendezvous_across_two_nodes_on_loopback(tmp_path, entry_base):
+    """rdzv_backend=static: ranks from each node's node_rank, the store on the
+    endpoint's host and port (PORT + N for point N), no elastic rendezvous."""
+    port = loopback_port(2)
+    procs = start_nodes(
+        [
+            probe_sweep(k, tmp_path / f"node{k}", f"127.0.0.1:{port}", backend="static")
+            for k in range(2)
+        ]
+    )
+    check_two_node_sweep(tmp_path, procs, port)
+    assert not entry_dirs(entry_base)
+
+
+@pytest.mark.slow
+def test_elastic_min_max_nodes_grows_to_max_when_every_node_joins(tmp_path, entry_base):
+    """nnodes=1:2 with both nodes there: the rendezvous closes as soon as MAX have
+    joined (well inside the last call), so each point is one 2-node group."""
+    port = loopback_port(2)
+    procs = start_nodes(
+        [
+            probe_sweep(
+                k,
+                tmp_path / f"node{k}",
+                f"127.0.0.1:{port}",
+                "hydra.launcher.rdzv_conf='last_call_timeout=120'",
+                nnodes="1:2",
+            )
+            for k in range(2)
+        ]
     )
     check_two_node_sweep(tmp_path, procs, port)
     assert not entry_dirs(entry_base)

@@ -231,7 +231,7 @@ def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):
             "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.max_parallel=1",
             "hydra.launcher.timeout=20",
-            "hydra.launcher.env={PROBE_ENV: from_launcher}",
+            "+hydra.launcher.env.PROBE_ENV=from_launcher",
         ),
         check=False,
     )

@@ -39,7 +39,6 @@ class SearchSweeper(Sweeper):
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in params.items()
         }
-        check_search_options(self.params)
         self.config: DictConfig
         self.hydra_context: HydraContext
         self.launcher: Any = None
@@ -47,6 +46,9 @@ class SearchSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # Checked here, not in __init__: Hydra wraps what instantiation raises (its repr
+        # and the config key), while it prints a setup error's message alone.
+        check_search_options(self.params)
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(

@@ -188,7 +188,7 @@ class DevicePool:
             nproc,
             f"{who} needs {nproc} devices, one per local rank, and hydra.launcher.devices "
             f"has {len(self.ids)} ({','.join(self.ids)})",
-            f"nproc_per_node={len(self.ids)} or fewer, or name more devices "
+            f"hydra.launcher.nproc_per_node={len(self.ids)} or fewer, or name more devices "
             "(hydra.launcher.devices='0,1,...')",
         )
 

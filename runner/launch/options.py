@@ -87,7 +87,9 @@ class LaunchConfig:
         """Raise ValueError, naming the key, the value and the fix, for unusable values."""
 
         def bad(key: str, value: Any, rule: str, fix: str) -> ValueError:
-            return ValueError(invalid(f"hydra.launcher.{key}", value, rule, fix))
+            return ValueError(
+                invalid(f"hydra.launcher.{key}", value, rule, f"hydra.launcher.{fix}")
+            )
 
         if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
             raise bad(

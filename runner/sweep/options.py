@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 from runner.launch.devices import DeviceOptions
 from runner.launch.options import LaunchConfig, invalid, option_names
 
 
-class LauncherConfigError(ValueError):
-    """A ``hydra.launcher`` value (or the sweep dir) that cannot work."""
+class LauncherConfigError(CompactHydraException, ValueError):
+    """A ``hydra.launcher`` value (or the sweep dir) that cannot work (Hydra prints its
+    message alone, not a traceback)."""
 
 
 def _key(name: str) -> str:
@@ -166,8 +169,9 @@ def check_sweep_dir(sweep_dir: str) -> None:
         ) from None
 
 
-class SearchConfigError(ValueError):
-    """A ``hydra.sweeper`` value of runner's search that cannot work."""
+class SearchConfigError(CompactHydraException, ValueError):
+    """A ``hydra.sweeper`` value of runner's search that cannot work (Hydra prints its
+    message alone, not a traceback)."""
 
 
 # Samplers and pruners by short name (any other by ``_target_``).
