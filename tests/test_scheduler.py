@@ -204,7 +204,8 @@ def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep
         fake_sweep(hydra_sweep_runner, tmp_path, "ranks=1,8", DEVICES)
     message = str(err.value)
     assert "hydra.launcher.nproc_per_node=8 is invalid: sweep point #1 (ranks=8)" in message
-    assert "needs 8 devices" in message and "Fix: hydra.launcher.nproc_per_node=4 or fewer" in message
+    assert "needs 8 devices" in message
+    assert "Fix: hydra.launcher.nproc_per_node=4 or fewer" in message
     assert {e.point for e in FakeJobs.events} == {0}  # nothing of point 1 started
     assert not (tmp_path / "1" / "launch.json").exists()
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
