@@ -11,7 +11,7 @@ from hydra.core.utils import JobStatus
 
 from runner.launch.devices import DevicePool
 from runner.launch.job import LaunchError
-from runner.sweep.options import LauncherConfigError
+from runner.launch.options import LauncherConfigError
 from tests import fakes
 from tests.conftest import PROBE_APP, read_json
 from tests.fakes import FakeJobs, spans

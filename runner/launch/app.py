@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from runner.launch.devices import run_devices
 from runner.launch.job import launch_current_job, wanted_world_size
+from runner.launch.options import LauncherConfigError
 
 
 def inside_torchrun() -> bool:
@@ -41,7 +42,7 @@ def check_not_slurm_single_run() -> None:
     hydra_cfg = HydraConfig.get()
     target = str(hydra_cfg.launcher.get("_target_", ""))
     if target.endswith("TorchrunSlurmLauncher") and hydra_cfg.mode == RunMode.RUN:
-        raise ValueError(
+        raise LauncherConfigError(
             "hydra/launcher=torchrun_slurm submits multiruns only, and this is a single "
             "run, which would run on this machine. Fix: add -m to submit it as one Slurm "
             "job (python my_app.py -m hydra/launcher=torchrun_slurm ...)"

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.launch.leases import Holder, Lease, LeaseDir
-from runner.launch.options import invalid
+from runner.launch.options import LauncherConfigError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     pool = options.pool(split_threads=False)
     problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
     if problems:
-        raise ValueError("\n".join(problems))
+        raise LauncherConfigError("\n".join(problems))
     output_dir = OmegaConf.select(state, "hydra.runtime.output_dir", default=None)
     what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
     try:

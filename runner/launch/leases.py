@@ -39,14 +39,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.errors import CompactHydraException
+
 DEFAULT_LEASE_DIR = "/tmp/runner-device-leases"
 LEASE_DIR_ENV = "RUNNER_LEASE_DIR"
 # The guard of the line of waiting runs (device files are all named device-*).
 LINE = "line"
 
 
-class LeaseDirError(OSError):
-    """The lease dir cannot be made or written."""
+class LeaseDirError(CompactHydraException, OSError):
+    """The lease dir cannot be made or written (Hydra prints the message alone)."""
 
 
 @dataclasses.dataclass(frozen=True)

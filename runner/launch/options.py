@@ -14,7 +14,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 from runner.launch.procs import LOOPBACK
+
+
+class LauncherConfigError(CompactHydraException, ValueError):
+    """A ``hydra.launcher`` value (or the sweep dir) that cannot work (Hydra prints its
+    message alone, not a traceback)."""
 
 
 def invalid(key: str, value: Any, rule: str, fix: str) -> str:
@@ -86,8 +93,8 @@ class LaunchConfig:
     def check(self) -> None:
         """Raise ValueError, naming the key, the value and the fix, for unusable values."""
 
-        def bad(key: str, value: Any, rule: str, fix: str) -> ValueError:
-            return ValueError(
+        def bad(key: str, value: Any, rule: str, fix: str) -> LauncherConfigError:
+            return LauncherConfigError(
                 invalid(f"hydra.launcher.{key}", value, rule, f"hydra.launcher.{fix}")
             )
 

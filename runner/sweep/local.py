@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 
 from runner.launch.devices import DeviceOptions, DevicePool
 from runner.launch.job import Job, TorchrunJob
-from runner.launch.options import LaunchConfig
+from runner.launch.options import LaunchConfig, LauncherConfigError
 from runner.launch.starters import AgentStarter, SubprocessStarter, warm_starter
-from runner.sweep.options import LauncherConfigError, check_options
+from runner.sweep.options import check_options
 from runner.sweep.scheduler import SweepLauncher
 
 

@@ -15,12 +15,7 @@ from typing import Any
 from hydra.errors import CompactHydraException
 
 from runner.launch.devices import DeviceOptions
-from runner.launch.options import LaunchConfig, invalid, option_names
-
-
-class LauncherConfigError(CompactHydraException, ValueError):
-    """A ``hydra.launcher`` value (or the sweep dir) that cannot work (Hydra prints its
-    message alone, not a traceback)."""
+from runner.launch.options import LaunchConfig, LauncherConfigError, invalid, option_names
 
 
 def _key(name: str) -> str:

@@ -32,10 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
 from runner.launch.job import Job, LaunchError, LaunchTimeout, stop_jobs
-from runner.launch.options import LaunchConfig
+from runner.launch.options import LaunchConfig, LauncherConfigError
 from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
 from runner.sweep.console import SweepConsole, compact
-from runner.sweep.options import LauncherConfigError
 from runner.sweep.points import Point, PointSource
 from runner.sweep.report import seed_key_of, sweep_maximises, write_summary
 

@@ -10,17 +10,21 @@ imports torch until training starts, so composing, printing and scheduling stay 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
 
 from runner.launch.app import run_task
 from runner.launch.job import wanted_world_size
 from runner.launch.options import invalid
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and the fix."""
+class ConfigError(CompactHydraException, ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix
+    (Hydra prints it alone, not a traceback)."""
 
 
 def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
@@ -51,8 +55,28 @@ def check_keys(cfg: DictConfig) -> None:
             )
 
 
+def check_missing(cfg: DictConfig) -> None:
+    """A mandatory value left unset (``???``, or a group removed with ``~data``): name
+    it and what it can be, instead of OmegaConf's error from deep inside a check."""
+    from runner.trainer.cli import CONF_DIR
+
+    def missing(node: Any, prefix: str = "") -> Iterator[str]:
+        for key, value in node.items():
+            if value == "???":
+                yield f"{prefix}{key}"
+            elif isinstance(value, dict):
+                yield from missing(value, f"{prefix}{key}.")
+
+    # Unresolved: interpolations (the run dir's ${hydra:...}) need no Hydra state here.
+    for key in missing(OmegaConf.to_container(cfg, resolve=False)):
+        options = sorted(p.stem for p in Path(CONF_DIR, *key.split(".")).glob("*.yaml"))
+        fix = f"{key}={options[0]} (one of {', '.join(options)})" if options else f"{key}=VALUE"
+        _require(False, key, "???", "is mandatory and has no value", fix)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail (or silently misbehave) deep inside training."""
+    check_missing(cfg)
     check_keys(cfg)
     t = cfg.trainer
     _require(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -74,8 +75,9 @@ def atomic_save(obj, path: Path) -> None:
 CHECKPOINT = "checkpoint.pt"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that exists but cannot be resumed from."""
+class CheckpointError(CompactHydraException, RuntimeError):
+    """A checkpoint that exists but cannot be resumed from (Hydra prints the message
+    alone, not a traceback)."""
 
 
 def load_checkpoint(cfg: DictConfig, path: Path, device) -> dict | None:
