@@ -113,6 +113,33 @@ def test_resume_keeps_completed_points_and_reruns_the_rest(hydra_sweep_runner, t
     assert {e.point for e in FakeJobs.events} == {1}  # only the failed point ran again
 
 
+def test_a_result_is_stored_before_the_record_says_completed(
+    hydra_sweep_runner, tmp_path, monkeypatch
+):
+    """Resume trusts COMPLETED: a parent killed between the two writes must leave a
+    point that runs again, never one marked done without its result."""
+    from runner.launch.entry import RETURN_VALUE
+    from runner.sweep.points import Point
+
+    stored_first = []
+    write_record = Point.write_record
+
+    def checking(self, status, error=None):
+        if status == "COMPLETED":
+            stored_first.append((self.job_dir / RETURN_VALUE).is_file())
+        return write_record(self, status, error)
+
+    monkeypatch.setattr(Point, "write_record", checking)
+    fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2")
+    assert stored_first == [True, True]
+    # The other half: a record that says COMPLETED beside no result runs again.
+    (tmp_path / "1" / RETURN_VALUE).unlink()
+    FakeJobs.reset()
+    returns = fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2", "hydra.launcher.resume=true")
+    assert [r.return_value for r in returns] == [1.0, 2.0]
+    assert {e.point for e in FakeJobs.events} == {1}
+
+
 def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(
     hydra_sweep_runner, tmp_path, capsys
 ):
