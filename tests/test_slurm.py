@@ -221,6 +221,41 @@ def test_ctrl_c_cancels_running_and_queued_jobs(tmp_path, slurm, sweep_parent, s
     nothing_left_of(job_ids)
 
 
+def test_a_lost_parents_jobs_are_adopted_not_submitted_again(tmp_path, slurm, sweep_parent):
+    """The parent dies (SIGKILL: a lost ssh session) while its points' jobs run; the
+    same command with resume=true takes those jobs over instead of submitting the
+    points again, and gets their results. The ranks wait at a gate the test opens
+    only once the second parent has taken over."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    args = ["value=1,2", f"gate={gate}", "gate_points=3", "hydra.launcher.cpus_per_task=1"]
+    lost = sweep_parent(*args)
+    wait_until(
+        lambda: all((gate / f"started_{n}").exists() for n in (0, 1)), 120, "both tasks to run"
+    )
+    first_ids = [read_json(tmp_path / str(n) / "launch.json")["slurm_job_id"] for n in (0, 1)]
+    lost.kill()
+    lost.wait()
+    again = sweep_parent(*args, "hydra.launcher.resume=true")
+    wait_until(
+        lambda: all(read_json(tmp_path / str(n) / "launch.json").get("adopted") for n in (0, 1)),
+        60,
+        "the second parent to take both jobs over",
+    )
+    (gate / "started_open").touch()
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, out[-3000:]
+    for num, value in enumerate([1.0, 2.0]):
+        launch = read_json(tmp_path / str(num) / "launch.json")
+        assert launch["status"] == "COMPLETED" and launch["adopted"] is True
+        assert launch["slurm_job_id"] == first_ids[num]
+        # One job for the point: its Slurm folder holds one submission.
+        assert len(list((tmp_path / str(num) / ".slurm").glob("*_submitted.pkl"))) == 1
+        assert f"-> {compact(value)}  [" in out
+    assert out.count("adopted from an earlier run") == 2
+    nothing_left_of(first_ids)
+
+
 def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):
     """One job at a time: point 0 hangs past its timeout, so its job is cancelled and
     the point STOPPED; only then does point 1 start, with the launcher's env."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import signal
 import socket
@@ -37,7 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.launch.devices import DevicePool
-from runner.launch.entry import job_config_data
+from runner.launch.entry import LAUNCH_RECORD, job_config_data
 from runner.launch.job import (
     Job,
     LaunchError,
@@ -202,12 +203,37 @@ class SlurmJobs:
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
         settings = OmegaConf.to_container(config.hydra.launcher, resolve=True)
         assert isinstance(settings, dict)
-        return SlurmJob(
+        job = SlurmJob(
             config, self.task_function, launch, job_dir, {str(k): v for k, v in settings.items()}
         )
+        if settings.get("resume"):
+            job.adopt = live_job_of(job_dir, list(config.hydra.overrides.task))
+        return job
 
     def wait_for_news(self, timeout: float) -> None:
         time.sleep(timeout)  # each job spaces out its own sacct calls
+
+
+def live_job_of(job_dir: Path, overrides: list[str]) -> dict | None:
+    """The record of the Slurm job an earlier run of this sweep submitted for this
+    point (same overrides) and never saw end (its parent died: the record still says
+    RUNNING), if that job is still queued or running, or has left its result: that job
+    is the point's, and submitting it again would train the point twice."""
+    try:
+        record = json.loads((job_dir / LAUNCH_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    job_id = record.get("slurm_job_id")
+    if record.get("status") != "RUNNING" or not job_id or record.get("overrides") != overrides:
+        return None
+    queue = subprocess.run(
+        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True
+    )
+    nodes = int(str(record.get("nnodes") or 1))
+    results = [job_dir / ".slurm" / f"{job_id}_{k}_result.pkl" for k in range(nodes)]
+    if queue.stdout.strip() or all(p.exists() for p in results):
+        return record
+    return None
 
 
 class SlurmJob:
@@ -247,10 +273,20 @@ class SlurmJob:
         self.timed_out = False
         self.cancelled = False
         self.rank0_here = False
+        # The record of a live job of an earlier run to take over instead of submitting
+        # (hydra.launcher.resume=true; see live_job_of).
+        self.adopt: dict | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         import submitit
 
+        if self.adopt is not None:
+            nodes = int(str(self.adopt.get("nnodes") or 1))
+            job_id = str(self.adopt["slurm_job_id"])
+            self.sjob = submitit.SlurmJob(folder=self.folder, job_id=job_id, tasks=range(nodes))
+            self.started_at = self.adopt.get("start_time") or time.time()
+            self.state = "ADOPTED"
+            return
         self.job_dir.mkdir(parents=True, exist_ok=True)
         launch = self.launch
         if launch.log_dir is None:
@@ -433,10 +469,12 @@ class SlurmJob:
             **run_times(self.started_at, self.ended_at),
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
+            "adopted": self.adopt is not None,
         }
 
     def describe(self) -> str:
-        return f"Slurm job {self.job_id}, {self.settings.get('nnodes', 1)} node(s)"
+        adopted = ", adopted from an earlier run" if self.adopt is not None else ""
+        return f"Slurm job {self.job_id}, {self.settings.get('nnodes', 1)} node(s){adopted}"
 
     def cleanup(self) -> None:
         """Nothing local to remove: entry dirs live, and go, on the nodes."""
