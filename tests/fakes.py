@@ -130,6 +130,8 @@ class FakeJobs:
     curve_step: ClassVar[float] = CURVE_STEP_S
     # Raise KeyboardInterrupt in the scheduler's loop this many seconds in (Ctrl-C).
     interrupt_after: ClassVar[float | None] = None
+    # Booting (as a warm process importing ahead) until the first job is made.
+    boots: ClassVar[bool] = False
 
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
@@ -146,6 +148,7 @@ class FakeJobs:
         cls.events, cls.jobs, cls.sleeps, cls.failing, cls.curves = [], [], {}, set(), {}
         cls.curve_step = CURVE_STEP_S
         cls.interrupt_after = None
+        cls.boots = False
 
     def __init__(self, launcher: SweepLauncher) -> None:
         self.pool: DevicePool = DeviceOptions.from_params(launcher.params).pool()
@@ -158,6 +161,9 @@ class FakeJobs:
         job = FakeJob(config, launch, job_dir)
         FakeJobs.jobs.append(job)
         return job
+
+    def booting(self) -> bool:
+        return FakeJobs.boots and not FakeJobs.jobs
 
     def wait_for_news(self, timeout: float) -> None:
         if (

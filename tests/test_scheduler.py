@@ -113,6 +113,39 @@ def test_resume_keeps_completed_points_and_reruns_the_rest(hydra_sweep_runner, t
     assert {e.point for e in FakeJobs.events} == {1}  # only the failed point ran again
 
 
+@pytest.mark.parametrize("boots", [False, True], ids=["ready", "booting"])
+def test_the_first_points_are_composed_while_the_jobs_boot(
+    hydra_sweep_runner, tmp_path, monkeypatch, boots
+):
+    """While a warm process boots, the points that start first are composed, so they
+    start one right after another once it is ready; with jobs ready at once, each
+    point starts as soon as it is composed."""
+    from runner.sweep.scheduler import SweepScheduler
+
+    order = []
+    compose = SweepScheduler._compose
+
+    def recording(self, point):
+        order.append(f"compose {point.idx}")
+        compose(self, point)
+
+    monkeypatch.setattr(SweepScheduler, "_compose", recording)
+    make = FakeJobs.make
+
+    def made(self, config, launch, job_dir):
+        order.append(f"start {config.hydra.job.num}")
+        return make(self, config, launch, job_dir)
+
+    monkeypatch.setattr(FakeJobs, "make", made)
+    FakeJobs.boots = boots
+    fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2,3", "hydra.launcher.max_parallel=2")
+    first = order[:4]
+    if boots:
+        assert first == ["compose 0", "compose 1", "start 0", "start 1"]
+    else:
+        assert first == ["compose 0", "start 0", "compose 1", "start 1"]
+
+
 def test_a_result_is_stored_before_the_record_says_completed(
     hydra_sweep_runner, tmp_path, monkeypatch
 ):

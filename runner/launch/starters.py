@@ -103,17 +103,47 @@ class SubprocessStarter:
         """Nothing to end: each agent is its own process."""
 
 
-def warm_starter(task_function: Callable, cwd: str) -> AgentStarter | None:
+def _cold(reason: str) -> None:
+    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
+
+
+def warm_starter(task_function: Callable, cwd: str, *, wait: bool = True) -> AgentStarter | None:
     """A warm process for ``task_function``'s jobs, or None (with a one-line notice)
     when warm start cannot work here: no fork, or the task's module or script fails
-    to load ahead. Then jobs run cold, as if warm were off."""
+    to load ahead. Then jobs run cold, as if warm were off. ``wait=False``: return
+    while it boots, so the caller's own work overlaps it; :func:`booted_or_cold`
+    before its first job."""
     from runner.launch.warm import WarmServer, WarmStartError, warm_available
 
     reason = warm_available()
     if reason is None:
         try:
-            return WarmServer(task_reference(task_function), cwd, import_path(cwd))
+            server = WarmServer(task_reference(task_function), cwd, import_path(cwd))
+            if wait:
+                server.wait_ready()
+            return server
         except WarmStartError as error:
             reason = str(error).splitlines()[0]
-    logging.getLogger(__name__).warning("warm start unavailable (%s); running cold", reason)
+    _cold(reason)
     return None
+
+
+def booted_or_cold(starter: AgentStarter) -> AgentStarter:
+    """``starter``, once ready: a warm process left booting is waited for; one that
+    could not load the task gives way to cold start (with the one-line notice)."""
+    from runner.launch.warm import WarmServer, WarmStartError
+
+    if isinstance(starter, WarmServer):
+        try:
+            starter.wait_ready()
+        except WarmStartError as error:
+            _cold(str(error).splitlines()[0])
+            return SubprocessStarter()
+    return starter
+
+
+def booting(starter: AgentStarter) -> bool:
+    """Whether ``starter`` is a warm process still importing ahead."""
+    from runner.launch.warm import WarmServer
+
+    return isinstance(starter, WarmServer) and not starter.booted()

@@ -126,10 +126,29 @@ class WarmServer:
         self._lock = threading.Lock()
         self._exits: dict[int, int] = {}
         self._replies: list[dict] = []
+        self._ready = False
+
+    def booted(self) -> bool:
+        """Whether the warm process has said it is ready (or failed): never waits."""
+        if not self._ready and not self._replies:
+            try:
+                with self._lock:
+                    self._read(0)
+            except WarmStartError:
+                return True  # it ended: wait_ready says how
+        return self._ready or bool(self._replies)
+
+    def wait_ready(self) -> None:
+        """Wait until the warm process has imported everything ahead (it boots while
+        the caller does other work); WarmStartError, and the process ended, if it
+        could not."""
+        if self._ready:
+            return
         ready = self._next_reply(READY_TIMEOUT_S)
         if "error" in ready:
             self.close()
             raise WarmStartError(ready["error"])
+        self._ready = True
 
     def _read(self, timeout: float) -> None:
         """Read what the warm process sent within ``timeout``; file exits and replies."""
@@ -155,10 +174,16 @@ class WarmServer:
         with self._lock:
             while not self._replies:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
+                ended = self.proc.poll() is not None
+                if ended:  # what it said before it ended (a booting one that failed)
+                    with contextlib.suppress(WarmStartError):
+                        self._read(0)
+                if self._replies:
+                    break
+                if remaining <= 0 or ended:
                     raise WarmStartError(
                         "the warm process did not answer"
-                        + (f" (it exited {self.proc.returncode})" if self.proc.poll() else "")
+                        + (f" (it exited {self.proc.returncode})" if ended else "")
                     )
                 self._read(min(remaining, 0.5))
             return self._replies.pop(0)

@@ -18,7 +18,13 @@ from omegaconf import DictConfig
 from runner.launch.devices import DeviceOptions, DevicePool
 from runner.launch.job import Job, TorchrunJob
 from runner.launch.options import LaunchConfig, LauncherConfigError
-from runner.launch.starters import AgentStarter, SubprocessStarter, warm_starter
+from runner.launch.starters import (
+    AgentStarter,
+    SubprocessStarter,
+    booted_or_cold,
+    booting,
+    warm_starter,
+)
 from runner.sweep.options import check_options
 from runner.sweep.scheduler import SweepLauncher
 
@@ -53,13 +59,17 @@ class LocalJobs:
         self.starter: AgentStarter = self._starter()
 
     def _starter(self) -> AgentStarter:
-        """The warm process (ending with this factory, or at exit), else cold start."""
-        server = warm_starter(self.task_function, self.cwd) if self.warm else None
+        """The warm process (ending with this factory, or at exit), left booting while
+        the scheduler composes the first points; else cold start."""
+        server = warm_starter(self.task_function, self.cwd, wait=False) if self.warm else None
         if server is None:
             self.warm = False  # unavailable: said once, not tried again
             return SubprocessStarter()
         weakref.finalize(self, server.close)
         return server
+
+    def booting(self) -> bool:
+        return booting(self.starter)
 
     def default_parallel(self, points: int, nproc: int) -> int:
         """What fits: with devices, as many points as they hold (points_per_device
@@ -73,6 +83,9 @@ class LocalJobs:
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job:
         if not self.starter.alive():
             self.starter = self._starter()  # the warm process ended: a new one
+        self.starter = booted_or_cold(self.starter)
+        if isinstance(self.starter, SubprocessStarter):
+            self.warm = False
         return TorchrunJob(
             config, self.task_function, launch, job_dir, console=False, starter=self.starter
         )

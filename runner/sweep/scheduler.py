@@ -67,6 +67,10 @@ class JobFactory(Protocol):
 
     def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job: ...
 
+    def booting(self) -> bool:
+        """Whether its jobs cannot start yet (a warm process importing ahead)."""
+        ...
+
     def wait_for_news(self, timeout: float) -> None: ...
 
 
@@ -388,6 +392,13 @@ class SweepScheduler:
         stopping = False
         with sigterm_as_exit():
             try:
+                # While the jobs' warm process boots, compose the points that start
+                # first: they then start one right after another once it is ready.
+                self._take(pending)
+                for point in itertools.islice(pending, self.max_parallel):
+                    if not self.jobs.booting():
+                        break
+                    self._compose_ahead(point)
                 while True:
                     if not stopping:
                         self._start_what_fits(pending)

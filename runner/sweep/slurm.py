@@ -210,6 +210,9 @@ class SlurmJobs:
             job.adopt = live_job_of(job_dir, list(config.hydra.overrides.task))
         return job
 
+    def booting(self) -> bool:
+        return False
+
     def wait_for_news(self, timeout: float) -> None:
         time.sleep(timeout)  # each job spaces out its own sacct calls
 
