@@ -256,6 +256,97 @@ def test_a_lost_parents_jobs_are_adopted_not_submitted_again(tmp_path, slurm, sw
     nothing_left_of(first_ids)
 
 
+SNAPSHOT_APP = """
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+import helper
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg):
+    gate = Path(cfg.gate)
+    (gate / f"started_{cfg.value}").touch()
+    deadline = time.monotonic() + 120
+    while not (gate / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    value = helper.VALUE * cfg.value
+    Path(HydraConfig.get().runtime.output_dir, "value.txt").write_text(str(value))
+    return value
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("snapshot", [True, False], ids=["snapshot", "code_on_disk"])
+def test_an_edit_after_submission_reaches_no_queued_job(tmp_path, slurm, snapshot):
+    """Point 1 waits in the queue behind point 0 (each takes every core), and the
+    project's helper module is edited meanwhile: with the snapshot the queued job
+    still imports the code as it was at submission; without, it runs the edit."""
+    project, sweep, gate = tmp_path / "project", tmp_path / "sweep", tmp_path / "gate"
+    project.mkdir()
+    gate.mkdir()
+    (project / "app.py").write_text(SNAPSHOT_APP)
+    (project / "helper.py").write_text("VALUE = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "app.py", "helper.py"], cwd=project, check=True)
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "-m",
+            "+value=1,2",
+            f"+gate={gate}",
+            "hydra/launcher=torchrun_slurm",
+            f"hydra.launcher.cpus_per_task={cores}",
+            "hydra.launcher.poll_interval=1",
+            f"hydra.launcher.snapshot={str(snapshot).lower()}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (gate / "started_1").exists(), 120, "point 0 to run")
+        queued = read_json(sweep / "1" / "launch.json")["slurm_job_id"]
+        assert squeue_states([queued]) == ["PENDING"]
+        (project / "helper.py").write_text("VALUE = 100\n")
+        (gate / "open").touch()
+        out, _ = parent.communicate(timeout=180)
+    finally:
+        parent.kill()
+    assert parent.returncode == 0, out[-3000:]
+    assert (sweep / "1" / "value.txt").read_text() == ("2" if snapshot else "200")
+    launch = read_json(sweep / "1" / "launch.json")
+    if snapshot:
+        assert launch["code"] == str((sweep / "code").resolve())
+        assert (sweep / "code" / "helper.py").read_text() == "VALUE = 1\n"
+        assert sorted(p.name for p in (sweep / "code").iterdir()) == ["app.py", "helper.py"]
+    else:
+        assert launch["code"] is None and not (sweep / "code").exists()
+
+
+def test_a_snapshot_outside_git_without_a_file_set_is_refused(tmp_path, slurm):
+    proc = run(
+        [sys.executable, str(PROBE_APP), "-m", "hydra/launcher=torchrun_slurm"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.snapshot=true is invalid here" in proc.stderr
+    assert "Fix: hydra.launcher.snapshot_files=" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob(".slurm"))
+
+
 def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):
     """One job at a time: point 0 hangs past its timeout, so its job is cancelled and
     the point STOPPED; only then does point 1 start, with the launcher's env."""

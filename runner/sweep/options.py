@@ -97,6 +97,10 @@ class SlurmOptions:
     setup: list[str] = field(default_factory=list)
     # Seconds between sacct checks (jobs that die outside Python are seen this way).
     poll_interval: float = 5.0
+    # Jobs import the project's code from a copy made at the first submission
+    # (<sweep dir>/code): git's tracked files, or these globs under the working dir.
+    snapshot: bool = True
+    snapshot_files: list[str] | None = None
 
     def slurm_problems(self, nnodes: str) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""

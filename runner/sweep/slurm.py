@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import socket
@@ -51,6 +52,7 @@ from runner.launch.options import LaunchConfig
 from runner.launch.procs import exit_on_signal, import_path, write_atomic
 from runner.sweep.options import check_options, check_slurm_options
 from runner.sweep.scheduler import SweepLauncher
+from runner.sweep.snapshot import check_snapshot, in_snapshot, take_snapshot
 
 # Slurm states of a job that may still produce a result.
 UNFINISHED = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING"}
@@ -192,10 +194,14 @@ class SlurmJobs:
         check_options(params, cls.launch_overrides)
         check_slurm_options(params)
         check_slurm_client()
+        check_snapshot(
+            bool(params.get("snapshot", True)), params.get("snapshot_files"), os.getcwd()
+        )
 
     def __init__(self, launcher: SweepLauncher) -> None:
         self.task_function = launcher.task_function
         self.pool = DevicePool([], split_threads=False)
+        self.code: tuple[Path, Path] | None = None  # (project root, its copy)
 
     def default_parallel(self, points: int, nproc: int) -> int:
         return points
@@ -206,6 +212,12 @@ class SlurmJobs:
         job = SlurmJob(
             config, self.task_function, launch, job_dir, {str(k): v for k, v in settings.items()}
         )
+        if settings.get("snapshot", True):
+            if self.code is None:
+                files = settings.get("snapshot_files")
+                self.code = take_snapshot(Path(str(config.hydra.sweep.dir)), job.cwd, files)
+            job.sys_path = in_snapshot(job.sys_path, *self.code)
+            job.code = str(self.code[1])
         if settings.get("resume"):
             job.adopt = live_job_of(job_dir, list(config.hydra.overrides.task))
         return job
@@ -279,6 +291,7 @@ class SlurmJob:
         # The record of a live job of an earlier run to take over instead of submitting
         # (hydra.launcher.resume=true; see live_job_of).
         self.adopt: dict | None = None
+        self.code: str | None = None  # the copy of the project it imports from
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         import submitit
@@ -473,6 +486,7 @@ class SlurmJob:
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
             "adopted": self.adopt is not None,
+            "code": self.code,
         }
 
     def describe(self) -> str:
