@@ -118,6 +118,18 @@ CASES = [
         "hydra.launcher.time_min=0 is invalid",
     ),
     (
+        ["-m", "hydra/launcher=torchrun_slurm", "hydra.launcher.max_requeues=-1"],
+        "hydra.launcher.max_requeues=-1 is invalid: must be >= 0. Fix: "
+        "hydra.launcher.max_requeues=3",
+    ),
+    (
+        ["-m", "hydra/launcher=torchrun_slurm", "hydra.launcher.time_min=1"]
+        + ["hydra.launcher.signal_lead_s=60"],
+        "hydra.launcher.signal_lead_s=60 is invalid: the warning must come after the job "
+        "starts and before its time limit (time_min=1: between 1 and 59 s). Fix: "
+        "hydra.launcher.signal_lead_s=15, or signal_lead_s=null",
+    ),
+    (
         ["-m", "hydra/launcher=torchrun_slurm", "+hydra.launcher.nodes=2"],
         "unknown key(s) ['nodes'] for hydra/launcher=torchrun_slurm",
     ),

@@ -145,6 +145,50 @@ def test_rank_killed_with_restarts_finishes_like_undisturbed(undisturbed, tmp_pa
     assert entry_dirs(entry_base) == []
 
 
+def rank_pid(parent_pid: int, rank: int) -> int | None:
+    for pid in processes_of(parent_pid):
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return pid
+    return None
+
+
+def test_a_stop_asked_of_one_rank_stops_both_at_one_step_and_the_rerun_resumes(tmp_path):
+    """Slurm's warning may reach one rank before the other: the ranks agree (one
+    all_reduce every few steps), both save the same step and end; the same command
+    then resumes there and ends bit for bit like a run never stopped."""
+    longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
+    runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
+    run_dir = tmp_path / "stopped"
+    args = [*longer, f"hydra.run.dir={run_dir}"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (run_dir / "metrics.jsonl").exists(), 120, "the first epoch")
+        rank1 = rank_pid(parent.pid, 1)
+        assert rank1 is not None
+        os.kill(rank1, signal.SIGUSR2)  # rank 1 only
+        out, _ = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode == 0, out[-3000:]
+    assert "stop requested: saved the checkpoint of step" in out
+    stopped_at = int(out.split("saved the checkpoint of step ")[1].split(";")[0])
+    assert stopped_at < 8 * 8000 * 0.8 // 64  # before the end: 8 epochs of 100 steps
+    assert not (run_dir / "metrics.json").exists()  # no result: it resumes
+    resumed = runner_cli(*args)
+    assert f"resuming at step {stopped_at}" in resumed.stdout + resumed.stderr
+    same_training(tmp_path / "undisturbed", run_dir)
+
+
 def test_the_fault_hook_is_said_when_armed_and_refused_when_malformed(tmp_path):
     args = [*TRAIN, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'bad'}"]
     bad = runner_cli(*args, env={"RUNNER_FAULT": "1-30"}, check=False)

@@ -375,8 +375,8 @@ def test_every_point_gets_its_own_rendezvous_id_and_port():
 
 NODE_MAIN = """
 import pickle, sys
-from runner.sweep.slurm import run_node
-outcome = run_node(pickle.loads(open(sys.argv[1], "rb").read()))
+from runner.sweep.slurm import NodeTask
+outcome = NodeTask()(pickle.loads(open(sys.argv[1], "rb").read()))
 open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 """
 
@@ -384,7 +384,7 @@ open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["loopback", "netns"])
 def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
-    """What a 2-node Slurm job runs on each node (``runner.sweep.slurm.run_node``), under the
+    """What a 2-node Slurm job runs on each node (``runner.sweep.slurm.NodeTask``), under the
     environment Slurm gives each node's task: the head node publishes a free port in
     the job folder, both agents meet over c10d at the head node, rank 0's value comes
     back from the node where it ran. (The one-node test cluster cannot allocate two
@@ -448,3 +448,8 @@ def test_slurm_job_asks_for_the_launchers_node_count():
     params = sbatch_parameters(settings, LaunchConfig(nproc_per_node=4))
     assert params["nodes"] == 2 and params["ntasks_per_node"] == 1
     assert params["cpus_per_task"] == 4 and params["partition"] == "gpu"
+    # SIGUSR2 before the time limit: a quarter of it, at most 90 s, or as set.
+    assert params["signal_delay_s"] == 90
+    assert sbatch_parameters({**settings, "time_min": 2}, LaunchConfig())["signal_delay_s"] == 30
+    custom = sbatch_parameters({**settings, "signal_lead_s": 200}, LaunchConfig())
+    assert custom["signal_delay_s"] == 200

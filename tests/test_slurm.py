@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from runner.sweep.console import compact
-from tests.conftest import PROBE_APP, REPO, probe_records, read_json, run, unavailable, wait_until
+from tests.conftest import (
+    PROBE_APP,
+    REPO,
+    probe_records,
+    read_json,
+    run,
+    runner_cli,
+    unavailable,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -345,6 +354,54 @@ def test_a_snapshot_outside_git_without_a_file_set_is_refused(tmp_path, slurm):
     assert "Fix: hydra.launcher.snapshot_files=" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob(".slurm"))
+
+
+def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, slurm):
+    """What Slurm sends before a job's time limit (SIGUSR2, signal_lead_s ahead), sent
+    here by hand: the ranks agree on a step and save it, the job is requeued, and its
+    next allocation resumes there. The point ends equal to a run never interrupted,
+    one result for the sweeper, both allocations in its launch.json."""
+    from tests.test_faults import TRAIN, TWO_RANKS, same_training
+
+    longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
+    runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
+    sweep = tmp_path / "sweep"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "-m",
+            *longer,
+            "hydra/launcher=torchrun_slurm",
+            "hydra.launcher.poll_interval=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (sweep / "0" / "metrics.jsonl").exists(), 120, "the first epoch")
+        job_id = read_json(sweep / "0" / "launch.json")["slurm_job_id"]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
+        # A requeued job waits out Slurm's two-minute hold; start it now.
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        out, _ = parent.communicate(timeout=300)
+    finally:
+        parent.kill()
+    assert parent.returncode == 0, out[-3000:]
+    launch = read_json(sweep / "0" / "launch.json")
+    assert launch["status"] == "COMPLETED" and launch["slurm_job_id"] == job_id
+    ends = [a["ended"] for a in launch["allocations"]]
+    assert len(ends) == 2 and ends[0].startswith("requeued") and ends[1] == "completed"
+    assert {a["job_id"] for a in launch["allocations"]} == {job_id}
+    logs = (sweep / "0" / "runner.log").read_text()
+    assert "stop requested: saved the checkpoint of step" in logs and "resuming at step" in logs
+    same_training(tmp_path / "undisturbed", sweep / "0")
+    nothing_left_of([job_id])
 
 
 def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):

@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     # Until torchrun installs its own handlers, a SIGTERM (e.g. the parent died while
     # torch was still importing) must still unwind through the clean-up below.
     signal.signal(signal.SIGTERM, exit_on_signal)
+    # Slurm's warning before a time limit (SIGUSR2) may reach every process of the
+    # step: it is for the ranks (runner.stop), not a reason for the agent to end.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     listen_fd = os.environ.pop("RUNNER_LISTEN_FD", None)
     failure_file = os.environ.pop("RUNNER_FAILURE_FILE", None)
     store = None

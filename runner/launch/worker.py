@@ -30,6 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner import stop
 from runner.launch.entry import (
     RANK0_FILE,
     RESULT_FILE,
@@ -245,6 +246,7 @@ def run(job: dict, entry_dir: Path) -> Any:
     if int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
         check_same_config(job["config"])
     config = restore_config(job["config"])
+    stop.install(entry_dir)
     task = load_task(job, entry_dir)
     if job["task"] and "script" in job["task"]:
         # The script is this rank's main module, as it is under ``python train.py``:

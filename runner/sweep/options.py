@@ -101,6 +101,17 @@ class SlurmOptions:
     # (<sweep dir>/code): git's tracked files, or these globs under the working dir.
     snapshot: bool = True
     snapshot_files: list[str] | None = None
+    # Before the time limit Slurm sends SIGUSR2 (this many seconds ahead; null: a
+    # quarter of the limit, at most 90): the ranks agree on a step, save it, and the
+    # job is requeued, at most max_requeues times, to resume from that checkpoint.
+    signal_lead_s: int | None = None
+    max_requeues: int = 3
+
+    def lead_s(self) -> int:
+        """Seconds before the time limit that Slurm sends its warning."""
+        if self.signal_lead_s is not None:
+            return self.signal_lead_s
+        return min(90, self.time_min * 60 // 4)
 
     def slurm_problems(self, nnodes: str) -> list[str]:
         """What cannot work, each naming the key, the value and the fix."""
@@ -129,6 +140,16 @@ class SlurmOptions:
             )
         if self.poll_interval <= 0:
             bad("poll_interval", self.poll_interval, "must be > 0 seconds", "poll_interval=5")
+        if self.max_requeues < 0:
+            bad("max_requeues", self.max_requeues, "must be >= 0", "max_requeues=3")
+        if self.signal_lead_s is not None and not 0 < self.signal_lead_s < self.time_min * 60:
+            bad(
+                "signal_lead_s",
+                self.signal_lead_s,
+                f"the warning must come after the job starts and before its time limit "
+                f"(time_min={self.time_min}: between 1 and {self.time_min * 60 - 1} s)",
+                f"signal_lead_s={min(90, self.time_min * 60 // 4)}, or signal_lead_s=null",
+            )
         return found
 
 

@@ -4,8 +4,8 @@ one Slurm job, submitted with submitit.
 The sweep parent composes and resolves each point exactly as in local mode (the same
 :class:`~runner.sweep.scheduler.SweepScheduler` does the bookkeeping); only "how the
 job runs" changes: :class:`SlurmJobs` is the sweep's job factory, and each
-:class:`SlurmJob` (a :class:`~runner.launch.job.Job`) submits :func:`run_node` as one Slurm task per
-allocated node. On each node, :func:`run_node` starts runner's torchrun agent
+:class:`SlurmJob` (a :class:`~runner.launch.job.Job`) submits a :class:`NodeTask` as one Slurm
+task per allocated node. On each node, it starts runner's torchrun agent
 (:class:`~runner.launch.job.TorchrunJob`, the same entry file and worker as a local run):
 one node alone uses the loopback path of a local run; several nodes meet over
 torchrun's c10d rendezvous at the head node (the first of the allocation) on a port
@@ -48,9 +48,10 @@ from runner.launch.job import (
     run_times,
     stop_jobs,
 )
-from runner.launch.options import LaunchConfig
+from runner.launch.options import LaunchConfig, option_names
 from runner.launch.procs import exit_on_signal, import_path, write_atomic
-from runner.sweep.options import check_options, check_slurm_options
+from runner.stop import request_stop
+from runner.sweep.options import SlurmOptions, check_options, check_slurm_options
 from runner.sweep.scheduler import SweepLauncher
 from runner.sweep.snapshot import check_snapshot, in_snapshot, take_snapshot
 
@@ -78,6 +79,11 @@ def check_slurm_client() -> None:
         )
 
 
+def slurm_options(settings: Mapping[str, Any]) -> SlurmOptions:
+    """The Slurm keys among a point's launcher settings."""
+    return SlurmOptions(**{k: settings[k] for k in option_names(SlurmOptions) & set(settings)})
+
+
 def sbatch_parameters(settings: Mapping[str, Any], launch: LaunchConfig) -> dict[str, Any]:
     """submitit's SlurmExecutor parameters for one point: ``nnodes`` nodes (from the
     launcher keys: ``launch`` is each node's one-node view), one task per node, each
@@ -90,6 +96,8 @@ def sbatch_parameters(settings: Mapping[str, Any], launch: LaunchConfig) -> dict
         "job_name": settings.get("job_name") or "runner",
         "additional_parameters": dict(settings.get("additional_parameters") or {}),
         "setup": list(settings.get("setup") or []),
+        # SIGUSR2 this long before the time limit (runner.stop: save, requeue).
+        "signal_delay_s": slurm_options(settings).lead_s(),
     }
     for key in ("partition", "gpus_per_node", "account", "qos"):
         if settings.get(key) is not None:
@@ -119,62 +127,140 @@ def _rendezvous_port(port_file: Path, head: bool) -> int:
     return int(port_file.read_text())
 
 
-def run_node(payload: dict) -> dict:
-    """One Slurm task (one per node): run this node's torchrun agent for the point.
+ALLOCATIONS_FILE = "allocations.jsonl"
 
-    Returns what the parent needs as data: ok, whether rank 0 ran here and its value,
-    or the structured failure. Never raises for a failing job."""
-    import submitit
 
-    env = submitit.JobEnvironment()
-    launch: LaunchConfig = payload["launch"]
-    if env.num_nodes == 1:
-        launch = dataclasses.replace(launch, nnodes="1", node_rank=0)
-    else:
-        port_file = Path(payload["folder"]) / f"{env.job_id}_rdzv_port"
-        port = _rendezvous_port(port_file, head=env.node == 0)
-        launch = dataclasses.replace(
-            launch,
-            nnodes=str(env.num_nodes),
-            node_rank=env.node,
-            rdzv_backend="c10d",
-            rdzv_endpoint=f"{env.hostnames[0]}:{port}",
-            rdzv_id=f"slurm-{env.job_id}",
-        )
-    job = TorchrunJob(
-        None,
-        payload["task"],
-        launch,
-        payload["job_dir"],
-        console=True,
-        config_data=payload["config"],
-        sys_path=payload["sys_path"],
-    )
-    where = {"node": env.node, "host": socket.gethostname(), "slurm_job_id": env.job_id}
-    # submitit ignores SIGTERM (for its preemption handling); here it must stop the
-    # agent, which stops its workers, before Slurm's SIGKILL.
-    signal.signal(signal.SIGTERM, exit_on_signal)
+def _allocation_event(folder: Path, **fields: Any) -> None:
+    """One line of a point's allocation history (its job's folder): a start or an end."""
+    with open(folder / ALLOCATIONS_FILE, "a") as file:
+        file.write(json.dumps(fields) + "\n")
+
+
+def allocations(folder: Path) -> list[dict]:
+    """Each allocation of a point's job (requeues make several): job id, host, start,
+    end and why it ended; an allocation killed outright has no end."""
+    found: list[dict] = []
     try:
-        job.start()
-        job.wait()
-        where.update(port=job.port, command=job.command)
-        if job.returncode == 0:
-            value = job.result()
-            return {**where, "ok": True, "rank0_here": job.rank0_here, "value": value}
-        error = job.error()
-        return {
-            **where,
-            "ok": False,
-            "error": str(error),
-            "exitcode": error.exitcode,
-            "rank": error.rank,
-            "failures": error.failures,
-        }
-    except LaunchError as error:
-        return {**where, "ok": False, "error": str(error), "exitcode": error.exitcode}
-    finally:
-        stop_jobs([job])
-        job.cleanup()
+        lines = (folder / ALLOCATIONS_FILE).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if "start" in event:
+            found.append({**event, "end": None, "ended": None})
+        elif found and found[-1]["end"] is None:
+            found[-1].update(event)
+    return found
+
+
+class NodeTask:
+    """What each Slurm task (one per node) runs: :meth:`__call__` with the point's
+    payload; on node 0, submitit calls :meth:`checkpoint` when Slurm's warning before
+    the time limit (SIGUSR2) comes, and requeues the job with what it returns."""
+
+    def __init__(self) -> None:
+        self.job: TorchrunJob | None = None
+        self.requeued = False
+
+    def __getstate__(self) -> dict:
+        return {}  # the running job stays on this node
+
+    def __setstate__(self, state: dict) -> None:
+        self.job, self.requeued = None, False
+
+    def __call__(self, payload: dict) -> dict:
+        """Run this node's torchrun agent for the point. Returns what the parent needs
+        as data: ok, whether rank 0 ran here and its value, or the structured failure.
+        Never raises for a failing job."""
+        import submitit
+
+        env = submitit.JobEnvironment()
+        launch: LaunchConfig = payload["launch"]
+        if env.num_nodes == 1:
+            launch = dataclasses.replace(launch, nnodes="1", node_rank=0)
+        else:
+            port_file = Path(payload["folder"]) / f"{env.job_id}_rdzv_port"
+            port = _rendezvous_port(port_file, head=env.node == 0)
+            launch = dataclasses.replace(
+                launch,
+                nnodes=str(env.num_nodes),
+                node_rank=env.node,
+                rdzv_backend="c10d",
+                rdzv_endpoint=f"{env.hostnames[0]}:{port}",
+                rdzv_id=f"slurm-{env.job_id}",
+            )
+        job = self.job = TorchrunJob(
+            None,
+            payload["task"],
+            launch,
+            payload["job_dir"],
+            console=True,
+            config_data=payload["config"],
+            sys_path=payload["sys_path"],
+        )
+        where = {"node": env.node, "host": socket.gethostname(), "slurm_job_id": env.job_id}
+        folder = Path(payload["folder"])
+        if env.global_rank == 0:
+            _allocation_event(folder, job_id=env.job_id, host=where["host"], start=time.time())
+        # submitit ignores SIGTERM (for its preemption handling); here it must stop the
+        # agent, which stops its workers, before Slurm's SIGKILL.
+        signal.signal(signal.SIGTERM, exit_on_signal)
+        warned = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint, requeue
+
+        def on_warning(signum: int, frame: Any) -> None:
+            if job.entry_dir is not None and job.entry_dir.is_dir():
+                request_stop(job.entry_dir)  # the ranks agree on a step, save, return
+            if callable(warned):
+                warned(signum, frame)
+
+        signal.signal(signal.SIGUSR2, on_warning)
+        ended = "failed"  # or ran out of time, or was cancelled, with no warning
+        try:
+            job.start()
+            job.wait()
+            where.update(port=job.port, command=job.command)
+            if job.returncode == 0:
+                value = job.result()
+                ended = "completed"
+                return {**where, "ok": True, "rank0_here": job.rank0_here, "value": value}
+            error = job.error()
+            return {
+                **where,
+                "ok": False,
+                "error": str(error),
+                "exitcode": error.exitcode,
+                "rank": error.rank,
+                "failures": error.failures,
+            }
+        except LaunchError as error:
+            return {**where, "ok": False, "error": str(error), "exitcode": error.exitcode}
+        finally:
+            stop_jobs([job])
+            job.cleanup()
+            if env.global_rank == 0 and not self.requeued:
+                _allocation_event(folder, job_id=env.job_id, end=time.time(), ended=ended)
+
+    def checkpoint(self, payload: dict) -> Any:
+        """Slurm's warning (node 0): wait until this node's ranks have saved the step
+        they agreed on and ended, then give submitit the same call to requeue; the
+        next allocation resumes from the checkpoint."""
+        import submitit
+
+        deadline = time.monotonic() + max(1.0, float(payload.get("lead_s", 90)) - 5.0)
+        while self.job is not None and self.job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env = submitit.JobEnvironment()
+        self.requeued = True
+        _allocation_event(
+            Path(payload["folder"]),
+            job_id=env.job_id,
+            end=time.time(),
+            ended="requeued (Slurm's time-limit warning or a preemption notice)",
+        )
+        return submitit.helpers.DelayedSubmission(self, payload)
 
 
 # --------------------------------------------------------------------------- the parent
@@ -307,9 +393,11 @@ class SlurmJob:
         launch = self.launch
         if launch.log_dir is None:
             launch = dataclasses.replace(launch, log_dir=str(self.job_dir / "torchrun"))
-        executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0)
+        options = slurm_options(self.settings)
+        executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=options.max_requeues)
         executor.update_parameters(**sbatch_parameters(self.settings, launch))
         payload = {
+            "lead_s": options.lead_s(),
             "config": self.config_data,
             "task": self.task_function,
             "launch": dataclasses.replace(launch, env={**launch.env, **(extra_env or {})}),
@@ -318,7 +406,7 @@ class SlurmJob:
             "folder": str(self.folder),
         }
         self.started_at = time.time()
-        self.sjob = executor.submit(run_node, payload)
+        self.sjob = executor.submit(NodeTask(), payload)
         self.state = "SUBMITTED"
 
     @property
@@ -487,6 +575,7 @@ class SlurmJob:
             "timed_out": self.timed_out,
             "adopted": self.adopt is not None,
             "code": self.code,
+            "allocations": allocations(self.folder),
         }
 
     def describe(self) -> str:

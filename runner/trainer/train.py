@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from runner.metrics import METRICS_FILE, append_metrics
+from runner.stop import stop_requested
 from runner.trainer.loggers import NoLogger, make_logger
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ def atomic_save(obj, path: Path) -> None:
 
 
 CHECKPOINT = "checkpoint.pt"
+# Steps between the ranks' agreement on whether a stop was requested (one all_reduce
+# of one number), mid-epoch; and at every epoch end.
+STOP_CHECK_EVERY = 10
 
 
 class CheckpointError(CompactHydraException, RuntimeError):
@@ -298,10 +302,24 @@ def train(cfg: DictConfig) -> float:
             )
 
     logger = make_logger(cfg, output_dir, checkpoint_path, step) if is_rank0 else NoLogger()
+
     bar = _progress_bar(cfg, total_steps, is_rank0)
     if bar is not None:
         bar.update(step)
     plain_lines = is_rank0 and bar is None and cfg.trainer.progress != "off"
+
+    def stopped(at: int) -> float:
+        """A stop was requested (runner.stop): the checkpoint of step ``at`` is saved;
+        end here without a result (the job is requeued and resumes from it; its tracked
+        run stays open for the next allocation)."""
+        if bar is not None:
+            bar.close()
+        if is_rank0:
+            log.info("stop requested: saved the checkpoint of step %d; ending here", at)
+        if world_size > 1:
+            dist.destroy_process_group()
+        return math.nan
+
     every = cfg.trainer.checkpoint_every if cfg.trainer.checkpoint else 0
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.trainer.epochs):
@@ -337,6 +355,11 @@ def train(cfg: DictConfig) -> float:
                 bar.update()
             if every and step % every == 0 and s + 1 < steps_per_epoch:
                 save(epoch, s + 1, loss_total)
+            if step % STOP_CHECK_EVERY == 0 and s + 1 < steps_per_epoch and stop_requested():
+                # Every rank agreed on this step (stop_requested): save it and end, so
+                # the requeued job resumes here.
+                save(epoch, s + 1, loss_total)
+                return stopped(step)
         if world_size > 1:
             dist.all_reduce(loss_total)
         metrics = {
@@ -351,8 +374,11 @@ def train(cfg: DictConfig) -> float:
             # The objective of every epoch too: what a search prunes on.
             append_metrics(output_dir, {**metrics, "objective": metrics[cfg.trainer.objective]})
         logger.log(metrics, step)
-        if cfg.trainer.checkpoint:
+        stop = epoch + 1 < cfg.trainer.epochs and stop_requested()
+        if cfg.trainer.checkpoint or stop:
             save(epoch + 1, 0, torch.zeros((), device=device))
+        if stop:
+            return stopped(step)
         if is_rank0:
             summary = " ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_"))

@@ -1,0 +1,39 @@
+"""runner.stop: a stop asked of a running job (on Slurm, the warning before its time
+limit). Fast checks of the rank-side rules here; tests/test_faults.py stops a real
+2-rank training run through its entry dir, and tests/test_slurm.py a Slurm job with
+its warning signal, requeued and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import runner
+from runner import stop
+
+
+@pytest.fixture
+def installed(tmp_path):
+    before = signal.getsignal(signal.SIGUSR2)
+    stop.install(tmp_path)
+    yield tmp_path
+    signal.signal(signal.SIGUSR2, before)
+    stop._state.update(file=None, signalled=False)
+
+
+def test_no_stop_outside_a_job():
+    assert runner.stop_requested() is False
+
+
+def test_the_nodes_stop_file_asks_the_rank_to_stop(installed):
+    assert not runner.stop_requested()
+    stop.request_stop(installed)
+    assert runner.stop_requested()
+
+
+def test_the_warning_signal_asks_the_rank_to_stop_instead_of_ending_it(installed):
+    assert not runner.stop_requested()
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert runner.stop_requested()
