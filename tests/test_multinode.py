@@ -375,7 +375,7 @@ def test_every_point_gets_its_own_rendezvous_id_and_port():
 
 NODE_MAIN = """
 import pickle, sys
-from runner.sweep.slurm import NodeTask
+from runner.sweep.slurm_node import NodeTask
 outcome = NodeTask()(pickle.loads(open(sys.argv[1], "rb").read()))
 open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 """
@@ -384,7 +384,7 @@ open(sys.argv[2], "wb").write(pickle.dumps(outcome))
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["loopback", "netns"])
 def test_slurm_node_side_meets_across_nodes(tmp_path, request, network):
-    """What a 2-node Slurm job runs on each node (``runner.sweep.slurm.NodeTask``), under the
+    """What a 2-node Slurm job runs on each node (``runner.sweep.slurm_node.NodeTask``), under the
     environment Slurm gives each node's task: the head node publishes a free port in
     the job folder, both agents meet over c10d at the head node, rank 0's value comes
     back from the node where it ran. (The one-node test cluster cannot allocate two

@@ -30,7 +30,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner import stop
 from runner.launch.entry import (
     RANK0_FILE,
     RESULT_FILE,
@@ -39,6 +38,7 @@ from runner.launch.entry import (
     script_source,
 )
 from runner.launch.procs import die_with_parent, write_atomic
+from runner.stop import install as watch_for_stop
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def run(job: dict, entry_dir: Path) -> Any:
     if int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
         check_same_config(job["config"])
     config = restore_config(job["config"])
-    stop.install(entry_dir)
+    watch_for_stop(entry_dir)
     task = load_task(job, entry_dir)
     if job["task"] and "script" in job["task"]:
         # The script is this rank's main module, as it is under ``python train.py``:
