@@ -263,17 +263,15 @@ def check_cuda_untouched() -> None:
 
 
 def _preload(task: dict | None) -> None:
-    """Import torch (with what an optimizer's first construction imports), torchrun and
-    runner's agent and worker, then the task's module or script (a script as
-    ``__mp_main__``, so its ``__main__`` block does not run)."""
+    """Import torch, torchrun and runner's agent and worker, then the task's module or
+    script (a script as ``__mp_main__``, so its ``__main__`` block does not run).
+    Not ``torch._dynamo`` (which an optimizer's first construction imports, ~1 s per
+    rank): imported before the fork, it left half of the 2-rank DDP trials' ranks
+    hanging in the gloo group's destructor at exit."""
     import importlib
 
     base = [
         "torch",
-        # An optimizer's first construction imports dynamo (~1.1 s on this machine's
-        # CPUs): every rank of nearly every training task pays it unless it is here.
-        "torch._dynamo",
-        "torch.optim",
         "torch.distributed",
         "torch.distributed.run",
         "torch.distributed.elastic.multiprocessing",

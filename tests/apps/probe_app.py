@@ -79,8 +79,6 @@ def probe(cfg) -> float:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "pid": os.getpid(),
-        # Imported before the task ran (a warm rank: the warm process preloads it).
-        "dynamo_loaded": "torch._dynamo" in sys.modules,
         "start": started,
     }
     if cfg.mark:  # leave a mark in module state (torch's): the next point must not see it
