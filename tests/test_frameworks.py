@@ -174,7 +174,8 @@ def lightning_sweep(tmp_path, *overrides: str):
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO), "PROBE_RETURN": str(returns)},
     )
-    values = [json.loads(line)["value"] for line in returns.read_text().splitlines()]
+    records = [json.loads(line) for line in returns.read_text().splitlines()]
+    values = [r["value"] for r in sorted(records, key=lambda r: r["num"])]  # by point
     return tmp_path / "sweep", proc, values
 
 
