@@ -271,6 +271,7 @@ def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_waiting_large_point_is_not_starved_by_small_ones(hydra_sweep_runner, tmp_path):
     """Four devices, a 4-rank point behind a long 1-rank point, then many short 1-rank
     points: the short ones may fill the devices free while the large one waits, but

@@ -41,6 +41,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_trial_starts_the_moment_a_slot_frees(hydra_sweep_runner, tmp_path):
     """While one long trial runs, short ones end and the next start: no batch waits."""
     FakeJobs.sleeps = {0: 1.5}
@@ -92,6 +93,7 @@ def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_pa
     assert search_study(tmp_path).trials[0].intermediate_values == {i: 1.0 for i in range(30)}
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
     first = [(t.number, t.params) for t in search_study(tmp_path).trials]
@@ -140,6 +142,7 @@ def test_enqueued_points_run_first(hydra_sweep_runner, tmp_path):
     assert params[:2] == [0.25, 0.75]
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_timeout_starts_no_trial_after_it(hydra_sweep_runner, tmp_path):
     FakeJobs.sleeps = {0: 4.0, 1: 4.0}
     search(
@@ -155,6 +158,7 @@ def test_a_timeout_starts_no_trial_after_it(hydra_sweep_runner, tmp_path):
     assert TrialState.RUNNING not in states  # the one asked ahead was given back
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_an_interrupted_search_gives_its_trials_back(hydra_sweep_runner, tmp_path):
     """Ctrl-C: the running trials are stopped and failed in the study, and queued to
     run again when the search continues."""

@@ -194,6 +194,7 @@ def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
         assert point.data.metrics["value"] == num + 1.0
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_jobs_status_ends_its_run(tmp_path):
     """The callback ends each job's run as launch.json says: COMPLETED -> FINISHED,
     FAILED -> FAILED, PRUNED and STOPPED -> KILLED (fast: runs made by hand in a real
