@@ -151,6 +151,17 @@ class SlurmJobs:
         time.sleep(timeout)  # each job spaces out its own sacct calls
 
 
+def queue_state(job_id: str) -> str | None:
+    """A job's state in squeue: "" once it has left the queue, None if squeue could
+    not answer."""
+    queue = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    )
+    if queue.returncode == 0:
+        return queue.stdout.strip()
+    return "" if "Invalid job id" in queue.stderr else None
+
+
 def live_job_of(job_dir: Path, overrides: list[str]) -> dict | None:
     """The record of the Slurm job an earlier run of this sweep submitted for this
     point (same overrides) and never saw end (its parent died: the record still says
@@ -163,12 +174,9 @@ def live_job_of(job_dir: Path, overrides: list[str]) -> dict | None:
     job_id = record.get("slurm_job_id")
     if record.get("status") != "RUNNING" or not job_id or record.get("overrides") != overrides:
         return None
-    queue = subprocess.run(
-        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True
-    )
     nodes = int(str(record.get("nnodes") or 1))
     results = [job_dir / ".slurm" / f"{job_id}_{k}_result.pkl" for k in range(nodes)]
-    if queue.stdout.strip() or all(p.exists() for p in results):
+    if queue_state(str(job_id)) or all(p.exists() for p in results):
         return record
     return None
 
@@ -268,14 +276,7 @@ class SlurmJob:
         return self.state
 
     def _queue_state(self) -> str | None:
-        """The job's state in squeue: "" once it has left the queue, None if squeue
-        could not answer."""
-        queue = subprocess.run(
-            ["squeue", "-h", "-j", str(self.job_id), "-o", "%T"], capture_output=True, text=True
-        )
-        if queue.returncode == 0:
-            return queue.stdout.strip()
-        return "" if "Invalid job id" in queue.stderr else None
+        return queue_state(str(self.job_id))
 
     def poll(self) -> int | None:
         """0 or 1 once the job has ended (every node reported, or Slurm says it is
