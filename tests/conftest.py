@@ -121,6 +121,14 @@ def run(
     return proc
 
 
+def started(args: list[str], *, cwd: Path | str = REPO) -> subprocess.Popen:
+    """A command started in the background, its stdout and stderr in one text pipe
+    (``communicate()`` reads them)."""
+    return subprocess.Popen(
+        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def runner_cli(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "runner", *overrides], **kwargs)
 

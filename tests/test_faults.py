@@ -29,6 +29,7 @@ from tests.conftest import (
     read_json,
     run,
     runner_cli,
+    started,
     wait_until,
 )
 from tests.test_config import make
@@ -164,13 +165,7 @@ def test_a_stop_asked_of_one_rank_stops_both_at_one_step_and_the_rerun_resumes(t
     runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
     run_dir = tmp_path / "stopped"
     args = [*longer, f"hydra.run.dir={run_dir}"]
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    parent = started([sys.executable, "-m", "runner", *args])
     try:
         wait_until(lambda: (run_dir / "metrics.jsonl").exists(), 120, "the first epoch")
         rank1 = rank_pid(parent.pid, 1)

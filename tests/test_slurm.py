@@ -24,6 +24,7 @@ from tests.conftest import (
     read_json,
     run,
     runner_cli,
+    started,
     unavailable,
     wait_until,
 )
@@ -305,7 +306,7 @@ def test_an_edit_after_submission_reaches_no_queued_job(tmp_path, slurm, snapsho
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     subprocess.run(["git", "add", "app.py", "helper.py"], cwd=project, check=True)
     cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
-    parent = subprocess.Popen(
+    parent = started(
         [
             sys.executable,
             "app.py",
@@ -319,9 +320,6 @@ def test_an_edit_after_submission_reaches_no_queued_job(tmp_path, slurm, snapsho
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         wait_until(lambda: (gate / "started_1").exists(), 120, "point 0 to run")
@@ -366,7 +364,7 @@ def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, s
     longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
     runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
     sweep = tmp_path / "sweep"
-    parent = subprocess.Popen(
+    parent = started(
         [
             sys.executable,
             "-m",
@@ -376,11 +374,7 @@ def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, s
             "hydra/launcher=torchrun_slurm",
             "hydra.launcher.poll_interval=1",
             f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ]
     )
     try:
         wait_until(lambda: (sweep / "0" / "metrics.jsonl").exists(), 120, "the first epoch")
