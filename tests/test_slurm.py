@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -381,7 +382,10 @@ def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, s
         job_id = read_json(sweep / "0" / "launch.json")["slurm_job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
-        # A requeued job waits out Slurm's two-minute hold; start it now.
+        # A requeued job waits out Slurm's two-minute hold; start it sooner. Not at
+        # once: slurmd refuses an allocation in the same second as the requeue revoked
+        # the job's credential ("Job credential revoked"), and the job fails.
+        time.sleep(1.5)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
         out, _ = parent.communicate(timeout=300)
     finally:
