@@ -9,6 +9,13 @@ at the same step, saves what it needs to resume, and returns. runner's trainer d
 this; the node then has the job requeued (submitit's checkpoint/requeue), and the
 next allocation resumes from the checkpoint.
 
+SIGTERM (a preemption, ``scontrol requeue``, a cancel, a stopped sweep) is a stop
+request too, but only for a task that listens: from its first call of
+:func:`stop_requested` on, a rank catches SIGTERM and stops at the next agreed step
+instead of dying mid-step (SIGKILL still follows after the grace period if it never
+gets there). A task that never asks keeps SIGTERM's default: it ends at once, even
+blocked in a collective.
+
 Light on purpose: torch is imported only by :func:`stop_requested`, and only when a
 process group exists.
 """
@@ -24,18 +31,27 @@ from typing import Any
 # The file a node writes into its agent's entry dir to ask the ranks to stop.
 STOP_FILE = "stop_requested"
 
-_state: dict[str, Any] = {"file": None, "signalled": False}
+_state: dict[str, Any] = {"file": None, "signalled": False, "listening": False}
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     _state["signalled"] = True
 
 
+def _listen_to_sigterm() -> None:
+    """From the task's first check on, SIGTERM asks for a stop instead of ending the
+    rank (the main thread only: elsewhere Python cannot install handlers)."""
+    _state["listening"] = True
+    try:
+        signal.signal(signal.SIGTERM, _on_signal)
+    except ValueError:  # not the main thread
+        pass
+
+
 def install(entry_dir: Path) -> None:
     """In a rank, before its task: watch for the node's stop file, and catch SIGUSR2
     (the agent ignores it; without a handler it would end the rank)."""
-    _state["file"] = entry_dir / STOP_FILE
-    _state["signalled"] = False
+    _state.update(file=entry_dir / STOP_FILE, signalled=False, listening=False)
     signal.signal(signal.SIGUSR2, _on_signal)
 
 
@@ -50,8 +66,12 @@ def stop_requested() -> bool:
     at the same steps: in a process group the ranks agree (one all_reduce), so all of
     them stop at the same step. Save what you need to resume, then return; the job
     is requeued and its next allocation starts the task again (resume from your
-    checkpoint). Always False outside a job that runner launched."""
+    checkpoint). From the first call on, SIGTERM (a preemption, a requeue, a cancel)
+    asks for the same stop instead of ending the rank. Always False outside a job
+    that runner launched."""
     path = _state["file"]
+    if path is not None and not _state["listening"]:
+        _listen_to_sigterm()
     local = bool(_state["signalled"] or (path is not None and os.path.exists(path)))
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():

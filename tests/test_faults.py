@@ -157,10 +157,13 @@ def rank_pid(parent_pid: int, rank: int) -> int | None:
     return None
 
 
-def test_a_stop_asked_of_one_rank_stops_both_at_one_step_and_the_rerun_resumes(tmp_path):
-    """Slurm's warning may reach one rank before the other: the ranks agree (one
-    all_reduce every few steps), both save the same step and end; the same command
-    then resumes there and ends bit for bit like a run never stopped."""
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["warning", "sigterm"])
+def test_a_stop_asked_of_one_rank_stops_both_at_one_step_and_the_rerun_resumes(tmp_path, sig):
+    """Slurm's warning (SIGUSR2) or a preemption's SIGTERM may reach one rank before
+    the other: the ranks agree (one all_reduce every few steps), both save the same
+    step and end; the same command then resumes there and ends bit for bit like a run
+    never stopped. (runner's trainer listens for stops, so SIGTERM no longer ends its
+    rank mid-step.)"""
     longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
     runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
     run_dir = tmp_path / "stopped"
@@ -170,7 +173,7 @@ def test_a_stop_asked_of_one_rank_stops_both_at_one_step_and_the_rerun_resumes(t
         wait_until(lambda: (run_dir / "metrics.jsonl").exists(), 120, "the first epoch")
         rank1 = rank_pid(parent.pid, 1)
         assert rank1 is not None
-        os.kill(rank1, signal.SIGUSR2)  # rank 1 only
+        os.kill(rank1, sig)  # rank 1 only
         out, _ = parent.communicate(timeout=120)
     finally:
         parent.kill()

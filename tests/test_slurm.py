@@ -355,13 +355,23 @@ def test_a_snapshot_outside_git_without_a_file_set_is_refused(tmp_path, slurm):
     assert not list(tmp_path.rglob(".slurm"))
 
 
-def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, slurm):
-    """What Slurm sends before a job's time limit (SIGUSR2, signal_lead_s ahead), sent
-    here by hand: the ranks agree on a step and save it, the job is requeued, and its
-    next allocation resumes there. The point ends equal to a run never interrupted,
-    one result for the sweeper, both allocations in its launch.json."""
+# How the first allocation of the point ends: Slurm's warning before the time limit
+# (SIGUSR2, signal_lead_s ahead; sent here by hand), or a requeue as a preemption
+# does it (SIGTERM to every process of the job, SIGKILL KillWait later).
+INTERRUPTIONS = {
+    "warning": (["scancel", "--signal=USR2"], "requeued (Slurm's time-limit warning"),
+    "requeue": (["scontrol", "requeue"], "stopped by SIGTERM (a preemption, a requeue"),
+}
+
+
+@pytest.mark.parametrize("how", list(INTERRUPTIONS))
+def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_path, slurm, how):
+    """The ranks agree on a step and save it, the job is requeued, and its next
+    allocation resumes there. The point ends equal to a run never interrupted, one
+    result for the sweeper, both allocations in its launch.json."""
     from tests.test_faults import TRAIN, TWO_RANKS, same_training
 
+    command, first_ended = INTERRUPTIONS[how]
     longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
     runner_cli(*longer, f"hydra.run.dir={tmp_path / 'undisturbed'}")
     sweep = tmp_path / "sweep"
@@ -380,7 +390,7 @@ def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, s
     try:
         wait_until(lambda: (sweep / "0" / "metrics.jsonl").exists(), 120, "the first epoch")
         job_id = read_json(sweep / "0" / "launch.json")["slurm_job_id"]
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        subprocess.run([*command, job_id], check=True)
         wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
         # A requeued job waits out Slurm's two-minute hold; start it sooner. Not at
         # once: slurmd refuses an allocation in the same second as the requeue revoked
@@ -394,7 +404,7 @@ def test_the_time_limit_warning_saves_requeues_and_resumes_the_point(tmp_path, s
     launch = read_json(sweep / "0" / "launch.json")
     assert launch["status"] == "COMPLETED" and launch["slurm_job_id"] == job_id
     ends = [a["ended"] for a in launch["allocations"]]
-    assert len(ends) == 2 and ends[0].startswith("requeued") and ends[1] == "completed"
+    assert len(ends) == 2 and ends[0].startswith(first_ended) and ends[1] == "completed", ends
     assert {a["job_id"] for a in launch["allocations"]} == {job_id}
     logs = (sweep / "0" / "runner.log").read_text()
     assert "stop requested: saved the checkpoint of step" in logs and "resuming at step" in logs

@@ -16,11 +16,12 @@ from runner import stop
 
 @pytest.fixture
 def installed(tmp_path):
-    before = signal.getsignal(signal.SIGUSR2)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
     stop.install(tmp_path)
     yield tmp_path
-    signal.signal(signal.SIGUSR2, before)
-    stop._state.update(file=None, signalled=False)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    stop._state.update(file=None, signalled=False, listening=False)
 
 
 def test_no_stop_outside_a_job():
@@ -36,4 +37,14 @@ def test_the_nodes_stop_file_asks_the_rank_to_stop(installed):
 def test_the_warning_signal_asks_the_rank_to_stop_instead_of_ending_it(installed):
     assert not runner.stop_requested()
     os.kill(os.getpid(), signal.SIGUSR2)
+    assert runner.stop_requested()
+
+
+def test_sigterm_asks_for_a_stop_only_once_the_task_listens(installed):
+    """Before its first check a task keeps SIGTERM's default (it ends at once, even
+    blocked in a collective); from then on SIGTERM is a stop request."""
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert not runner.stop_requested()
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    os.kill(os.getpid(), signal.SIGTERM)
     assert runner.stop_requested()

@@ -242,6 +242,7 @@ class SlurmJob:
         executor.update_parameters(**sbatch_parameters(self.settings, launch))
         payload = {
             "lead_s": options.lead_s(),
+            "stop_grace": float(self.settings.get("stop_grace", 10.0)),
             "config": self.config_data,
             "task": self.task_function,
             "launch": dataclasses.replace(launch, env={**launch.env, **(extra_env or {})}),

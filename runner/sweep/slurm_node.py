@@ -119,19 +119,31 @@ class NodeTask:
         folder = Path(payload["folder"])
         if env.global_rank == 0:
             _allocation_event(folder, job_id=env.job_id, host=where["host"], start=time.time())
-        # submitit ignores SIGTERM (for its preemption handling); here it must stop the
-        # agent, which stops its workers, before Slurm's SIGKILL.
-        signal.signal(signal.SIGTERM, exit_on_signal)
+        ended = "failed"  # or ran out of time or was killed, with no signal first
         warned = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint, requeue
 
-        def on_warning(signum: int, frame: Any) -> None:
+        def ask_ranks_to_stop() -> None:
             if job.entry_dir is not None and job.entry_dir.is_dir():
                 request_stop(job.entry_dir)  # the ranks agree on a step, save, return
+
+        def on_warning(signum: int, frame: Any) -> None:
+            ask_ranks_to_stop()
             if callable(warned):
                 warned(signum, frame)
 
+        def on_sigterm(signum: int, frame: Any) -> None:
+            # A preemption, ``scontrol requeue`` or a cancel (Slurm then requeues or
+            # ends the job itself). submitit ignores SIGTERM; here the ranks get the
+            # grace period to save the step they agree on, then the agent is stopped
+            # before Slurm's SIGKILL.
+            nonlocal ended
+            ended = "stopped by SIGTERM (a preemption, a requeue or a cancel)"
+            ask_ranks_to_stop()
+            self.wait_for_ranks(float(payload.get("stop_grace", 10.0)))
+            exit_on_signal(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         signal.signal(signal.SIGUSR2, on_warning)
-        ended = "failed"  # or ran out of time, or was cancelled, with no warning
         try:
             job.start()
             job.wait()
@@ -157,15 +169,20 @@ class NodeTask:
             if env.global_rank == 0 and not self.requeued:
                 _allocation_event(folder, job_id=env.job_id, end=time.time(), ended=ended)
 
+    def wait_for_ranks(self, seconds: float) -> None:
+        """After a stop request: wait up to ``seconds`` for this node's agent to end (its
+        ranks have saved the agreed step and returned)."""
+        deadline = time.monotonic() + seconds
+        while self.job is not None and self.job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def checkpoint(self, payload: dict) -> Any:
         """Slurm's warning (node 0): wait until this node's ranks have saved the step
         they agreed on and ended, then give submitit the same call to requeue; the
         next allocation resumes from the checkpoint."""
         import submitit
 
-        deadline = time.monotonic() + max(1.0, float(payload.get("lead_s", 90)) - 5.0)
-        while self.job is not None and self.job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        self.wait_for_ranks(max(1.0, float(payload.get("lead_s", 90)) - 5.0))
         env = submitit.JobEnvironment()
         self.requeued = True
         _allocation_event(
