@@ -412,6 +412,56 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     nothing_left_of([job_id])
 
 
+def test_a_point_past_its_time_limit_is_warned_requeued_and_goes_on(tmp_path, slurm):
+    """Slurm's own clock: a 1-minute limit warns the job (SIGUSR2, signal_lead_s
+    ahead, or up to a tick earlier) before the task's 50 s of steps are done. A task
+    that is not runner's trainer stops through runner.stop_requested(), saves its
+    place, and the requeued job goes on from there, as often as it takes: every step
+    is done exactly once and the sweeper gets the point's one result."""
+    sweep = tmp_path
+    parent = started(
+        slurm_sweep(
+            sweep,
+            "steps=500",
+            "step_s=0.1",
+            "value=7",
+            "hydra.launcher.time_min=1",
+            "hydra.launcher.max_requeues=6",
+            "hydra.launcher.cpus_per_task=1",
+        )
+    )
+    record = sweep / "0" / "launch.json"
+    kicked: set[str] = set()
+    try:
+        wait_until(lambda: record.is_file(), 60, "the point to be submitted")
+        job_id = read_json(record)["slurm_job_id"]
+        while parent.poll() is None:
+            # Each requeue waits out Slurm's two-minute hold; start it sooner (1.5 s
+            # after the requeue: an allocation in that same second is refused).
+            begin = subprocess.run(
+                ["squeue", "-h", "-o", "%T %r %S", "-j", job_id], capture_output=True, text=True
+            ).stdout.split()
+            if begin[:2] == ["PENDING", "BeginTime"] and begin[2] not in kicked:
+                kicked.add(begin[2])
+                time.sleep(1.5)
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+            time.sleep(0.5)
+        out = parent.communicate(timeout=10)[0]
+    finally:
+        parent.kill()
+    assert parent.returncode == 0, out[-3000:]
+    launch = read_json(record)
+    assert launch["status"] == "COMPLETED" and launch["slurm_job_id"] == job_id
+    ends = [a["ended"] for a in launch["allocations"]]
+    assert len(ends) >= 2 and ends[-1] == "completed", ends
+    assert all(e.startswith("requeued (Slurm's time-limit warning") for e in ends[:-1]), ends
+    steps = (sweep / "0" / "steps.log").read_text().split()
+    assert steps == [str(n) for n in range(500)]  # each exactly once, in order
+    assert "this job is timed-out" in (sweep / "0" / ".slurm" / f"{job_id}_0_log.out").read_text()
+    assert "#0 done" in out and "7" in out
+    nothing_left_of([job_id])
+
+
 def test_max_parallel_env_and_timeout_on_slurm(tmp_path, slurm):
     """One job at a time: point 0 hangs past its timeout, so its job is cancelled and
     the point STOPPED; only then does point 1 start, with the launcher's env."""

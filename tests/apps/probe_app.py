@@ -50,6 +50,36 @@ def pass_gate(cfg, rank: int, num, sweep_dir: Path) -> None:
         wait_for(lambda: a_point_failed(sweep_dir), "the sweep to record a failed point")
 
 
+def stoppable_steps(cfg, rank: int, out: Path) -> bool:
+    """A task of its own that stops when asked: ``cfg.steps`` steps of ``cfg.step_s``
+    seconds, checking ``runner.stop_requested()`` before each (every rank at the same
+    steps). Asked, rank 0 saves where it is and the task returns; its next start goes
+    on from there. Rank 0 logs every step it did, so a step done twice or never shows.
+    Returns whether every step is done."""
+    import torch.distributed as dist
+
+    import runner
+
+    saved = out / "steps_saved"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
+    start = int(saved.read_text()) if saved.is_file() else 0
+    done = True
+    for step in range(start, cfg.steps):
+        if runner.stop_requested():
+            if rank == 0:
+                saved.write_text(str(step))
+            done = False
+            break
+        time.sleep(cfg.step_s)
+        if rank == 0:
+            with open(out / "steps.log", "a") as log:
+                log.write(f"{step}\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return done
+
+
 def probe(cfg) -> float:
     hc = HydraConfig.get()
     rank = int(os.environ.get("RANK", "0"))
@@ -109,6 +139,8 @@ def probe(cfg) -> float:
         if rank == cfg.fail_rank:  # the others wait for this: fail now
             Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
             raise ValueError(f"probe failure on rank {rank}")
+    if cfg.steps and not stoppable_steps(cfg, rank, Path(hc.runtime.output_dir)):
+        return float("nan")  # stopped: the next start goes on
     time.sleep(cfg.sleep)
     record["end"] = time.time()
     Path(hc.runtime.output_dir, f"probe_rank{rank}.json").write_text(json.dumps(record))
