@@ -7,8 +7,10 @@ skip, saying how to start one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -561,3 +563,196 @@ def test_a_search_runs_trials_as_slurm_jobs_and_prunes_them(tmp_path, slurm):
     pruned_job = records[2]["slurm_job_id"]
     assert pruned_job and job_state(pruned_job).startswith("CANCELLED")
     assert not in_queue([r["slurm_job_id"] for r in records])
+
+
+class TwoSlurmNodes:
+    """A second Slurm cluster of two nodes on this machine, for real: each slurmd in its
+    own network namespace with its own hostname (snode0, snode1) and address on a
+    bridge, its controller in this namespace, its accounting in the running cluster's
+    slurmdbd (a cluster name of its own). Its jobs' ranks reach each other only
+    through the nodes' addresses."""
+
+    def __init__(self, base: Path) -> None:
+        self.tag = tag = os.getpid() % 100000
+        self.base, self.name = base, f"two{tag}"
+        self.ns = [f"rsn{tag}n{k}" for k in range(2)]
+        self.bridge = f"rsb{tag}"
+        self.hosts = ["snode0", "snode1"]
+        self.procs: list[subprocess.Popen] = []
+        self.conf = base / "etc" / "slurm.conf"
+        self.env = {"SLURM_CONF": str(self.conf)}
+
+    def up(self) -> None:
+        """The network, then the controller and both nodes (each step checked)."""
+        tag, base = self.tag, self.base
+        net = f"172.{16 + tag % 16}.{tag % 250}"
+        addrs = [f"{net}.{k + 2}" for k in range(2)]
+        for sub in ("etc", "state", "log", "run", *(f"spool/{h}" for h in self.hosts)):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "hosts").write_text(
+            "127.0.0.1 localhost\n"
+            + "".join(f"{a} {h}\n" for a, h in zip(addrs, self.hosts, strict=True))
+        )
+        ip = ["ip", "link"]
+        steps = [
+            [*ip, "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"{net}.1/24", "dev", self.bridge],
+            [*ip, "set", self.bridge, "up"],
+        ]
+        for k, ns in enumerate(self.ns):
+            host_end, node_end = f"rsv{tag}h{k}", f"rsv{tag}n{k}"
+            steps += [
+                ["ip", "netns", "add", ns],
+                [*ip, "add", host_end, "type", "veth", "peer", "name", node_end],
+                [*ip, "set", host_end, "master", self.bridge],
+                [*ip, "set", host_end, "up"],
+                [*ip, "set", node_end, "netns", ns],
+                ["ip", "-n", ns, "addr", "add", f"{addrs[k]}/24", "dev", node_end],
+                ["ip", "-n", ns, "link", "set", node_end, "up"],
+                ["ip", "-n", ns, "link", "set", "lo", "up"],
+            ]
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        self.conf.write_text(self._config(f"{net}.1"))
+        self._start(["slurmctld", "-D"], base / "log" / "slurmctld.out")
+        for k, host in enumerate(self.hosts):
+            # The node's network, and a mount and hostname namespace of its own: its
+            # /etc/hosts names both nodes, and it keeps this machine's /sys (cgroups).
+            script = f'mount --bind {base / "hosts"} /etc/hosts && hostname {host} && exec "$@"'
+            self._start(
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{self.ns[k]}",
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    "slurmd",
+                    "-D",
+                    "-N",
+                    host,
+                ],
+                base / "log" / f"slurmd{k}.out",
+            )
+
+    def _config(self, controller_addr: str) -> str:
+        """The running cluster's configuration (auth, accounting, timings), with this
+        cluster's name, controller, ports, paths and nodes."""
+        own = {"ClusterName", "SlurmctldHost", "NodeName", "PartitionName", "FirstJobId"}
+        own |= {"SlurmctldPort", "SlurmdPort", "StateSaveLocation", "SlurmdSpoolDir"}
+        own |= {f"{d}{f}" for d in ("Slurmctld", "Slurmd") for f in ("PidFile", "LogFile")}
+        kept = [
+            line
+            for line in Path(os.environ["SLURM_CONF"]).read_text().splitlines()
+            if line.split("=", 1)[0].strip() not in own
+        ]
+        hw = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True)
+        hw_line = hw.stdout.splitlines()[0].split(" ", 1)[1]
+        ports = []
+        for _ in range(2):
+            with socket.socket() as sock:
+                sock.bind(("", 0))
+                ports.append(sock.getsockname()[1])
+        b = self.base
+        return "\n".join(
+            [
+                *kept,
+                f"ClusterName={self.name}",
+                f"SlurmctldHost={socket.gethostname().split('.')[0]}({controller_addr})",
+                f"SlurmctldPort={ports[0]}",
+                f"SlurmdPort={ports[1]}",
+                "FirstJobId=100000",  # never the running cluster's job ids
+                f"StateSaveLocation={b}/state",
+                f"SlurmdSpoolDir={b}/spool/%n",
+                f"SlurmctldPidFile={b}/run/slurmctld.pid",
+                f"SlurmdPidFile={b}/run/slurmd.%n.pid",
+                f"SlurmctldLogFile={b}/log/slurmctld.log",
+                f"SlurmdLogFile={b}/log/slurmd.%n.log",
+                *(
+                    f"NodeName={h} NodeAddr={controller_addr.rsplit('.', 1)[0]}.{k + 2} "
+                    f"{hw_line} State=UNKNOWN"
+                    for k, h in enumerate(self.hosts)
+                ),
+                "PartitionName=two Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
+
+    def _start(self, argv: list[str], log: Path) -> None:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
+        self.procs.append(proc)
+
+    def idle(self) -> bool:
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%T %D"], capture_output=True, text=True, env=self.slurm_env()
+        ).stdout.split()
+        return out == ["idle", "2"]
+
+    def slurm_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def close(self) -> None:
+        env = self.slurm_env()
+        subprocess.run(["scancel", "--full", "--user=root"], capture_output=True, env=env)
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def two_slurm_nodes(slurm, tmp_path_factory):
+    missing = [tool for tool in ("ip", "nsenter", "unshare", "slurmd") if not shutil.which(tool)]
+    if os.geteuid() != 0 or missing:
+        unavailable("netns", f"two Slurm nodes need root and {missing or 'root'}")
+    nodes = TwoSlurmNodes(tmp_path_factory.mktemp("two_slurm_nodes"))
+    try:
+        try:
+            nodes.up()
+        except subprocess.CalledProcessError as error:
+            unavailable("netns", f"cannot build two namespaced nodes here: {error.stderr!r}")
+        wait_until(nodes.idle, 60, "both namespaced Slurm nodes to be idle")
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_a_two_node_point_runs_on_two_real_slurm_nodes(tmp_path, two_slurm_nodes):
+    """hydra.launcher.nnodes=2 on two slurmd in their own namespaces: one job, one
+    torchrun agent per node, the 4 ranks meet over the nodes' addresses (loopback
+    cannot cross namespaces), and the point's value comes back to the sweeper."""
+    proc = run(
+        slurm_sweep(tmp_path, "hydra.launcher.nnodes=2", "allreduce=true", "value=3"),
+        env=two_slurm_nodes.env,
+    )
+    records = probe_records(tmp_path / "0")
+    assert sorted((r["rank"], r["host"]) for r in records) == [
+        (0, "snode0"),
+        (1, "snode0"),
+        (2, "snode1"),
+        (3, "snode1"),
+    ]
+    assert {r["allreduce"] for r in records} == {1.0 + 2 + 3 + 4}
+    assert {r["master_addr"] for r in records} == {"snode0"}
+    launch = read_json(tmp_path / "0" / "launch.json")
+    assert launch["status"] == "COMPLETED" and launch["nodes"] == ["snode0", "snode1"]
+    assert "-> 3" in proc.stdout + proc.stderr
+    accounted = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,State,NodeList"],
+        capture_output=True,
+        text=True,
+        env=two_slurm_nodes.slurm_env(),
+    ).stdout.split()
+    assert accounted == [f"{launch['slurm_job_id']}|COMPLETED|snode[0-1]"]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,7 @@ def probe(cfg) -> float:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "pid": os.getpid(),
+        "host": socket.gethostname(),
         "start": started,
     }
     if cfg.mark:  # leave a mark in module state (torch's): the next point must not see it
