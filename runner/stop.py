@@ -31,11 +31,24 @@ from typing import Any
 # The file a node writes into its agent's entry dir to ask the ranks to stop.
 STOP_FILE = "stop_requested"
 
-_state: dict[str, Any] = {"file": None, "signalled": False, "listening": False}
+_state: dict[str, Any] = {
+    "file": None,
+    "signalled": False,
+    "listening": False,
+    "terminated": False,
+}
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     _state["signalled"] = True
+    if signum == signal.SIGTERM:
+        _state["terminated"] = True
+
+
+def terminated() -> bool:
+    """Whether this rank was sent SIGTERM and took it as a stop request: whoever sent
+    it (its agent stopping, Slurm) wants the process gone once the task returns."""
+    return bool(_state["terminated"])
 
 
 def _listen_to_sigterm() -> None:
@@ -51,7 +64,7 @@ def _listen_to_sigterm() -> None:
 def install(entry_dir: Path) -> None:
     """In a rank, before its task: watch for the node's stop file, and catch SIGUSR2
     (the agent ignores it; without a handler it would end the rank)."""
-    _state.update(file=entry_dir / STOP_FILE, signalled=False, listening=False)
+    _state.update(file=entry_dir / STOP_FILE, signalled=False, listening=False, terminated=False)
     signal.signal(signal.SIGUSR2, _on_signal)
 
 

@@ -158,3 +158,35 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
     assert "pareto" in summary
     marked = {int(line.split("|")[1]) for line in summary.splitlines() if "| yes |" in line}
     assert marked == front
+
+
+def test_a_pruned_trial_of_the_trainer_saves_its_step_and_ends_unforced(tmp_path):
+    """runner's trainer listens for stops, so the SIGTERM that prunes its trial is a
+    stop request: both ranks save the step they agree on and end on their own. Warm,
+    the forked ranks must not then wait for their shutting-down agent to collect a
+    value (it never does: SIGKILL after stop_grace, exit -9)."""
+    runner_cli(
+        "-m",
+        "hydra/sweeper=search",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}",
+        "hydra.sweeper.enqueue=[{optim.lr: 0.01},{optim.lr: 0.01},{optim.lr: 0.000001}]",
+        "optim.lr=tag(log, interval(0.000001, 0.1))",
+        "trainer.nproc_per_node=2",
+        "trainer.epochs=20",
+        "data.n_samples=2000",
+        "trainer.progress=lines",
+        "hydra.launcher.warm=true",
+        "hydra.launcher.max_parallel=1",
+        "hydra.launcher.stop_grace=30",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    trials = search_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    pruned = read_json(tmp_path / "2" / "launch.json")
+    assert pruned["status"] == "PRUNED"
+    assert pruned["exit_code"] != -9, pruned  # not killed after stop_grace
+    assert (
+        "stop requested: saved the checkpoint of step"
+        in (tmp_path / "2" / "runner.log").read_text()
+    )

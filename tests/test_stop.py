@@ -21,7 +21,7 @@ def installed(tmp_path):
     yield tmp_path
     for sig, handler in before.items():
         signal.signal(sig, handler)
-    stop._state.update(file=None, signalled=False, listening=False)
+    stop._state.update(file=None, signalled=False, listening=False, terminated=False)
 
 
 def test_no_stop_outside_a_job():
@@ -37,7 +37,7 @@ def test_the_nodes_stop_file_asks_the_rank_to_stop(installed):
 def test_the_warning_signal_asks_the_rank_to_stop_instead_of_ending_it(installed):
     assert not runner.stop_requested()
     os.kill(os.getpid(), signal.SIGUSR2)
-    assert runner.stop_requested()
+    assert runner.stop_requested() and not stop.terminated()
 
 
 def test_sigterm_asks_for_a_stop_only_once_the_task_listens(installed):
@@ -47,4 +47,4 @@ def test_sigterm_asks_for_a_stop_only_once_the_task_listens(installed):
     assert not runner.stop_requested()
     assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     os.kill(os.getpid(), signal.SIGTERM)
-    assert runner.stop_requested()
+    assert runner.stop_requested() and stop.terminated()

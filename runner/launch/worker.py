@@ -39,6 +39,7 @@ from runner.launch.entry import (
 )
 from runner.launch.procs import die_with_parent, write_atomic
 from runner.stop import install as watch_for_stop
+from runner.stop import terminated as stop_terminated
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,15 @@ def main(job: dict, entry_dir: Path) -> None:
     record(run)(job, entry_dir)
     if multiprocessing.parent_process() is None:  # a process of its own (cold start)
         exit_now()
+    if stop_terminated():
+        # A forked worker (warm start) whose task returned after the SIGTERM of its
+        # agent's shutdown: torch's wrapper would wait for the agent to collect the
+        # value, which a shutting-down agent never does (it waits for the exit, then
+        # SIGKILLs). Leave now, as multiprocessing's own exit would.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
 
 
 def exit_now() -> None:
