@@ -319,17 +319,15 @@ def cmdline(pid: int) -> str:
     return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def test_workers_die_with_their_agent(tmp_path, entry_base):
-    """An agent killed outright (SIGKILL, the OOM killer) cannot stop its workers:
-    they asked the kernel for SIGKILL when it dies. The point is recorded failed."""
-    sweep, gate = tmp_path / "sweep", tmp_path / "gate"
-    gate.mkdir()
-    parent = subprocess.Popen(
+def gated_probe_sweep(sweep: Path, gate: Path, *overrides: str) -> subprocess.Popen:
+    """A probe sweep in the background, its output discarded: each point's rank 0
+    marks its task's start in ``gate`` (``started_N``), then it runs its ``sleep``."""
+    return subprocess.Popen(
         [
             sys.executable,
             str(PROBE_APP),
             "-m",
-            "sleep=600",
+            *overrides,
             f"gate={gate}",
             "gate_points=1",
             f"hydra.sweep.dir={sweep}",
@@ -337,6 +335,14 @@ def test_workers_die_with_their_agent(tmp_path, entry_base):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def test_workers_die_with_their_agent(tmp_path, entry_base):
+    """An agent killed outright (SIGKILL, the OOM killer) cannot stop its workers:
+    they asked the kernel for SIGKILL when it dies. The point is recorded failed."""
+    sweep, gate = tmp_path / "sweep", tmp_path / "gate"
+    gate.mkdir()
+    parent = gated_probe_sweep(sweep, gate, "sleep=600")
     try:
         wait_until(lambda: (gate / "started_0").exists(), 120, "the task to start")
         pids = processes_of(parent.pid)
@@ -375,20 +381,7 @@ def test_timeout_ends_that_point_only(hydra_sweep_runner, tmp_path, entry_base):
 def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
     sweep, gate = tmp_path / "sweep", tmp_path / "gate"
     gate.mkdir()
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            str(PROBE_APP),
-            "-m",
-            "sleep=0,600,600",
-            f"gate={gate}",  # each point's rank 0 marks its task's start
-            "gate_points=1",
-            "hydra.launcher.max_parallel=2",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    parent = gated_probe_sweep(sweep, gate, "sleep=0,600,600", "hydra.launcher.max_parallel=2")
     wait_until(
         lambda: (
             launch_status(sweep / "0") == "COMPLETED"

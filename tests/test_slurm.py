@@ -22,7 +22,6 @@ import pytest
 from runner.sweep.console import compact
 from tests.conftest import (
     PROBE_APP,
-    REPO,
     probe_records,
     read_json,
     run,
@@ -158,13 +157,7 @@ def sweep_parent(tmp_path):
     parents = []
 
     def start(*overrides: str) -> subprocess.Popen:
-        parent = subprocess.Popen(
-            slurm_sweep(tmp_path, *overrides),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        parent = started(slurm_sweep(tmp_path, *overrides))
         parents.append(parent)
         return parent
 
