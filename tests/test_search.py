@@ -63,6 +63,7 @@ def test_a_trial_starts_the_moment_a_slot_frees(hydra_sweep_runner, tmp_path):
     assert f"best_job_dir: {tmp_path / str(best.number)}" in results
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_path):
     # MedianPruner compares a trial's last step with the completed trials' values at
     # that step: the winners' curves span every step the loser reaches, so the loser

@@ -170,6 +170,14 @@ def sweep_parent(tmp_path):
         subprocess.run(["scancel", str(read_json(record)["slurm_job_id"])], capture_output=True)
 
 
+def start_requeued_now(job_id: str) -> None:
+    """A requeued job waits out Slurm's two-minute hold; start it sooner. Not at once:
+    slurmd refuses an allocation in the same second as the requeue revoked the job's
+    credential ("Job credential revoked"), and the job fails."""
+    time.sleep(1.5)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
 def squeue_states(job_ids: list[str]) -> list[str]:
     return subprocess.run(
         ["squeue", "-h", "-o", "%T", "-j", ",".join(job_ids)], capture_output=True, text=True
@@ -387,11 +395,7 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
         job_id = read_json(sweep / "0" / "launch.json")["slurm_job_id"]
         subprocess.run([*command, job_id], check=True)
         wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
-        # A requeued job waits out Slurm's two-minute hold; start it sooner. Not at
-        # once: slurmd refuses an allocation in the same second as the requeue revoked
-        # the job's credential ("Job credential revoked"), and the job fails.
-        time.sleep(1.5)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        start_requeued_now(job_id)
         out, _ = parent.communicate(timeout=300)
     finally:
         parent.kill()
@@ -430,16 +434,13 @@ def test_a_point_past_its_time_limit_is_warned_requeued_and_goes_on(tmp_path, sl
     try:
         wait_until(lambda: record.is_file(), 60, "the point to be submitted")
         job_id = read_json(record)["slurm_job_id"]
-        while parent.poll() is None:
-            # Each requeue waits out Slurm's two-minute hold; start it sooner (1.5 s
-            # after the requeue: an allocation in that same second is refused).
+        while parent.poll() is None:  # start each requeue (a new begin time) sooner
             begin = subprocess.run(
                 ["squeue", "-h", "-o", "%T %r %S", "-j", job_id], capture_output=True, text=True
             ).stdout.split()
             if begin[:2] == ["PENDING", "BeginTime"] and begin[2] not in kicked:
                 kicked.add(begin[2])
-                time.sleep(1.5)
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+                start_requeued_now(job_id)
             time.sleep(0.5)
         out = parent.communicate(timeout=10)[0]
     finally:
@@ -453,7 +454,7 @@ def test_a_point_past_its_time_limit_is_warned_requeued_and_goes_on(tmp_path, sl
     steps = (sweep / "0" / "steps.log").read_text().split()
     assert steps == [str(n) for n in range(500)]  # each exactly once, in order
     assert "this job is timed-out" in (sweep / "0" / ".slurm" / f"{job_id}_0_log.out").read_text()
-    assert "#0 done" in out and "7" in out
+    assert "#0 done" in out and "-> 7" in out
     nothing_left_of([job_id])
 
 
@@ -606,7 +607,7 @@ class TwoSlurmNodes:
             ]
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
-        self.conf.write_text(self._config(f"{net}.1"))
+        self.conf.write_text(self._config(net))
         self._start(["slurmctld", "-D"], base / "log" / "slurmctld.out")
         for k, host in enumerate(self.hosts):
             # The node's network, and a mount and hostname namespace of its own: its
@@ -631,9 +632,9 @@ class TwoSlurmNodes:
                 base / "log" / f"slurmd{k}.out",
             )
 
-    def _config(self, controller_addr: str) -> str:
+    def _config(self, net: str) -> str:
         """The running cluster's configuration (auth, accounting, timings), with this
-        cluster's name, controller, ports, paths and nodes."""
+        cluster's name, controller (``net``.1), ports, paths and nodes (.2, .3)."""
         own = {"ClusterName", "SlurmctldHost", "NodeName", "PartitionName", "FirstJobId"}
         own |= {"SlurmctldPort", "SlurmdPort", "StateSaveLocation", "SlurmdSpoolDir"}
         own |= {f"{d}{f}" for d in ("Slurmctld", "Slurmd") for f in ("PidFile", "LogFile")}
@@ -654,7 +655,7 @@ class TwoSlurmNodes:
             [
                 *kept,
                 f"ClusterName={self.name}",
-                f"SlurmctldHost={socket.gethostname().split('.')[0]}({controller_addr})",
+                f"SlurmctldHost={socket.gethostname().split('.')[0]}({net}.1)",
                 f"SlurmctldPort={ports[0]}",
                 f"SlurmdPort={ports[1]}",
                 "FirstJobId=100000",  # never the running cluster's job ids
@@ -665,8 +666,7 @@ class TwoSlurmNodes:
                 f"SlurmctldLogFile={b}/log/slurmctld.log",
                 f"SlurmdLogFile={b}/log/slurmd.%n.log",
                 *(
-                    f"NodeName={h} NodeAddr={controller_addr.rsplit('.', 1)[0]}.{k + 2} "
-                    f"{hw_line} State=UNKNOWN"
+                    f"NodeName={h} NodeAddr={net}.{k + 2} {hw_line} State=UNKNOWN"
                     for k, h in enumerate(self.hosts)
                 ),
                 "PartitionName=two Nodes=ALL Default=YES MaxTime=INFINITE State=UP",

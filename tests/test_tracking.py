@@ -262,6 +262,7 @@ def test_tensorboard_hparams_hold_every_points_config_and_result(tmp_path):
         assert scalar.value == pytest.approx(final["val_loss"])
 
 
+@pytest.mark.slow  # several seconds: out of the quick subset
 def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
     """Logged in the background, an epoch's metrics can be lost when the job dies,
     though metrics.jsonl (written first) and the checkpoint hold that epoch: the

@@ -287,14 +287,12 @@ def main(job: dict, entry_dir: Path) -> None:
         # A forked worker (warm start) whose task returned after the SIGTERM of its
         # agent's shutdown: torch's wrapper would wait for the agent to collect the
         # value, which a shutting-down agent never does (it waits for the exit, then
-        # SIGKILLs). Leave now, as multiprocessing's own exit would.
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(0)
+        # SIGKILLs). Leave now, as multiprocessing's own exit would: no atexit
+        # handlers (a fork inherits its warm parent's).
+        exit_now(forked=True)
 
 
-def exit_now() -> None:
+def exit_now(*, forked: bool = False) -> None:
     """End a rank whose task succeeded the way Python would, less the C++ teardown.
 
     torch's static destructors can abort a finished gloo rank (``terminate called
@@ -304,12 +302,14 @@ def exit_now() -> None:
     non-daemon threads and run every atexit handler (logging's, the task's), as
     interpreter exit does, flush, then ``os._exit(0)``. Forked workers (warm start)
     already end this way: multiprocessing calls ``os._exit`` after the function
-    returns."""
-    # What interpreter exit does first (and multiprocessing after a forked process's
-    # target): shut down thread pools (their idle workers would wait forever to be
-    # joined), then join every non-daemon thread.
-    threading._shutdown()  # type: ignore[attr-defined]
-    atexit._run_exitfuncs()
+    returns; ``forked`` ends one of those early the way multiprocessing would (its
+    atexit handlers are its parent's, not run)."""
+    if not forked:
+        # What interpreter exit does first (and multiprocessing after a forked
+        # process's target): shut down thread pools (their idle workers would wait
+        # forever to be joined), then join every non-daemon thread.
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
