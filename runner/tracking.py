@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.utils import env_override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,10 +74,9 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
         with contextlib.suppress(OSError):  # a dir that cannot be made fails below
             Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in fail_fast}
-    os.environ.update(fail_fast)
     try:
-        _client(tracking_uri).search_experiments(max_results=1)
+        with env_override(fail_fast):
+            _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TrackingError(
@@ -88,12 +88,6 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
                 "of a tracking server that is running",
             )
         ) from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def read_run_file(path: Path) -> dict | None:
@@ -353,7 +347,10 @@ class MlflowCallback(Callback):
         if status is None:  # a single run: no launch.json
             completed = getattr(job_return.status, "name", "") == "COMPLETED"
             status = "FINISHED" if completed else "FAILED"
-        client.set_terminated(run_id, status=status)
+        # With a tracking server MLflow prints two "View run" lines as a run ends: the
+        # sweep's console shows points, not those; the sweep's own run prints its link.
+        with env_override({"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
+            client.set_terminated(run_id, status=status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracking_uri:

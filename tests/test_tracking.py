@@ -4,12 +4,17 @@ from the SQLite store; TensorBoard's HParams read back with TensorBoard's reader
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, PROBE_APP, read_json, run, runner_cli
+from tests.conftest import FAST, PROBE_APP, read_json, run, runner_cli, wait_until
 
 EXPERIMENT = "runner"
 
@@ -119,6 +124,120 @@ def test_a_run_killed_mid_training_and_resumed_keeps_one_run(tmp_path):
     assert history(client, run_id, "val_loss") == [
         (line["step"], line["val_loss"]) for line in lines
     ]
+
+
+@pytest.mark.slow
+def test_an_elastic_restart_continues_the_points_run(tmp_path):
+    """Rank 1 SIGKILLed in epoch 3 with ``hydra.launcher.max_restarts=1``: torchrun
+    restarts both ranks, and rank 0 continues the run it opened (kept in the run dir)
+    rather than opening a second; its history is metrics.jsonl's, each step once."""
+    db = tmp_path / "mlflow.db"
+    run_dir = tmp_path / "run"
+    proc = runner_cli(
+        "trainer.epochs=4",
+        *tracked(db),
+        "hydra.launcher.max_restarts=1",
+        f"hydra.run.dir={run_dir}",
+        env={"RUNNER_FAULT": "1:12"},
+    )
+    assert (run_dir / ".fault_rank1_step12").exists()
+    assert "resuming at step" in proc.stdout + proc.stderr
+    [point] = runs_of(db)
+    assert point.info.status == "FINISHED"
+    assert read_json(run_dir / "mlflow_run.json")["run_id"] == point.info.run_id
+    lines = jsonl(run_dir / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [5, 10, 15, 20]
+    assert history(client_of(db), point.info.run_id, "val_loss") == [
+        (line["step"], line["val_loss"]) for line in lines
+    ]
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real MLflow tracking server (its own SQLite store and artifact dir) on a free
+    loopback port; it and every process it started are gone afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            f"--backend-store-uri=sqlite:///{tmp_path / 'server.db'}",
+            f"--artifacts-destination={tmp_path / 'server-artifacts'}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--workers=1",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 (closed with the process)
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, 120, "the MLflow server")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_url_works_the_same_way(tmp_path, tracking_server):
+    """``logger.tracking_uri`` naming a running tracking server: one run for the 2-rank
+    point under the sweep's, its metrics and ``.hydra/`` files in the server, the
+    summary on the sweep's run; the sweep's console keeps to its points (no per-point
+    "View run" lines from MLflow)."""
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    proc = runner_cli(
+        "-m",
+        "optim.lr=0.1",
+        *FAST,
+        "trainer.nproc_per_node=2",
+        "logger=mlflow",
+        f"logger.tracking_uri={tracking_server}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    client = MlflowClient(tracking_uri=tracking_server)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    [point] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert point.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert point.info.status == parent.info.status == "FINISHED"
+    assert point.data.tags["runner.world_size"] == "2"
+    lines = jsonl(sweep / "0" / "metrics.jsonl")
+    assert history(client, point.info.run_id, "val_loss") == [
+        (line["step"], line["val_loss"]) for line in lines
+    ]
+    artifacts = {a.path for a in client.list_artifacts(point.info.run_id, "hydra")}
+    assert "hydra/config.yaml" in artifacts
+    assert "summary.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # Stored by the server, not written beside the app: nothing under its cwd but the
+    # sweep dir and the server's own files.
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "outputs").exists()
+    assert proc.stdout.count("View run") <= 1, proc.stdout
 
 
 @pytest.mark.slow
