@@ -107,8 +107,7 @@ def read_run_file(path: Path) -> dict | None:
         ) from None
 
 
-def _write_run_file(path: Path, run_id: str, tracking_uri: str) -> None:
-    data = {"run_id": run_id, "tracking_uri": tracking_uri}
+def _write_run_file(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data) + "\n").encode())
 
 
@@ -139,9 +138,12 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
         return str(found.experiment_id)
 
 
-def sweep_run(sweep_dir: Path, tracking_uri: str, experiment: str) -> str:
+def sweep_run(
+    sweep_dir: Path, tracking_uri: str, experiment: str, swept: list[str] | None = None
+) -> dict:
     """The sweep's parent run: the one its dir keeps, else a new one (made once, under
-    a lock, whoever asks first). Returns its id."""
+    a lock, whoever asks first). Returns what the sweep dir keeps of it: ``run_id``,
+    and ``swept``, the keys the sweep varies, when the sweep's parent made it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_RUN_FILE
     with _locked(path):
@@ -150,14 +152,33 @@ def sweep_run(sweep_dir: Path, tracking_uri: str, experiment: str) -> str:
         if kept is not None:
             if client.get_run(kept["run_id"]).info.status != "RUNNING":
                 client.update_run(kept["run_id"], status="RUNNING")
-            return str(kept["run_id"])
+            return kept
         run = client.create_run(
             _experiment_id(client, experiment),
             run_name=f"sweep {sweep_dir.name}",
             tags={"runner.sweep_dir": str(sweep_dir.resolve())},
         )
-        _write_run_file(path, run.info.run_id, tracking_uri)
-        return str(run.info.run_id)
+        data = {"run_id": run.info.run_id, "tracking_uri": tracking_uri}
+        if swept is not None:
+            data["swept"] = swept
+        _write_run_file(path, data)
+        return data
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies, from its parent's config: the command line's sweeps
+    (``optim.lr=0.1,0.01``, ``interval(...)``) and those of ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    texts = [f"{k}={v}" for k, v in params.items()]
+    texts += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+    keys = [
+        override.get_key_element().lstrip("+~")
+        for override in OverridesParser.create().parse_overrides(texts)
+        if override.is_sweep_override()
+    ]
+    return list(dict.fromkeys(keys))
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
@@ -260,14 +281,20 @@ def open_point_run(
         name = hydra_cfg.job.name
         if multirun:
             sweep_dir = Path(str(hydra_cfg.sweep.dir))
-            tags["mlflow.parentRunId"] = sweep_run(sweep_dir, uri, experiment)
+            parent = sweep_run(sweep_dir, uri, experiment)
+            tags["mlflow.parentRunId"] = str(parent["run_id"])
             tags["runner.sweep_dir"] = str(sweep_dir.resolve())
             tags["runner.job_num"] = str(hydra_cfg.job.num)
-            name = f"#{hydra_cfg.job.num} " + " ".join(hydra_cfg.overrides.task)
+            overrides = list(hydra_cfg.overrides.task)
+            if "swept" in parent:  # named by what varies; else by every override
+                swept = set(parent["swept"])
+                overrides = [o for o in overrides if o.split("=")[0].lstrip("+~") in swept]
+                tags["runner.swept"] = " ".join(overrides)
+            name = f"#{hydra_cfg.job.num} " + " ".join(overrides)
         created = client.create_run(
             _experiment_id(client, experiment), run_name=name[:250], tags=tags
         )
-        _write_run_file(path, created.info.run_id, uri)
+        _write_run_file(path, {"run_id": created.info.run_id, "tracking_uri": uri})
         run = PointRun(client, created.info.run_id, None)
     run.set_tags(
         {
@@ -320,7 +347,7 @@ class MlflowCallback(Callback):
         if self.tracking_uri:
             self._check()
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            sweep_run(sweep_dir, self.tracking_uri, self.experiment)
+            sweep_run(sweep_dir, self.tracking_uri, self.experiment, swept_keys(config))
             # A sweep that fails (or is stopped) never reaches on_multirun_end.
             atexit.register(self._end_sweep, sweep_dir, "FAILED")
 

@@ -90,7 +90,14 @@ def test_a_sweep_has_one_run_per_point_under_one_parent_run(tracked_sweep):
         assert tags["runner.job_num"] == str(num) and tags["runner.world_size"] == "2"
         assert tags["runner.status"] == "COMPLETED"
         assert "runner.launch.agent" in tags["runner.command"] and tags["runner.port"]
-        assert f"optim.lr={['0.1', '0.01'][num]}" in tags["runner.overrides"]
+        lr = ["0.1", "0.01"][num]
+        assert (
+            f"optim.lr={lr}" in tags["runner.overrides"]
+            and "logger=mlflow" in tags["runner.overrides"]
+        )
+        # Named by what the sweep varies, not by every override of the command line.
+        assert tags["runner.swept"] == f"optim.lr={lr}"
+        assert point.info.run_name == f"#{num} optim.lr={lr}"
         params = point.data.params
         assert params["optim.lr"] == ["0.1", "0.01"][num]
         assert params["trainer.nproc_per_node"] == "2" and params["model.hidden"]
@@ -311,6 +318,7 @@ def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
         assert point.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert point.info.status == "FINISHED"
         assert point.data.metrics["value"] == num + 1.0
+        assert point.info.run_name == f"#{num} value={num + 1}"
 
 
 @pytest.mark.slow  # several seconds: out of the quick subset
@@ -428,3 +436,24 @@ def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
     logger.run.flush()
     assert history(client, run_id, "val_loss") == [(5, 0.5), (10, 0.4), (15, 0.3)]
     assert "objective" not in client.get_run(run_id).data.metrics
+
+
+def test_the_swept_keys_are_the_sweeps_of_the_command_line_and_the_sweepers_params():
+    """What names a point's run: the keys its sweep varies, whichever way they were
+    swept (a list, a search space, ``hydra.sweeper.params``); a fixed value is not."""
+    from omegaconf import OmegaConf
+
+    from runner.tracking import swept_keys
+
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"params": {"model.hidden": "8,16", "seed": "1"}},
+                "overrides": {
+                    "task": ["optim.lr=tag(log,interval(1e-4,1e-1))", "trainer.epochs=2", "+x=1,2"]
+                },
+            }
+        }
+    )
+    assert swept_keys(config) == ["model.hidden", "optim.lr", "x"]
+    assert swept_keys(OmegaConf.create({"hydra": {"overrides": {"task": []}}})) == []
