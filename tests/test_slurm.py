@@ -371,8 +371,10 @@ INTERRUPTIONS = {
 def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_path, slurm, how):
     """The ranks agree on a step and save it, the job is requeued, and its next
     allocation resumes there. The point ends equal to a run never interrupted, one
-    result for the sweeper, both allocations in its launch.json."""
+    result for the sweeper, both allocations in its launch.json, and one MLflow run
+    over both (its history continuous, tagged with the Slurm job id)."""
     from tests.test_faults import TRAIN, TWO_RANKS, same_training
+    from tests.test_tracking import client_of, history, jsonl, runs_of
 
     command, first_ended = INTERRUPTIONS[how]
     longer = [*TRAIN, *TWO_RANKS, "trainer.epochs=8", "data.n_samples=8000"]
@@ -387,6 +389,8 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
             *longer,
             "hydra/launcher=torchrun_slurm",
             "hydra.launcher.poll_interval=1",
+            "logger=mlflow",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"hydra.sweep.dir={sweep}",
         ]
     )
@@ -408,6 +412,12 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     logs = (sweep / "0" / "runner.log").read_text()
     assert "stop requested: saved the checkpoint of step" in logs and "resuming at step" in logs
     same_training(tmp_path / "undisturbed", sweep / "0")
+    [point] = [r for r in runs_of(tmp_path / "mlflow.db") if "mlflow.parentRunId" in r.data.tags]
+    assert point.info.status == "FINISHED" and point.data.tags["runner.slurm_job_id"] == job_id
+    lines = jsonl(sweep / "0" / "metrics.jsonl")
+    assert history(client_of(tmp_path / "mlflow.db"), point.info.run_id, "val_loss") == [
+        (line["step"], line["val_loss"]) for line in lines
+    ]
     nothing_left_of([job_id])
 
 
