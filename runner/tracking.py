@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,8 @@ from runner.launch.procs import write_atomic
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 # In a job dir: the job's run; in a sweep dir: the sweep's parent run.
 RUN_FILE = "mlflow_run.json"
@@ -259,6 +262,13 @@ def open_point_run(
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
+    if not _ends_runs(hydra_cfg.callbacks):
+        log.warning(
+            "runner.tracking: hydra.callbacks has no runner.tracking.MlflowCallback, so "
+            "nothing will end this job's MLflow run (or its sweep's): they stay RUNNING. "
+            "Fix: add hydra.callbacks.mlflow._target_=runner.tracking.MlflowCallback with "
+            "its tracking_uri to the app's config"
+        )
     uri = store_uri(tracking_uri)
     job_dir = Path(hydra_cfg.runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +315,15 @@ def open_point_run(
     if cfg is not None:
         run.log_params(flat_params(cfg))
     return run
+
+
+def _ends_runs(callbacks: Any) -> bool:
+    """Whether the app's ``hydra.callbacks`` has the callback that ends its runs."""
+    return any(
+        str(c.get("_target_", "")) == f"{__name__}.{MlflowCallback.__name__}"
+        and c.get("tracking_uri")
+        for c in (callbacks or {}).values()
+    )
 
 
 def store_uri(tracking_uri: str | None) -> str:

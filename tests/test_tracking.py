@@ -106,6 +106,7 @@ def test_a_sweep_has_one_run_per_point_under_one_parent_run(tracked_sweep):
             assert history(client, run_id, key) == [(line["step"], line[key]) for line in lines]
         artifacts = {a.path for a in client.list_artifacts(run_id, "hydra")}
         assert artifacts == {"hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"}
+        assert "MlflowCallback" not in (job_dir / "runner.log").read_text()  # runner's has it
 
 
 @pytest.mark.slow
@@ -319,6 +320,30 @@ def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
         assert point.info.status == "FINISHED"
         assert point.data.metrics["value"] == num + 1.0
         assert point.info.run_name == f"#{num} value={num + 1}"
+
+
+@pytest.mark.slow
+def test_a_foreign_app_without_the_callback_is_told_its_runs_stay_running(tmp_path):
+    """Only the callback ends runs (a killed rank cannot end its own): the point's run
+    is opened all the same, and rank 0's log says it will stay RUNNING, with the fix."""
+    db = tmp_path / "mlflow.db"
+    sweep = tmp_path / "sweep"
+    run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            "value=1",
+            f"track=sqlite:///{db}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    statuses = sorted(r.info.status for r in runs_of(db))
+    assert statuses == ["RUNNING", "RUNNING"]  # the point's and the sweep's
+    log = (sweep / "0" / "probe_app.log").read_text()
+    assert "hydra.callbacks has no runner.tracking.MlflowCallback" in log
+    assert "Fix: add hydra.callbacks.mlflow._target_=runner.tracking.MlflowCallback" in log
 
 
 @pytest.mark.slow  # several seconds: out of the quick subset
