@@ -39,3 +39,6 @@ bench: setup
 	$(PY) bench/logger_cost.py
 	$(PY) bench/sweep.py --workload allreduce
 	$(PY) bench/sweep.py --workload train
+	$(PY) bench/warm.py
+	$(PY) bench/warm_script.py
+	$(PY) bench/search.py
