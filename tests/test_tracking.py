@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, PROBE_APP, read_json, run, runner_cli, wait_until
+from tests.conftest import (
+    FAST,
+    PROBE_APP,
+    modules_imported,
+    read_json,
+    run,
+    runner_cli,
+    wait_until,
+)
 
 EXPERIMENT = "runner"
 
@@ -56,14 +64,28 @@ def tracked_sweep(tmp_path_factory):
     """Two points of two ranks each, ``logger=mlflow`` into an SQLite store."""
     base = tmp_path_factory.mktemp("tracked")
     db = base / "mlflow.db"
-    proc = runner_cli(
-        "-m",
-        "optim.lr=0.1,0.01",
-        "trainer.epochs=3",
-        *tracked(db),
-        f"hydra.sweep.dir={base / 'sweep'}",
+    proc = run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",  # the parent's imports (its ranks run without the flag)
+            "-m",
+            "runner",
+            "-m",
+            "optim.lr=0.1,0.01",
+            "trainer.epochs=3",
+            *tracked(db),
+            f"hydra.sweep.dir={base / 'sweep'}",
+        ]
     )
     return base / "sweep", db, proc
+
+
+@pytest.mark.slow
+def test_a_tracked_sweeps_parent_imports_mlflow_but_never_torch(tracked_sweep):
+    modules = modules_imported(tracked_sweep[2].stderr)
+    assert "mlflow" in modules
+    assert not [m for m in modules if m.split(".")[0] == "torch"]
 
 
 @pytest.mark.slow
