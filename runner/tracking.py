@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import env_override
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,8 +55,9 @@ DEFAULT_EXPERIMENT = "runner"
 END_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED", "STOPPED": "KILLED"}
 
 
-class TrackingError(RuntimeError):
-    """A tracking store that cannot be used, or a run id file that cannot be read."""
+class TrackingError(CompactHydraException, RuntimeError):
+    """A tracking store that cannot be used, or a run id file that cannot be continued
+    (Hydra prints it alone, not a traceback)."""
 
 
 class StoreUnavailable(SystemExit):
@@ -110,6 +112,34 @@ def read_run_file(path: Path) -> dict | None:
         ) from None
 
 
+def _continued(path: Path, client: MlflowClient, tracking_uri: str) -> dict | None:
+    """The run ``path`` keeps (None if none), checked against the store it is to go on
+    in and set RUNNING again: one kept for another store, or one the store cannot
+    give, is an error naming the file, never a silent second run."""
+    kept = read_run_file(path)
+    if kept is None:
+        return None
+    run_id, store = kept["run_id"], kept.get("tracking_uri", tracking_uri)
+    if store != tracking_uri:
+        raise TrackingError(
+            f"{path} keeps MLflow run {run_id} of the store {store}, but this run logs to "
+            f"{tracking_uri}. Fix: log to that store again (tracking_uri={store}), or "
+            f"delete {path} to start a new run in this one"
+        )
+    try:
+        status = client.get_run(run_id).info.status
+    except Exception as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise TrackingError(
+            f"{path} keeps MLflow run {run_id}, which the store {tracking_uri} cannot give "
+            f"({reason}). Fix: delete {path} to start a new run, or log to the store that "
+            "has it"
+        ) from None
+    if status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return kept
+
+
 def _write_run_file(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data) + "\n").encode())
 
@@ -150,11 +180,9 @@ def sweep_run(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_RUN_FILE
     with _locked(path):
-        kept = read_run_file(path)
         client = _client(tracking_uri)
+        kept = _continued(path, client, tracking_uri)
         if kept is not None:
-            if client.get_run(kept["run_id"]).info.status != "RUNNING":
-                client.update_run(kept["run_id"], status="RUNNING")
             return kept
         run = client.create_run(
             _experiment_id(client, experiment),
@@ -274,12 +302,11 @@ def open_point_run(
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / RUN_FILE
     client = _client(uri)
-    kept = read_run_file(path)
+    kept = _continued(path, client, uri)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if kept is not None:
         run_id = str(kept["run_id"])
-        client.update_run(run_id, status="RUNNING")
         steps = [
             m.step
             for key in client.get_run(run_id).data.metrics
@@ -351,22 +378,17 @@ class MlflowCallback(Callback):
         self.tracking_uri = store_uri(tracking_uri) if tracking_uri else None
         self.experiment = experiment
 
-    def _check(self) -> None:
-        assert self.tracking_uri is not None
-        try:
-            check_tracking_uri(self.tracking_uri)
-        except TrackingError as error:
-            raise StoreUnavailable(f"Error: {error}") from None
-
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracking_uri:
-            self._check()
+            with _stops_the_run():
+                check_tracking_uri(self.tracking_uri)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracking_uri:
-            self._check()
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            sweep_run(sweep_dir, self.tracking_uri, self.experiment, swept_keys(config))
+            with _stops_the_run():
+                check_tracking_uri(self.tracking_uri)
+                sweep_run(sweep_dir, self.tracking_uri, self.experiment, swept_keys(config))
             # A sweep that fails (or is stopped) never reaches on_multirun_end.
             atexit.register(self._end_sweep, sweep_dir, "FAILED")
 
@@ -415,6 +437,16 @@ class MlflowCallback(Callback):
             if (sweep_dir / name).is_file():
                 client.log_artifact(kept["run_id"], str(sweep_dir / name))
         client.set_terminated(kept["run_id"], status=status)
+
+
+@contextlib.contextmanager
+def _stops_the_run() -> Iterator[None]:
+    """In the callback: a TrackingError stops the run with its message (see
+    StoreUnavailable), before any job starts."""
+    try:
+        yield
+    except TrackingError as error:
+        raise StoreUnavailable(f"Error: {error}") from None
 
 
 def _launch_record(job_dir: Path) -> dict:

@@ -287,12 +287,35 @@ def test_a_resumed_sweep_continues_its_runs(tmp_path):
     assert set(after.values()) == {"FINISHED"}
 
 
+OTHER_STORE = "sqlite:////elsewhere/mlflow.db"
+UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
+
+
 @pytest.mark.slow
-def test_a_corrupt_run_file_is_an_error_naming_it_never_a_second_run(tmp_path):
+@pytest.mark.parametrize(
+    ("kept", "message", "fix"),
+    [
+        ("{not json", "is corrupt", "delete it to start a new run"),
+        (
+            json.dumps({"run_id": UNKNOWN_RUN, "tracking_uri": OTHER_STORE}),
+            f"keeps MLflow run {UNKNOWN_RUN} of the store {OTHER_STORE}, but this run logs to",
+            f"Fix: log to that store again (tracking_uri={OTHER_STORE})",
+        ),
+        (
+            json.dumps({"run_id": UNKNOWN_RUN}),
+            f"keeps MLflow run {UNKNOWN_RUN}, which the store sqlite:///",
+            "to start a new run, or log to the store that has it",
+        ),
+    ],
+    ids=["corrupt", "another_store", "unknown_run"],
+)
+def test_a_run_file_that_cannot_be_continued_is_an_error_naming_it_never_a_second_run(
+    tmp_path, kept, message, fix
+):
     db = tmp_path / "mlflow.db"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "mlflow_run.json").write_text("{not json")
+    (run_dir / "mlflow_run.json").write_text(kept)
     proc = runner_cli(
         *FAST,
         "logger=mlflow",
@@ -301,12 +324,38 @@ def test_a_corrupt_run_file_is_an_error_naming_it_never_a_second_run(tmp_path):
         check=False,
     )
     assert proc.returncode != 0
-    assert f"{run_dir / 'mlflow_run.json'} is corrupt" in proc.stderr
-    assert "delete it to start a new run" in proc.stderr
+    assert f"{run_dir / 'mlflow_run.json'} {message}" in proc.stderr, proc.stderr[-2000:]
+    assert fix in proc.stderr and "Traceback" not in proc.stderr
     assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / "mlflow_run.json").read_text() == kept
     client = client_of(db)
     assert not [
         r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_run_file_is_corrupt_stops_before_any_point(tmp_path):
+    """The sweep's parent run is continued by the parent before any point starts: a
+    corrupt file stops the sweep there, naming it, with no point run."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "mlflow_sweep.json").write_text("{not json")
+    proc = runner_cli(
+        "-m",
+        "seed=1,2",
+        *FAST,
+        "logger=mlflow",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{sweep / 'mlflow_sweep.json'} is corrupt" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in sweep.iterdir()) == [
+        "mlflow_sweep.json",
+        "mlflow_sweep.json.lock",
     ]
 
 
