@@ -30,6 +30,10 @@ from typing import Any
 
 # The file a node writes into its agent's entry dir to ask the ranks to stop.
 STOP_FILE = "stop_requested"
+# In the entry dir: a rank (by pid) that takes SIGTERM as a stop request.
+LISTENING = "listening."
+# The entry dir, as a rank's DataLoader workers (any start method) find it.
+ENTRY_ENV = "RUNNER_ENTRY_DIR"
 
 _state: dict[str, Any] = {
     "file": None,
@@ -51,21 +55,56 @@ def terminated() -> bool:
     return bool(_state["terminated"])
 
 
-def _listen_to_sigterm() -> None:
+def _listen_to_sigterm(entry_dir: Path) -> None:
     """From the task's first check on, SIGTERM asks for a stop instead of ending the
-    rank (the main thread only: elsewhere Python cannot install handlers)."""
+    rank (the main thread only: elsewhere Python cannot install handlers); the rank's
+    DataLoader workers learn it from a file in the entry dir."""
     _state["listening"] = True
     try:
         signal.signal(signal.SIGTERM, _on_signal)
     except ValueError:  # not the main thread
-        pass
+        return
+    (entry_dir / f"{LISTENING}{os.getpid()}").touch()
 
 
 def install(entry_dir: Path) -> None:
-    """In a rank, before its task: watch for the node's stop file, and catch SIGUSR2
-    (the agent ignores it; without a handler it would end the rank)."""
+    """In a rank, before its task: watch for the node's stop file, catch SIGUSR2 (the
+    agent ignores it; without a handler it would end the rank), and start the rank's
+    DataLoader workers through :func:`_dataloader_worker`."""
     _state.update(file=entry_dir / STOP_FILE, signalled=False, listening=False, terminated=False)
     signal.signal(signal.SIGUSR2, _on_signal)
+    os.environ[ENTRY_ENV] = str(entry_dir)
+    worker = sys.modules.get("torch.utils.data._utils.worker")
+    if worker is not None and "torch_worker_loop" not in _state:
+        _state["torch_worker_loop"] = worker._worker_loop
+        worker._worker_loop = _dataloader_worker  # type: ignore[attr-defined]
+
+
+def _dataloader_worker(*args: Any, **kwargs: Any) -> Any:
+    """A DataLoader worker of a rank: torch's worker loop, with one change. SIGTERM
+    reaches the workers too (Slurm signals every process of the job, a stopped sweep
+    its agent's process group), and torch's handler ends them, so a rank that takes
+    SIGTERM as a stop request would fail at its next batch, before the agreed step.
+    Such a rank's workers stay; any other rank's end on SIGTERM, as torch's do."""
+    from torch.utils.data._utils import signal_handling, worker
+
+    loop = _state.get("torch_worker_loop") or worker._worker_loop  # a fork; else spawned
+    set_torch_handlers = signal_handling._set_worker_signal_handlers
+
+    def set_handlers() -> None:
+        set_torch_handlers()
+        signal.signal(signal.SIGTERM, _on_worker_sigterm)
+
+    signal_handling._set_worker_signal_handlers = set_handlers
+    return loop(*args, **kwargs)
+
+
+def _on_worker_sigterm(signum: int, frame: Any) -> None:
+    entry_dir = os.environ.get(ENTRY_ENV, "")
+    if entry_dir and os.path.exists(os.path.join(entry_dir, f"{LISTENING}{os.getppid()}")):
+        return  # the rank stops at the agreed step and then shuts its loaders down
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def request_stop(entry_dir: Path) -> None:
@@ -84,7 +123,7 @@ def stop_requested() -> bool:
     that runner launched."""
     path = _state["file"]
     if path is not None and not _state["listening"]:
-        _listen_to_sigterm()
+        _listen_to_sigterm(path.parent)
     local = bool(_state["signalled"] or (path is not None and os.path.exists(path)))
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():

@@ -399,3 +399,47 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         by = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
         stopped = [read_json(sweep / str(n) / "launch.json") for n in (1, 2)]
         assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2
+
+
+@pytest.mark.parametrize("loader", ["fork", "spawn"])
+def test_a_stopping_ranks_dataloader_workers_serve_it_to_the_agreed_step(
+    tmp_path, entry_base, loader
+):
+    """SIGTERM reaches a rank's DataLoader workers with it (a stopped sweep signals its
+    agents' process groups; Slurm, every process of the job), and torch's handler
+    ends them: the rank would fail at its next batch. A rank that takes SIGTERM as a
+    stop keeps its workers, whatever their start method: both ranks stop at one step,
+    rank 0 saves it, and the same sweep resumed does every other step once."""
+    sweep = tmp_path / "sweep"
+    args = [
+        sys.executable,
+        str(PROBE_APP),
+        "-m",
+        "value=1",
+        "steps=200",
+        "step_s=0.05",
+        f"loader={loader}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    steps_log = sweep / "0" / "steps.log"
+    parent = started(args)
+    try:
+        wait_until(
+            lambda: steps_log.is_file() and len(steps_log.read_text().split()) >= 5,
+            120,
+            "the first steps",
+        )
+        parent.send_signal(signal.SIGTERM)
+        parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    record = read_json(sweep / "0" / "launch.json")
+    assert (record["status"], record["stopped_by"]) == ("STOPPED", "SIGTERM")
+    rank_logs = "".join(p.read_text() for p in (sweep / "0").rglob("*.log"))
+    assert "killed by signal" not in rank_logs and "exited unexpectedly" not in rank_logs
+    saved = int((sweep / "0" / "steps_saved").read_text())
+    assert [int(s) for s in steps_log.read_text().split()] == list(range(saved))
+    assert processes_of(parent.pid) == [] and entry_dirs(entry_base) == []
+    run([*args, "hydra.launcher.resume=true"])
+    assert [int(s) for s in steps_log.read_text().split()] == list(range(200))
+    assert read_json(sweep / "0" / "launch.json")["status"] == "COMPLETED"

@@ -15,13 +15,20 @@ from runner import stop
 
 
 @pytest.fixture
-def installed(tmp_path):
+def installed(tmp_path, monkeypatch):
+    """stop.install as a rank calls it, undone afterwards (signals, the DataLoader
+    worker target, the entry dir's variable)."""
+    import torch.utils.data._utils.worker as worker
+
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    monkeypatch.setattr(worker, "_worker_loop", worker._worker_loop)
+    monkeypatch.delenv(stop.ENTRY_ENV, raising=False)
     stop.install(tmp_path)
     yield tmp_path
     for sig, handler in before.items():
         signal.signal(sig, handler)
     stop._state.update(file=None, signalled=False, listening=False, terminated=False)
+    stop._state.pop("torch_worker_loop", None)
 
 
 def test_no_stop_outside_a_job():

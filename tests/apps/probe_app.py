@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
@@ -66,7 +67,17 @@ def stoppable_steps(cfg, rank: int, out: Path) -> bool:
         dist.init_process_group("gloo")
     start = int(saved.read_text()) if saved.is_file() else 0
     done = True
-    for step in range(start, cfg.steps):
+    steps: Iterable[int] = range(start, cfg.steps)
+    if cfg.loader:  # each step's number from DataLoader workers of that start method
+        from torch.utils.data import DataLoader
+
+        steps = (
+            int(batch)
+            for batch in DataLoader(
+                list(steps), batch_size=None, num_workers=2, multiprocessing_context=cfg.loader
+            )
+        )
+    for step in steps:
         if runner.stop_requested():
             if rank == 0:
                 saved.write_text(str(step))
