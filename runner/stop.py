@@ -30,7 +30,7 @@ from typing import Any
 
 # The file a node writes into its agent's entry dir to ask the ranks to stop.
 STOP_FILE = "stop_requested"
-# In the entry dir: a rank (by pid) that takes SIGTERM as a stop request.
+# In the entry dir: a rank (by local rank) that takes SIGTERM as a stop request.
 LISTENING = "listening."
 # The entry dir, as a rank's DataLoader workers (any start method) find it.
 ENTRY_ENV = "RUNNER_ENTRY_DIR"
@@ -64,7 +64,7 @@ def _listen_to_sigterm(entry_dir: Path) -> None:
         signal.signal(signal.SIGTERM, _on_signal)
     except ValueError:  # not the main thread
         return
-    (entry_dir / f"{LISTENING}{os.getpid()}").touch()
+    (entry_dir / f"{LISTENING}{os.environ.get('LOCAL_RANK', '0')}").touch()
 
 
 def install(entry_dir: Path) -> None:
@@ -100,8 +100,10 @@ def _dataloader_worker(*args: Any, **kwargs: Any) -> Any:
 
 
 def _on_worker_sigterm(signum: int, frame: Any) -> None:
+    """The worker's rank, by its local rank (a worker's parent may be a forkserver)."""
     entry_dir = os.environ.get(ENTRY_ENV, "")
-    if entry_dir and os.path.exists(os.path.join(entry_dir, f"{LISTENING}{os.getppid()}")):
+    marker = f"{LISTENING}{os.environ.get('LOCAL_RANK', '0')}"
+    if entry_dir and os.path.exists(os.path.join(entry_dir, marker)):
         return  # the rank stops at the agreed step and then shuts its loaders down
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

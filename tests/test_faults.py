@@ -401,9 +401,13 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2
 
 
-@pytest.mark.parametrize("loader", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    ("loader", "warm"),
+    [("fork", False), ("spawn", False), ("forkserver", False), ("fork", True)],
+    ids=["fork", "spawn", "forkserver", "fork_warm"],
+)
 def test_a_stopping_ranks_dataloader_workers_serve_it_to_the_agreed_step(
-    tmp_path, entry_base, loader
+    tmp_path, entry_base, loader, warm
 ):
     """SIGTERM reaches a rank's DataLoader workers with it (a stopped sweep signals its
     agents' process groups; Slurm, every process of the job), and torch's handler
@@ -419,6 +423,7 @@ def test_a_stopping_ranks_dataloader_workers_serve_it_to_the_agreed_step(
         "steps=200",
         "step_s=0.05",
         f"loader={loader}",
+        f"hydra.launcher.warm={str(warm).lower()}",
         f"hydra.sweep.dir={sweep}",
     ]
     steps_log = sweep / "0" / "steps.log"
@@ -434,7 +439,7 @@ def test_a_stopping_ranks_dataloader_workers_serve_it_to_the_agreed_step(
     finally:
         parent.kill()
     record = read_json(sweep / "0" / "launch.json")
-    assert (record["status"], record["stopped_by"]) == ("STOPPED", "SIGTERM")
+    assert (record["status"], record["stopped_by"], record["warm"]) == ("STOPPED", "SIGTERM", warm)
     rank_logs = "".join(p.read_text() for p in (sweep / "0").rglob("*.log"))
     assert "killed by signal" not in rank_logs and "exited unexpectedly" not in rank_logs
     saved = int((sweep / "0" / "steps_saved").read_text())
