@@ -421,6 +421,36 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     nothing_left_of([job_id])
 
 
+def test_a_requeued_task_with_dataloader_workers_saves_its_step_and_goes_on(tmp_path, slurm):
+    """``scontrol requeue`` signals every process of the job, DataLoader workers too:
+    the ranks of a task that listens (the probe's steps come from 2 forked workers per
+    rank) still reach their agreed step and save it, and the requeued job does every
+    other step once."""
+    parent = started(slurm_sweep(tmp_path, "steps=200", "step_s=0.05", "loader=fork"))
+    steps_log = tmp_path / "0" / "steps.log"
+    try:
+        wait_until(
+            lambda: steps_log.is_file() and len(steps_log.read_text().split()) >= 5,
+            120,
+            "the first steps",
+        )
+        job_id = read_json(tmp_path / "0" / "launch.json")["slurm_job_id"]
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
+        start_requeued_now(job_id)
+        out, _ = parent.communicate(timeout=300)
+    finally:
+        parent.kill()
+    assert parent.returncode == 0, out[-3000:]
+    launch = read_json(tmp_path / "0" / "launch.json")
+    ends = [a["ended"] for a in launch["allocations"]]
+    assert len(ends) == 2 and ends[0].startswith("stopped by SIGTERM") and ends[1] == "completed"
+    assert steps_log.read_text().split() == [str(n) for n in range(200)]
+    logs = "".join(p.read_text() for p in (tmp_path / "0").rglob("*.log"))
+    assert "killed by signal" not in logs and "exited unexpectedly" not in logs
+    nothing_left_of([job_id])
+
+
 def test_a_point_past_its_time_limit_is_warned_requeued_and_goes_on(tmp_path, slurm):
     """Slurm's own clock: a 1-minute limit warns the job (SIGUSR2, signal_lead_s
     ahead, or up to a tick earlier) before the task's 50 s of steps are done. A task
