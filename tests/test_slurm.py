@@ -184,6 +184,21 @@ def squeue_states(job_ids: list[str]) -> list[str]:
     ).stdout.split()
 
 
+def interrupt_and_finish(
+    parent: subprocess.Popen, job_dir: Path, command: list[str]
+) -> tuple[str, dict]:
+    """Interrupt the point's running job with ``command`` (``scontrol requeue``,
+    ``scancel --signal=USR2``), start it again once it is pending, and let the sweep
+    end well: its output, and the point's launch.json."""
+    job_id = read_json(job_dir / "launch.json")["slurm_job_id"]
+    subprocess.run([*command, job_id], check=True)
+    wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
+    start_requeued_now(job_id)
+    out, _ = parent.communicate(timeout=300)
+    assert parent.returncode == 0, out[-3000:]
+    return out, read_json(job_dir / "launch.json")
+
+
 def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep_parent):
     parent = sweep_parent("hang_rank=0", "hydra.launcher.cpus_per_task=1")
     record = tmp_path / "0" / "launch.json"
@@ -396,16 +411,11 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     )
     try:
         wait_until(lambda: (sweep / "0" / "metrics.jsonl").exists(), 120, "the first epoch")
-        job_id = read_json(sweep / "0" / "launch.json")["slurm_job_id"]
-        subprocess.run([*command, job_id], check=True)
-        wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
-        start_requeued_now(job_id)
-        out, _ = parent.communicate(timeout=300)
+        _, launch = interrupt_and_finish(parent, sweep / "0", command)
     finally:
         parent.kill()
-    assert parent.returncode == 0, out[-3000:]
-    launch = read_json(sweep / "0" / "launch.json")
-    assert launch["status"] == "COMPLETED" and launch["slurm_job_id"] == job_id
+    job_id = launch["slurm_job_id"]
+    assert launch["status"] == "COMPLETED"
     ends = [a["ended"] for a in launch["allocations"]]
     assert len(ends) == 2 and ends[0].startswith(first_ended) and ends[1] == "completed", ends
     assert {a["job_id"] for a in launch["allocations"]} == {job_id}
@@ -434,21 +444,15 @@ def test_a_requeued_task_with_dataloader_workers_saves_its_step_and_goes_on(tmp_
             120,
             "the first steps",
         )
-        job_id = read_json(tmp_path / "0" / "launch.json")["slurm_job_id"]
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
-        wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
-        start_requeued_now(job_id)
-        out, _ = parent.communicate(timeout=300)
+        _, launch = interrupt_and_finish(parent, tmp_path / "0", ["scontrol", "requeue"])
     finally:
         parent.kill()
-    assert parent.returncode == 0, out[-3000:]
-    launch = read_json(tmp_path / "0" / "launch.json")
     ends = [a["ended"] for a in launch["allocations"]]
     assert len(ends) == 2 and ends[0].startswith("stopped by SIGTERM") and ends[1] == "completed"
     assert steps_log.read_text().split() == [str(n) for n in range(200)]
     logs = "".join(p.read_text() for p in (tmp_path / "0").rglob("*.log"))
     assert "killed by signal" not in logs and "exited unexpectedly" not in logs
-    nothing_left_of([job_id])
+    nothing_left_of([launch["slurm_job_id"]])
 
 
 def test_a_point_past_its_time_limit_is_warned_requeued_and_goes_on(tmp_path, slurm):
