@@ -184,19 +184,17 @@ def squeue_states(job_ids: list[str]) -> list[str]:
     ).stdout.split()
 
 
-def interrupt_and_finish(
-    parent: subprocess.Popen, job_dir: Path, command: list[str]
-) -> tuple[str, dict]:
+def interrupt_and_finish(parent: subprocess.Popen, job_dir: Path, command: list[str]) -> dict:
     """Interrupt the point's running job with ``command`` (``scontrol requeue``,
     ``scancel --signal=USR2``), start it again once it is pending, and let the sweep
-    end well: its output, and the point's launch.json."""
+    end well: the point's launch.json then."""
     job_id = read_json(job_dir / "launch.json")["slurm_job_id"]
     subprocess.run([*command, job_id], check=True)
     wait_until(lambda: squeue_states([job_id]) == ["PENDING"], 60, "the job requeued")
     start_requeued_now(job_id)
     out, _ = parent.communicate(timeout=300)
     assert parent.returncode == 0, out[-3000:]
-    return out, read_json(job_dir / "launch.json")
+    return read_json(job_dir / "launch.json")
 
 
 def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep_parent):
@@ -411,7 +409,7 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     )
     try:
         wait_until(lambda: (sweep / "0" / "metrics.jsonl").exists(), 120, "the first epoch")
-        _, launch = interrupt_and_finish(parent, sweep / "0", command)
+        launch = interrupt_and_finish(parent, sweep / "0", command)
     finally:
         parent.kill()
     job_id = launch["slurm_job_id"]
@@ -444,7 +442,7 @@ def test_a_requeued_task_with_dataloader_workers_saves_its_step_and_goes_on(tmp_
             120,
             "the first steps",
         )
-        _, launch = interrupt_and_finish(parent, tmp_path / "0", ["scontrol", "requeue"])
+        launch = interrupt_and_finish(parent, tmp_path / "0", ["scontrol", "requeue"])
     finally:
         parent.kill()
     ends = [a["ended"] for a in launch["allocations"]]
