@@ -100,7 +100,9 @@ def _dataloader_worker(*args: Any, **kwargs: Any) -> Any:
 
 
 def _on_worker_sigterm(signum: int, frame: Any) -> None:
-    """The worker's rank, by its local rank (a worker's parent may be a forkserver)."""
+    """SIGTERM in a DataLoader worker: stay while the worker's rank takes SIGTERM as a
+    stop (its marker, found by local rank: a worker's parent may be a forkserver), else
+    end as torch's handler would."""
     entry_dir = os.environ.get(ENTRY_ENV, "")
     marker = f"{LISTENING}{os.environ.get('LOCAL_RANK', '0')}"
     if entry_dir and os.path.exists(os.path.join(entry_dir, marker)):

@@ -83,16 +83,20 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
         with env_override(fail_fast):
             _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TrackingError(
             invalid(
                 key,
                 tracking_uri,
-                f"cannot be opened ({type(error).__name__}: {reason[:200]})",
+                f"cannot be opened ({type(error).__name__}: {_reason(error)})",
                 f"{key}=sqlite:///ABSOLUTE/PATH/mlflow.db (an embedded store), or the URL "
                 "of a tracking server that is running",
             )
         ) from None
+
+
+def _reason(error: Exception) -> str:
+    """An error's first line, short enough for a message of ours."""
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 def read_run_file(path: Path) -> dict | None:
@@ -129,10 +133,9 @@ def _continued(path: Path, client: MlflowClient, tracking_uri: str) -> dict | No
     try:
         status = client.get_run(run_id).info.status
     except Exception as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise TrackingError(
             f"{path} keeps MLflow run {run_id}, which the store {tracking_uri} cannot give "
-            f"({reason}). Fix: delete {path} to start a new run, or log to the store that "
+            f"({_reason(error)}). Fix: delete {path} to start a new run, or log to the store that "
             "has it"
         ) from None
     if status != "RUNNING":
