@@ -3,6 +3,7 @@ from the SQLite store; TensorBoard's HParams read back with TensorBoard's reader
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -189,44 +190,47 @@ def tracking_server(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            f"--backend-store-uri=sqlite:///{tmp_path / 'server.db'}",
-            f"--artifacts-destination={tmp_path / 'server-artifacts'}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--workers=1",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 (closed with the process)
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                f"--backend-store-uri=sqlite:///{tmp_path / 'server.db'}",
+                f"--artifacts-destination={tmp_path / 'server-artifacts'}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--workers=1",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
 
-    def healthy() -> bool:
-        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
+        def healthy() -> bool:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    return answer.status == 200
+            except OSError:
+                return False
 
-    try:
-        wait_until(healthy, 120, "the MLflow server")
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            wait_until(healthy, 120, "the MLflow server")
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            finally:  # whatever of its session is left (its web workers)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 @pytest.mark.slow
