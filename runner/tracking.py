@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.launch.entry import LAUNCH_RECORD
 from runner.launch.options import invalid
 from runner.launch.procs import write_atomic
+from runner.launch.trust import check_trusted
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -76,8 +77,15 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
     """Open the store once, failing fast (no retries): an error naming ``key``, the
     URI and the fix if it cannot be reached or opened."""
     if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///") :])
         with contextlib.suppress(OSError):  # a dir that cannot be made fails below
-            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        check_trusted(
+            path,
+            f"{key}: the SQLite store",
+            "a path in a dir only you (and root) can write, or a tracking server's URL "
+            "for a store that several users share",
+        )
     fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     try:
         with env_override(fail_fast):

@@ -82,14 +82,16 @@ def prompt_agent(monkeypatch):
     assert reason is None, f"the prompt agent is off: {reason}"
 
 
-# What this run of the suite must have (comma-separated: slurm, netns). .ci/run sets
-# it, so a cluster or namespaces that CI asked for and did not get fail the tests
-# that need them instead of skipping them; locally they skip, saying why.
+# What this run of the suite must have (comma-separated: slurm, netns, other_user).
+# .ci/run sets it, so a cluster, namespaces or a second user that CI asked for and
+# did not get fail the tests that need them instead of skipping them; locally they
+# skip, saying why.
 REQUIRED = {w.strip() for w in os.environ.get("RUNNER_TESTS_REQUIRE", "").split(",") if w.strip()}
 
 
 def unavailable(what: str, reason: str):
-    """Skip a test that needs ``what`` (slurm, netns), or fail it where it is required."""
+    """Skip a test that needs ``what`` (slurm, netns, other_user), or fail it where it
+    is required."""
     if what in REQUIRED:
         pytest.fail(f"{what} is required here (RUNNER_TESTS_REQUIRE) but {reason}")
     pytest.skip(reason)

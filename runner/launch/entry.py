@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -160,11 +161,17 @@ def entry_base() -> Path:
 
 def remove_stale_entry_dirs() -> list[Path]:
     """Remove entry dirs left by runner parents that no longer exist (killed with -9
-    together with their agents); returns what was removed."""
+    together with their agents); returns what was removed. Only this user's own real
+    dirs: the temp dir is shared, so a link or another user's dir is left alone."""
     removed = []
     for path in entry_base().glob("runner-*-*"):
         match = re.fullmatch(r"runner-(\d+)-.*", path.name)
-        if match and path.is_dir() and not pid_alive(int(match.group(1))):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+        if match and mine and not pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

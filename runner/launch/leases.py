@@ -23,32 +23,71 @@ started cannot take the next free device ahead of another sweep that waited firs
 Runs further back take devices all at once or not at all, so waiting runs never
 deadlock on each other's partial holdings.
 
-Linux and macOS (``fcntl.flock``); nothing here imports torch or Hydra.
+The lease dir is shared with every user of the machine, so it is treated as hostile.
+Before first use it is opened once (never through a link) and refused unless root or
+the current user owns it and, if others can write it, it is sticky
+(:mod:`runner.launch.trust`); every file in it is then opened relative to that
+descriptor with ``O_NOFOLLOW``, and used only if it is a regular file with one link.
+A holder writes nothing but these, which is all the protocol needs:
+
+- a slot or ticket file it makes (``O_EXCL``): mode 0666, so every user's runs can
+  lock it and write it when they hold it (the only ``fchmod`` runner does here);
+- the slot file whose lock it holds: truncated and rewritten with its holder record;
+- a ticket file whose lock is free (its run ended): removed.
+
+A link, a FIFO or any other file under a slot's name is not a slot: it is skipped
+(said once); one under a guard's name stops the run with an error naming it. What a
+slot file says is read capped at 4 KiB, checked field by field and stripped of
+control characters before anything shows it.
+
+Linux and macOS (``fcntl.flock``); nothing here imports torch or Hydra's app code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import getpass
+import itertools
 import json
+import logging
 import os
 import re
+import stat
 import time
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from hydra.errors import CompactHydraException
+
+from runner.launch.trust import dir_problem
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_DIR = "/tmp/runner-device-leases"
 LEASE_DIR_ENV = "RUNNER_LEASE_DIR"
 # The guard of the line of waiting runs (device files are all named device-*).
 LINE = "line"
+# What a holder record may take; a larger slot file is not runner's.
+RECORD_BYTES = 4096
+# Every open in the lease dir: never a link, never a controlling terminal, never
+# blocking on a FIFO someone put there.
+OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LeaseDirError(CompactHydraException, OSError):
-    """The lease dir cannot be made or written (Hydra prints the message alone)."""
+    """The lease dir cannot be made, written or trusted (Hydra prints the message alone)."""
+
+
+def printable(text: Any, limit: int) -> str:
+    """``text`` as a string fit for the console: control characters (escape sequences
+    included) dropped, at most ``limit`` characters."""
+    kept = "".join(c for c in str(text) if unicodedata.category(c)[0] != "C")
+    return kept[:limit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,19 +105,14 @@ class Holder:
         return f"{self.what} (pid {self.pid}, user {self.user})"
 
 
+UNKNOWN = Holder(0, "?", "a process whose slot file says nothing runner wrote", 1)
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def _open(path: Path) -> int:
-    """Open (creating) a lock file that every user may lock and write."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    with contextlib.suppress(OSError):  # not ours to change: made by another user
-        os.fchmod(fd, 0o666)
-    return fd
 
 
 def _try_lock(fd: int) -> bool:
@@ -89,13 +123,29 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def _count(value: Any, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(value)
+    return value
+
+
 def _read_holder(fd: int) -> Holder:
+    """The holder record of a slot file another process holds: untrusted, so size
+    capped, checked field by field, and printable (UNKNOWN if it is not a record)."""
     try:
-        data = json.loads(os.pread(fd, 65536, 0).decode())
-        devices = tuple(str(d) for d in data.get("devices", ()))
-        return Holder(int(data["pid"]), data["user"], data["what"], int(data["limit"]), devices)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return Holder(0, "?", "a process whose slot file says nothing", 1)
+        raw = os.pread(fd, RECORD_BYTES + 1, 0)
+        data = json.loads(raw.decode()) if len(raw) <= RECORD_BYTES else None
+        if not isinstance(data, dict) or not isinstance(data.get("devices", []), list):
+            return UNKNOWN
+        return Holder(
+            pid=_count(data["pid"], 1, 2**31),
+            user=printable(data["user"], 32),
+            what=printable(data["what"], 200),
+            limit=_count(data["limit"], 0, 1024),
+            devices=tuple(printable(d, 64) for d in data.get("devices", [])[:64]),
+        )
+    except (OSError, ValueError, KeyError, RecursionError):
+        return UNKNOWN
 
 
 def _write_holder(fd: int, holder: Holder) -> None:
@@ -122,15 +172,17 @@ class LeaseDir:
     def __init__(self, path: str | Path | None, per_device: int = 1) -> None:
         self.path = Path(path or os.environ.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
         self.per_device = per_device
-        self._ticket: tuple[Path, int] | None = None  # this run's place in the line
-        self._made = False
+        self._ticket: tuple[str, int] | None = None  # this run's place in the line
+        self._fd: int | None = None  # the checked dir, every file opened relative to it
+        self._skipped: set[str] = set()  # names that are not slots, said once
         # Who held the device the last try_take could not have.
         self.refused_by: list[Holder] = []
 
     def ensure(self) -> None:
-        """Make the dir on first use: world-writable and sticky, like /tmp, so every
-        user's runs share it; a dir that cannot be written is a clear error."""
-        if self._made:
+        """Make the dir on first use (world-writable and sticky, like /tmp, so every
+        user's runs share it), open it and check it may be trusted: a dir that cannot
+        be made or written, or that another user could swap files in, is a clear error."""
+        if self._fd is not None:
             return
         try:
             self.path.mkdir(parents=True)
@@ -139,9 +191,20 @@ class LeaseDir:
             pass
         except OSError as error:
             raise self._error(error) from None
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise self._error(PermissionError("not writable"))
-        self._made = True
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR) and self.path.is_symlink():
+                raise self._refused("it is a symbolic link") from None
+            raise self._error(error) from None
+        problem = dir_problem(os.fstat(fd))
+        if problem is None and not os.access(self.path, os.W_OK | os.X_OK):
+            os.close(fd)
+            raise self._error(PermissionError(errno.EACCES, "not writable"))
+        if problem is not None:
+            os.close(fd)
+            raise self._refused(problem)
+        self._fd = fd
 
     def _error(self, error: OSError) -> LeaseDirError:
         return LeaseDirError(
@@ -151,37 +214,97 @@ class LeaseDir:
             f"${LEASE_DIR_ENV}), or hydra.launcher.leases=false to manage devices by hand"
         )
 
+    def _refused(self, problem: str) -> LeaseDirError:
+        return LeaseDirError(
+            f"hydra.launcher.lease_dir={str(self.path)!r} is refused: the device leases "
+            f"live there and another user could swap its files under your runs: "
+            f"{problem}. Fix: a shared dir root owns (sudo install -d -m 1777 -o root "
+            f"{self.path}), or a dir of your own (${LEASE_DIR_ENV}=~/.runner-leases or "
+            "hydra.launcher.lease_dir=...), or hydra.launcher.leases=false to manage "
+            "devices by hand"
+        )
+
+    def _open(self, name: str, create: bool = False) -> int | None:
+        """A descriptor of the lease file ``name`` (made by this process with mode
+        0666 if missing and ``create``), or None if there is none, or what is there is
+        not a lease file: a link, a FIFO, a file with other links, one not readable."""
+        assert self._fd is not None
+        while True:
+            if create:
+                try:
+                    fd = os.open(name, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=self._fd)
+                except FileExistsError:
+                    pass
+                else:
+                    os.fchmod(fd, 0o666)  # made here: every user's runs may lock it
+                    return fd
+            try:
+                fd = os.open(name, OPEN_FLAGS, dir_fd=self._fd)
+            except FileNotFoundError:
+                if create:
+                    continue  # removed since: make it
+                return None
+            except OSError as error:  # a link (ELOOP), a dir, a socket, not ours to open
+                self._skip(name, error.strerror or str(error))
+                return None
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                return fd
+            os.close(fd)
+            self._skip(name, "a hard link" if stat.S_ISREG(st.st_mode) else "not a regular file")
+            return None
+
+    def _skip(self, name: str, why: str) -> None:
+        if name not in self._skipped:
+            self._skipped.add(name)
+            log.warning(
+                "lease dir %s: ignoring %s (%s), which runner did not make",
+                self.path,
+                printable(name, 80),
+                why,
+            )
+
     def _name(self, device: str) -> str:
         return "device-" + re.sub(r"[^A-Za-z0-9_-]", "_", device)
 
-    def _slots(self, device: str) -> list[Path]:
-        """The device's slot files, in slot order."""
-        name = self._name(device)
+    def _names(self, pattern: str) -> list[tuple[str, str]]:
+        """(name, what ``pattern``'s group matched) for each entry of the dir matching it."""
+        assert self._fd is not None
         found = []
-        for path in self.path.glob(f"{name}.*.lock"):
-            slot = path.name[len(name) + 1 : -len(".lock")]
-            if slot.isdigit():
-                found.append((int(slot), path))
-        return [path for _, path in sorted(found)]
+        for name in os.listdir(self._fd):
+            if match := re.fullmatch(pattern, name):
+                found.append((name, match.group(1)))
+        return found
 
     @contextlib.contextmanager
     def _guard(self, name: str) -> Iterator[None]:
         """Hold ``name``.guard: a device's (``device-0``) or the waiting line's."""
-        fd = _open(self.path / f"{name}.guard")
+        fd = self._open(f"{name}.guard", create=True)
+        if fd is None:
+            raise LeaseDirError(
+                f"hydra.launcher.lease_dir={str(self.path)!r} holds "
+                f"{printable(name, 80)}.guard, which runner did not make (a link or not a "
+                "regular file): no run can take its lock safely. Fix: remove it (its "
+                f"owner or root can), or a dir of your own (${LEASE_DIR_ENV}="
+                "~/.runner-leases), or hydra.launcher.leases=false"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds by whoever has it
             yield
         finally:
             os.close(fd)
 
-    def _probe(self, device: str) -> tuple[list[Holder], int | None, Path]:
+    def _probe(self, device: str) -> tuple[list[Holder], int | None, int]:
         """Under the guard: the holders, a free slot's descriptor (locked by us) if
-        there is one, and the path a new slot would take."""
+        there is one, and the number a new slot would take."""
         holders: list[Holder] = []
         free: int | None = None
-        slots = self._slots(device)
-        for path in slots:
-            fd = _open(path)
+        prefix = re.escape(self._name(device))
+        slots = sorted((int(n), name) for name, n in self._names(rf"{prefix}\.(\d+)\.lock"))
+        for _, name in slots:
+            fd = self._open(name)
+            if fd is None:
+                continue
             if _try_lock(fd):
                 if free is None:
                     free = fd
@@ -189,8 +312,7 @@ class LeaseDir:
             else:
                 holders.append(_read_holder(fd))
             os.close(fd)
-        new = self.path / f"{self._name(device)}.{len(slots)}.lock"
-        return holders, free, new
+        return holders, free, slots[-1][0] + 1 if slots else 0
 
     def try_take(self, device: str, what: str) -> Lease | None:
         """A lease on ``device`` for ``what`` (said to runs that wait for it), or None
@@ -209,12 +331,26 @@ class LeaseDir:
                     os.close(fd)
                 return None
             if fd is None:
-                fd = _open(new)
+                _, fd = self._new_file(lambda n: f"{self._name(device)}.{new + n}.lock")
                 if not _try_lock(fd):  # only a run not using the guard could hold it
                     os.close(fd)
                     return None
             _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
             return Lease(fd)
+
+    def _new_file(self, name_of: Callable[[int], str]) -> tuple[str, int]:
+        """A file this process makes (its name and descriptor), at the first of
+        ``name_of(0)``, ``name_of(1)``, ... that nothing in the dir has taken."""
+        assert self._fd is not None
+        for n in itertools.count():
+            name = name_of(n)
+            try:
+                fd = os.open(name, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=self._fd)
+            except FileExistsError:
+                continue
+            os.fchmod(fd, 0o666)  # made here: every user's runs may lock and write it
+            return name, fd
+        raise AssertionError("unreachable")
 
     def wait_in_line(self, what: str, devices: list[str]) -> bool:
         """Join the line of runs that wait for devices (once; see the module docstring)
@@ -223,12 +359,12 @@ class LeaseDir:
         self.ensure()
         with self._guard(LINE):
             if self._ticket is None:
-                name = f"waiting-{time.time_ns():020d}-{os.getpid()}-{id(self)}.lock"
-                fd = _open(self.path / name)
-                _try_lock(fd)  # a new name: nobody else holds it
+                name = f"waiting-{time.time_ns():020d}-{os.getpid()}-{id(self)}"
+                self._ticket = self._new_file(lambda n: f"{name}-{n}.lock")
+                fd = self._ticket[1]
+                _try_lock(fd)  # a new file: nobody else holds it
                 waits = f"{what}, which waits for devices first"
                 _write_holder(fd, Holder(os.getpid(), _user(), waits, 0, tuple(devices)))
-                self._ticket = (self.path / name, fd)
             return self._first() is None
 
     def first_in_line(self) -> Holder | None:
@@ -240,24 +376,31 @@ class LeaseDir:
     def _first(self) -> Holder | None:
         """Under the line's guard: the first live waiter if it is not this one; a
         waiter whose process ended (its lock is free) leaves the line here."""
-        for path in sorted(self.path.glob("waiting-*.lock")):
-            if self._ticket is not None and path == self._ticket[0]:
+        for name, _ in sorted(self._names(r"waiting-(.*)\.lock")):
+            if self._ticket is not None and name == self._ticket[0]:
                 return None
-            fd = _open(path)
+            fd = self._open(name)
+            if fd is None:
+                continue
             try:
                 if not _try_lock(fd):
                     return _read_holder(fd)
-                path.unlink(missing_ok=True)
+                self._remove(name)
             finally:
                 os.close(fd)
         return None
 
+    def _remove(self, name: str) -> None:
+        """Remove a ticket (a sticky dir keeps another user's, unless this is root)."""
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self._fd)
+
     def leave_line(self) -> None:
         """This run waits no more (its job started, or will not)."""
         if self._ticket is not None:
-            path, fd = self._ticket
+            name, fd = self._ticket
             with self._guard(LINE):
-                path.unlink(missing_ok=True)
+                self._remove(name)
                 os.close(fd)
             self._ticket = None
 

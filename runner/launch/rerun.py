@@ -25,9 +25,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from runner.launch.devices import run_devices
-from runner.launch.entry import JOB_FILE, RERUN_DIR
+from runner.launch.entry import JOB_FILE, RERUN_DIR, TASK_FILE
 from runner.launch.job import LaunchError, launch
 from runner.launch.options import LaunchConfig
+from runner.launch.trust import UntrustedFileError, read_trusted
 from runner.launch.worker import load_task, restore_config, task_config
 
 # Where reruns of a sweep's points go, inside the sweep dir.
@@ -64,12 +65,18 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
     """Run the job of ``job_dir`` again into ``into``; return rank 0's return value or
     raise LaunchError (the job failed) or RerunError (it cannot be run again)."""
     kept = job_dir / RERUN_DIR
+    fix = f"rerun only job dirs you made, in a dir only you can write (remove {kept})"
     try:
-        job = json.loads((kept / JOB_FILE).read_text())
-    except (OSError, ValueError) as error:
+        job = json.loads(read_trusted(kept / JOB_FILE, fix))
+        if job["task"] is None:  # by value: the pickle is checked like the job
+            read_trusted(kept / TASK_FILE, fix)
+    except UntrustedFileError as error:
+        raise RerunError(str(error)) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise RerunError(
             f"JOB_DIR={str(job_dir)!r} is invalid: it keeps no copy of its job "
-            f"({kept / JOB_FILE}: {getattr(error, 'strerror', None) or error}). Fix: pass "
+            f"({getattr(error, 'filename', None) or kept / JOB_FILE}: "
+            f"{getattr(error, 'strerror', None) or error}). Fix: pass "
             "the dir of a sweep point or run that runner launched with torchrun (its "
             ".runner/ holds the copy), e.g. SWEEP_DIR/0"
         ) from None

@@ -21,6 +21,7 @@ from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, lone_ranks
 from runner.launch.job import Job, LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import write_atomic
+from runner.launch.trust import read_trusted
 from runner.launch.worker import task_config
 
 # Console lines show at most this much of a point's overrides (launch.json and the
@@ -148,10 +149,17 @@ class Point:
         sweep dir (same number, same overrides), else None."""
         try:
             record = json.loads((self.job_dir / LAUNCH_RECORD).read_text())
-            stored = (self.job_dir / RETURN_VALUE).read_bytes()
         except (OSError, ValueError):
             return None
         if record.get("status") != "COMPLETED" or record.get("overrides") != self.overrides:
+            return None
+        fix = (
+            f"remove {self.job_dir} to run the point again, or resume in a sweep dir "
+            "only you can write (a fresh hydra.sweep.dir)"
+        )
+        try:
+            stored = read_trusted(self.job_dir / RETURN_VALUE, fix)
+        except FileNotFoundError:
             return None
         import cloudpickle
 

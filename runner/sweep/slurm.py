@@ -46,6 +46,7 @@ from runner.launch.job import (
 )
 from runner.launch.options import LaunchConfig, option_names
 from runner.launch.procs import import_path
+from runner.launch.trust import check_trusted
 from runner.sweep.options import SlurmOptions, check_options, check_slurm_options
 from runner.sweep.scheduler import SweepLauncher
 from runner.sweep.slurm_node import NodeTask, allocations
@@ -174,6 +175,11 @@ def live_job_of(job_dir: Path, overrides: list[str]) -> dict | None:
     job_id = record.get("slurm_job_id")
     if record.get("status") != "RUNNING" or not job_id or record.get("overrides") != overrides:
         return None
+    check_trusted(  # submitit loads the adopted job's pickles from there
+        job_dir / ".slurm",
+        "hydra.launcher.resume: the Slurm job's folder",
+        f"remove {job_dir} to run the point again, or a fresh hydra.sweep.dir",
+    )
     nodes = int(str(record.get("nnodes") or 1))
     results = [job_dir / ".slurm" / f"{job_id}_{k}_result.pkl" for k in range(nodes)]
     if queue_state(str(job_id)) or all(p.exists() for p in results):

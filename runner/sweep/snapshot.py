@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.launch.options import LauncherConfigError
+from runner.launch.trust import check_trusted
 
 SNAPSHOT_DIR = "code"
 
@@ -67,6 +68,11 @@ def take_snapshot(sweep_dir: Path, cwd: str, files: Sequence[str] | None) -> tup
     root = Path(cwd) if files else project_root(cwd)
     assert root is not None  # check_snapshot ran first
     copy = sweep_dir / SNAPSHOT_DIR
+    check_trusted(
+        copy,
+        "hydra.launcher.snapshot: the jobs' code copy",
+        f"remove {copy} (a new copy is made), or a fresh hydra.sweep.dir",
+    )
     if not copy.exists():
         partial = sweep_dir / f".{SNAPSHOT_DIR}.partial"
         shutil.rmtree(partial, ignore_errors=True)
