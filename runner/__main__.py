@@ -1,6 +1,8 @@
-"""``python -m runner``: compose the experiment from conf/ and run it (``-m`` sweeps)."""
+"""``python -m runner`` (or the ``runner`` command): compose the experiment from the
+configs shipped in ``runner/conf/`` and run it (``-m`` sweeps)."""
 
 import sys
+from importlib import metadata
 
 import hydra
 
@@ -8,7 +10,28 @@ import runner.trainer.config  # noqa: F401  (stores the schemas before Hydra com
 from runner.trainer.cli import CONF_DIR, malformed_override
 from runner.trainer.task import main
 
-if __name__ == "__main__":
+
+def version() -> str:
+    """``runner 0.1.0 (hydra-core 1.3.2, torch 2.13.0)``, read without importing torch."""
+    found = []
+    for name in ("runner", "hydra-core", "torch"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return f"{found[0]} ({', '.join(found[1:])})"
+
+
+def cli() -> None:
+    """The ``runner`` command, as ``python -m runner``; ``--version`` says runner's
+    version with Hydra's and torch's (Hydra's own flag would say Hydra's alone)."""
+    if "--version" in sys.argv[1:]:
+        print(version())
+        return
     if problem := malformed_override(sys.argv[1:]):
         sys.exit(problem)
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()
+
+
+if __name__ == "__main__":
+    cli()

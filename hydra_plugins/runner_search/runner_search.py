@@ -17,6 +17,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from runner.extras import require
 from runner.sweep.options import SearchOptions, check_search_options
 
 
@@ -48,6 +49,7 @@ class SearchSweeper(Sweeper):
     ) -> None:
         # Checked here, not in __init__: Hydra wraps what instantiation raises (its repr
         # and the config key), while it prints a setup error's message alone.
+        require("optuna", "search", "hydra/sweeper=search", major=4)
         check_search_options(self.params)
         self.config = config
         self.hydra_context = hydra_context

@@ -115,6 +115,9 @@ class TorchrunSlurmLauncher(TorchrunLauncher):
     name = "torchrun_slurm"
 
     def job_factory(self) -> "type[JobFactory]":
+        from runner.extras import require
+
+        require("submitit", "slurm", "hydra/launcher=torchrun_slurm")
         from runner.sweep.slurm import SlurmJobs
 
         return SlurmJobs

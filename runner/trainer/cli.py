@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from runner.launch.options import invalid
 
 # runner's config dir: the groups in it are the options a user picks.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _PAIRS = {"[": "]", "{": "}", "(": ")"}
