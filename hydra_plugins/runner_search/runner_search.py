@@ -18,19 +18,28 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from runner.extras import require
-from runner.sweep.options import SearchOptions, check_search_options
+from runner.sweep.options import SEARCH_SWEEPER, SearchOptions, check_search_options
 
 
 @dataclass
 class SearchSweeperConf(SearchOptions):
-    _target_: str = "hydra_plugins.runner_search.runner_search.SearchSweeper"
+    _target_: str = SEARCH_SWEEPER
     # sampler/pruner mappings reach the sweeper as data: it makes them (seeded), and
     # names the key and the fix when it cannot.
     _recursive_: bool = False
 
 
+# The sweeper, and a callback that refuses another sweeper's class in its place (a
+# `_target_:` line left in a config written for hydra-optuna-sweeper would win).
 ConfigStore.instance().store(
-    group="hydra/sweeper", name="search", node=SearchSweeperConf, provider="runner"
+    group="hydra/sweeper",
+    name="search",
+    node={
+        "sweeper": SearchSweeperConf,
+        "callbacks": {"runner_search": {"_target_": "runner.sweep.options.SweeperClassCheck"}},
+    },
+    package="hydra",
+    provider="runner",
 )
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from runner.launch.devices import DeviceOptions
 from runner.launch.options import LaunchConfig, LauncherConfigError, invalid, option_names
@@ -234,7 +236,8 @@ class SearchOptions:
     pruner: Any = "none"
     # The sampler's seed, where it takes one and does not name its own.
     seed: int | None = 0
-    study_name: str = "search"
+    # null: "search" (hydra-optuna-sweeper's configs say null for a default name).
+    study_name: str | None = "search"
     # Any storage URL Optuna accepts; null: sqlite:///<hydra.sweep.dir>/study.db.
     storage: str | None = None
     # The search space beside the command line: {optim.lr: "tag(log, interval(1e-4, 1e-1))"}.
@@ -244,6 +247,9 @@ class SearchOptions:
     # false: ask for max_parallel trials, wait for all of them, ask again (how Hydra's
     # batch sweepers work; the benchmark's reference). Other launchers always batch.
     asynchronous: bool = True
+    # hydra-optuna-sweeper's trials at once: taken as hydra.launcher.max_parallel when
+    # that is not set (said on the console).
+    n_jobs: int | None = None
 
     def directions(self) -> list[str]:
         value = self.direction
@@ -256,6 +262,8 @@ class SearchOptions:
         def bad(key: str, value: Any, rule: str, fix: str) -> None:
             found.append(invalid(_sweeper_key(key), value, rule, f"hydra.sweeper.{fix}"))
 
+        if self.n_jobs is not None and self.n_jobs < 1:
+            bad("n_jobs", self.n_jobs, "trials at once, at least 1", "n_jobs=2")
         if self.n_trials < 1:
             bad("n_trials", self.n_trials, "a search needs at least one trial", "n_trials=20")
         if self.timeout is not None and self.timeout <= 0:
@@ -291,10 +299,36 @@ class SearchOptions:
         return found
 
 
+SEARCH_SWEEPER = "hydra_plugins.runner_search.runner_search.SearchSweeper"
+
+
+class SweeperClassCheck(Callback):
+    """Comes with ``hydra/sweeper=search``: before the sweeper is made, refuse another
+    sweeper's ``_target_`` in its place. Hydra turns a callback's exceptions into
+    warnings, so this one exits with the message."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = OmegaConf.select(config, "hydra.sweeper._target_")
+        if target != SEARCH_SWEEPER:
+            raise SystemExit(
+                invalid(
+                    "hydra.sweeper._target_",
+                    target,
+                    "under hydra/sweeper=search it names another sweeper's class, which "
+                    "would run instead of runner's search (a line left from a config "
+                    "written for that sweeper)",
+                    f"delete the line `_target_: {target}` from hydra.sweeper in your "
+                    "config (hydra/sweeper=search sets it)",
+                )
+            )
+
+
 def check_search_options(params: dict[str, Any]) -> SearchOptions:
     """The sweeper's keys as SearchOptions (Hydra's structured config has already
     refused unknown keys), or SearchConfigError naming each problem."""
     options = SearchOptions(**{k: v for k, v in params.items() if k != "_target_"})
+    if options.study_name is None:
+        options.study_name = "search"
     problems = options.search_problems()
     if problems:
         raise SearchConfigError("\n".join(problems))

@@ -370,6 +370,17 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
             f", {again} interrupted one(s) run again" if again else "",
         )
     launcher = sweeper.launcher
+    if options.n_jobs is not None:
+        slots = getattr(launcher, "params", None)
+        if isinstance(slots, dict) and not slots.get("max_parallel"):
+            slots["max_parallel"] = options.n_jobs
+            log.info(
+                "hydra.sweeper.n_jobs=%d (hydra-optuna-sweeper's key): %d trials at once, "
+                "as hydra.launcher.max_parallel=%d would say",
+                options.n_jobs,
+                options.n_jobs,
+                options.n_jobs,
+            )
     if options.asynchronous and callable(getattr(launcher, "launch_points", None)):
         launcher.launch_points(search)
     else:
