@@ -6,11 +6,11 @@ hydra-optuna-sweeper leaves it) is an error naming both packages and the fix."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import APPS, launch_status, run
 
@@ -72,12 +72,8 @@ def test_a_config_written_for_hydra_optuna_sweeper_runs_under_search(tmp_path):
     sweep_dir = tmp_path / "sweep"
     assert [launch_status(sweep_dir / str(n)) for n in range(4)] == ["COMPLETED"] * 4
     assert not (sweep_dir / "4").exists()
-    results = (
-        json.loads((sweep_dir / "optimization_results.json").read_text())
-        if (sweep_dir / "optimization_results.json").exists()
-        else None
-    )
-    assert results is None or results["study_name"] == "search"
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["study_name"] == "search"  # study_name: null is the default name
     assert "hydra.sweeper.n_jobs=2 (hydra-optuna-sweeper's key): 2 trials at once" in out
 
 
