@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner.launch import gates
+
 # The file a node writes into its agent's entry dir to ask the ranks to stop.
 STOP_FILE = "stop_requested"
 # In the entry dir: a rank (by local rank) that takes SIGTERM as a stop request.
@@ -76,6 +78,9 @@ def install(entry_dir: Path) -> None:
     os.environ[ENTRY_ENV] = str(entry_dir)
     worker = sys.modules.get("torch.utils.data._utils.worker")
     if worker is not None and "torch_worker_loop" not in _state:
+        if gates.dataloader_problem() is not None:  # the parent's console says why
+            _state["torch_worker_loop"] = None  # asked once: torch's workers as they are
+            return
         _state["torch_worker_loop"] = worker._worker_loop
         worker._worker_loop = _dataloader_worker  # type: ignore[attr-defined]
 

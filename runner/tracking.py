@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.launch.entry import LAUNCH_RECORD
 from runner.launch.options import invalid
 from runner.launch.procs import write_atomic
-from runner.launch.trust import check_trusted
+from runner.launch.trust import check_store
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -80,11 +80,11 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
         path = Path(tracking_uri[len("sqlite:///") :])
         with contextlib.suppress(OSError):  # a dir that cannot be made fails below
             path.parent.mkdir(parents=True, exist_ok=True)
-        check_trusted(
+        check_store(
             path,
             f"{key}: the SQLite store",
-            "a path in a dir only you (and root) can write, or a tracking server's URL "
-            "for a store that several users share",
+            "remove the link, or a path of your own, or a tracking server's URL for a "
+            "store that several users share",
         )
     fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     try:

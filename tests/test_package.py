@@ -169,6 +169,10 @@ def test_a_users_own_config_dir_composes_on_top_of_the_shipped_one(installed):
         "runner", "--config-dir", "my_conf", "+experiment=tiny", "--cfg", "job"
     ).stdout
     assert "  epochs: 1\n" in composed and "_target_: runner.trainer.models.ResidualMLP" in composed
+    searched = installed.run(
+        "runner", "hydra.searchpath=[file://my_conf]", "+experiment=tiny", "--cfg", "job"
+    ).stdout
+    assert searched == composed
 
 
 FOREIGN_APP = """

@@ -9,13 +9,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runner.launch import prompt
+from runner.launch import gates, prompt
 
 
 def test_the_fast_path_is_active_on_the_installed_torch(prompt_agent):
     """Fails when a torch upgrade changes the internals the prompt agent uses (or the
     set-up installs a torch it was not tested on), instead of falling back in silence."""
-    assert prompt.unfit_reason() is None
+    assert gates.problems() == {"prompt": None, "dataloader": None, "process_group": None}
     assert prompt.active()
     import torch.distributed.elastic.multiprocessing.api as processes
     import torch.distributed.launcher.api as launcher

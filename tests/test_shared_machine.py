@@ -47,6 +47,14 @@ class Machine:
         assert self.target.read_text() == "root's secret\n"
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
 
+    def theirs(self) -> Path:
+        """A dir the other user owns, where they make what they will."""
+        path = self.base / "theirs"
+        if not path.exists():
+            path.mkdir()
+            os.chown(path, self.uid, -1)
+        return path
+
     def lease_dir(self, mode: int = 0o1777, owner: int = 0) -> Path:
         path = self.base / "leases"
         path.mkdir()
@@ -149,10 +157,7 @@ def test_a_world_writable_lease_dir_that_is_not_sticky_is_refused(machine):
 
 def test_a_lease_dir_that_is_a_link_is_refused(machine):
     real = machine.lease_dir()
-    theirs = machine.base / "theirs"
-    theirs.mkdir()
-    os.chown(theirs, machine.uid, -1)
-    link = theirs / "leases"
+    link = machine.theirs() / "leases"
     machine.as_other("ln", "-s", str(real), str(link))
     with pytest.raises(LeaseDirError, match="is refused.*it is a symbolic link"):
         LeaseDir(link).try_take("0", "a run")
@@ -274,24 +279,41 @@ def test_pickles_are_loaded_only_from_files_nobody_else_could_write(machine):
         read_trusted(mine, "remove it")
 
 
-def test_check_trusted_refuses_links_other_owners_and_open_dirs(machine):
-    from runner.launch.trust import check_trusted
+def test_sqlite_stores_and_code_dirs_are_refused_where_another_user_could_redirect_them(
+    machine,
+):
+    from runner.launch.trust import check_store, check_trusted
 
     home = machine.base / "mine"
     home.mkdir(mode=0o755)
-    check_trusted(home / "study.db", "the study", "fix")  # not made yet: its dir is fine
-    (home / "study.db").symlink_to(machine.target)
-    with pytest.raises(UntrustedFileError, match="the study .*study.db is refused: it is a sym"):
-        check_trusted(home / "study.db", "the study", "fix")
-    (home / "study.db").unlink()
-    (home / "study.db").write_bytes(b"")
-    os.chown(home / "study.db", machine.uid, -1)
-    with pytest.raises(UntrustedFileError, match=f"owned by {OTHER}"):
-        check_trusted(home / "study.db", "the study", "fix")
-    os.chown(home / "study.db", 0, -1)
+    db = home / "study.db"
+    check_store(db, "the study", "fix")  # not made yet
+    machine.as_other("ln", "-s", str(machine.target), str(machine.theirs() / "study.db"))
+    os.rename(machine.theirs() / "study.db", db)  # their link, in a dir of mine
+    with pytest.raises(
+        UntrustedFileError, match=f"study.db is refused: it is a symbolic link made by {OTHER}"
+    ):
+        check_store(db, "the study", "fix")
+    db.unlink()
+    os.link(machine.target, db)
+    with pytest.raises(UntrustedFileError, match="it has 2 hard links"):
+        check_store(db, "the study", "fix")
+    db.unlink()
+    db.symlink_to(home / "elsewhere.db")  # my own link (a store on another disk) is fine
+    check_store(db, "the study", "fix")
+    code = home / "code"
+    code.mkdir()
+    check_trusted(code, "the snapshot", "fix")
+    os.chown(code, machine.uid, -1)
+    with pytest.raises(
+        UntrustedFileError, match=f"the snapshot .*code is refused: it is owned by {OTHER}"
+    ):
+        check_trusted(code, "the snapshot", "fix")
+    os.chown(code, 0, -1)
     os.chmod(home, 0o777)
     with pytest.raises(UntrustedFileError, match="its dir .*not sticky"):
-        check_trusted(home / "study.db", "the study", "fix")
+        check_trusted(code, "the snapshot", "fix")
+    machine.target_intact()
 
 
 def test_stale_entry_dirs_of_other_users_and_links_are_left_alone(machine, entry_base):
@@ -322,8 +344,9 @@ def test_resume_report_and_rerun_refuse_pickles_another_user_could_have_written(
     assert resumed.returncode != 0 and "Traceback" not in out, out[-3000:]
     assert f"{sweep_dir / '0' / 'return_value.pkl'} is refused: runner loads it as code" in out
     assert f"owned by {OTHER}" in out and "Fix: remove" in out
-    report = run([sys.executable, "-m", "runner.report", str(sweep_dir)], check=False)
-    assert report.returncode != 0 and "return_value.pkl is refused" in report.stderr
+    # The report leaves that point's value out and says why; the others are read.
+    report = run([sys.executable, "-m", "runner.report", str(sweep_dir), "--no-plots"])
+    assert "return_value.pkl is refused" in report.stdout + report.stderr
     os.chown(sweep_dir / "1" / ".runner" / "job.json", machine.uid, -1)
     rerun = run([sys.executable, "-m", "runner.rerun", str(sweep_dir / "1")], check=False)
     assert rerun.returncode == 2, rerun.stdout + rerun.stderr

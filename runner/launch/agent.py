@@ -34,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.launch import prompt
+from runner.launch import gates, prompt
 from runner.launch.procs import exit_on_signal, pid_alive
 
 
@@ -102,16 +102,17 @@ RDZV_BACKEND = "runner-static"
 _installed = False
 
 
-def install() -> None:
+def install(quiet_release: bool = False) -> None:
     """Make ``--rdzv_backend runner-static`` known to torchrun in this process, and its
     agent and log tailers prompt (once: a warm agent inherits this from the warm
-    process)."""
+    process). Why they are not prompt is said on stderr, unless ``quiet_release`` and
+    the reason is the torch release, which a sweep's parent has said already."""
     global _installed
     if _installed:
         return
     _register_rendezvous()
     reason = prompt.install()
-    if reason is not None:
+    if reason is not None and not (quiet_release and gates.release_problem() is not None):
         print(
             f"runner: prompt agent off ({reason}): ranks' ends are seen at torchrun's "
             "monitor_interval",

@@ -58,6 +58,7 @@ import re
 import stat
 import time
 import unicodedata
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,11 @@ RECORD_BYTES = 4096
 # Every open in the lease dir: never a link, never a controlling terminal, never
 # blocking on a FIFO someone put there.
 OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+# What opening a name in the lease dir says when it is not a lease file (a link, a
+# dir, a socket); any other error is the machine's, and raised.
+NOT_A_LEASE_FILE = {errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP}
+# A guard another user has just made is theirs until they open it to all (microseconds).
+GUARD_RETRIES = 50
 
 
 class LeaseDirError(CompactHydraException, OSError):
@@ -113,6 +119,13 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def _share(fd: int) -> None:
+    """A lease file this process made: every user's runs may lock and write it (the
+    only mode runner sets in the lease dir; a file system without modes keeps its own)."""
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)
 
 
 def _try_lock(fd: int) -> bool:
@@ -184,9 +197,11 @@ class LeaseDir:
         be made or written, or that another user could swap files in, is a clear error."""
         if self._fd is not None:
             return
+        made = False
         try:
-            self.path.mkdir(parents=True)
-            os.chmod(self.path, 0o1777)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir()
+            made = True
         except FileExistsError:
             pass
         except OSError as error:
@@ -197,14 +212,20 @@ class LeaseDir:
             if error.errno in (errno.ELOOP, errno.ENOTDIR) and self.path.is_symlink():
                 raise self._refused("it is a symbolic link") from None
             raise self._error(error) from None
-        problem = dir_problem(os.fstat(fd))
+        st = os.fstat(fd)
+        if made and st.st_uid == os.geteuid():  # the dir opened is the one made here
+            os.fchmod(fd, 0o1777)
+            st = os.fstat(fd)
+        problem = dir_problem(st, group_counts=True)
         if problem is None and not os.access(self.path, os.W_OK | os.X_OK):
-            os.close(fd)
-            raise self._error(PermissionError(errno.EACCES, "not writable"))
+            problem = "not writable"
         if problem is not None:
             os.close(fd)
+            if problem == "not writable":
+                raise self._error(PermissionError(errno.EACCES, problem))
             raise self._refused(problem)
         self._fd = fd
+        weakref.finalize(self, os.close, fd)
 
     def _error(self, error: OSError) -> LeaseDirError:
         return LeaseDirError(
@@ -229,6 +250,7 @@ class LeaseDir:
         0666 if missing and ``create``), or None if there is none, or what is there is
         not a lease file: a link, a FIFO, a file with other links, one not readable."""
         assert self._fd is not None
+        attempt = 0
         while True:
             if create:
                 try:
@@ -236,7 +258,7 @@ class LeaseDir:
                 except FileExistsError:
                     pass
                 else:
-                    os.fchmod(fd, 0o666)  # made here: every user's runs may lock it
+                    _share(fd)
                     return fd
             try:
                 fd = os.open(name, OPEN_FLAGS, dir_fd=self._fd)
@@ -244,7 +266,16 @@ class LeaseDir:
                 if create:
                     continue  # removed since: make it
                 return None
-            except OSError as error:  # a link (ELOOP), a dir, a socket, not ours to open
+            except PermissionError as error:
+                if create and attempt < GUARD_RETRIES:  # made a moment ago, not yet 0666
+                    attempt += 1
+                    time.sleep(0.01)
+                    continue
+                self._skip(name, error.strerror or str(error))
+                return None
+            except OSError as error:
+                if error.errno not in NOT_A_LEASE_FILE:
+                    raise
                 self._skip(name, error.strerror or str(error))
                 return None
             st = os.fstat(fd)
@@ -300,18 +331,25 @@ class LeaseDir:
         holders: list[Holder] = []
         free: int | None = None
         prefix = re.escape(self._name(device))
-        slots = sorted((int(n), name) for name, n in self._names(rf"{prefix}\.(\d+)\.lock"))
-        for _, name in slots:
-            fd = self._open(name)
-            if fd is None:
-                continue
-            if _try_lock(fd):
-                if free is None:
-                    free = fd
+        slots = sorted((int(n), name) for name, n in self._names(rf"{prefix}\.(\d{{1,6}})\.lock"))
+        try:
+            for _, name in slots:
+                fd = self._open(name)
+                if fd is None:
                     continue
-            else:
-                holders.append(_read_holder(fd))
-            os.close(fd)
+                try:
+                    if _try_lock(fd):
+                        if free is None:
+                            free, fd = fd, None  # kept
+                    else:
+                        holders.append(_read_holder(fd))
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+        except BaseException:
+            if free is not None:
+                os.close(free)
+            raise
         return holders, free, slots[-1][0] + 1 if slots else 0
 
     def try_take(self, device: str, what: str) -> Lease | None:
@@ -332,10 +370,14 @@ class LeaseDir:
                 return None
             if fd is None:
                 _, fd = self._new_file(lambda n: f"{self._name(device)}.{new + n}.lock")
+            try:
                 if not _try_lock(fd):  # only a run not using the guard could hold it
                     os.close(fd)
                     return None
-            _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
+                _write_holder(fd, Holder(os.getpid(), _user(), what, self.per_device))
+            except BaseException:
+                os.close(fd)
+                raise
             return Lease(fd)
 
     def _new_file(self, name_of: Callable[[int], str]) -> tuple[str, int]:
@@ -348,7 +390,7 @@ class LeaseDir:
                 fd = os.open(name, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=self._fd)
             except FileExistsError:
                 continue
-            os.fchmod(fd, 0o666)  # made here: every user's runs may lock and write it
+            _share(fd)
             return name, fd
         raise AssertionError("unreachable")
 

@@ -8,10 +8,11 @@ of a warm point. The prompt agent still looks no more often than
 and its tailers stop at once (after copying what is left). torchrun offers no option
 for either (the tail interval is not even a parameter of its process context).
 
-Fenced: :func:`install` applies it only on a torch release it was tested on *and*
-whose internals still have the shape it uses (checked from their code objects before
-anything is replaced); otherwise it changes nothing and says why, and the agent runs
-with torchrun's own sleeps. It is installed only in an agent's process (and in the
+Fenced: :func:`install` applies it only when its gate opens
+(:func:`runner.launch.gates.prompt_problem`: a torch release it was tested on whose
+internals still have the shape it uses, checked before anything is replaced);
+otherwise it changes nothing and says why, and the agent runs with torchrun's own
+sleeps. It is installed only in an agent's process (and in the
 warm process, whose forks become agents): the two replaced names are looked up by
 torchrun's ``launch_agent`` and process context there, and nothing else runs in that
 process. ``tests/test_prompt.py`` fails if the fast path is not active on the torch
@@ -24,25 +25,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from runner.launch import gates
+
 if TYPE_CHECKING:
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     from torch.distributed.elastic.multiprocessing.tail_log import TailLog
-
-# torch releases (major.minor) the prompt agent was tested on.
-TESTED_TORCH = ("2.13",)
-# Private names the prompt agent reads, by the torch function that defines them.
-_TAILLOG_FIELDS = {
-    "_threadpool",
-    "_name",
-    "_dst",
-    "_log_files",
-    "_log_line_prefixes",
-    "_log_line_filter",
-    "_finished_events",
-    "_futs",
-    "_interval_sec",
-}
-_MULTIPROCESS_FIELDS = {"_pc", "_ret_vals", "_return_values"}
 
 _state: dict[str, Any] = {"active": False, "reason": "not installed"}
 
@@ -52,40 +39,12 @@ def active() -> bool:
     return bool(_state["active"])
 
 
-def unfit_reason() -> str | None:
-    """Why the prompt agent cannot be installed on this torch, or None if it can."""
-    import torch
-    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
-    from torch.distributed.elastic.multiprocessing.api import (
-        MultiprocessContext,
-        SubprocessContext,
-    )
-    from torch.distributed.elastic.multiprocessing.tail_log import TailLog
-
-    release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    if release not in TESTED_TORCH:
-        return f"torch {torch.__version__} (tested on {', '.join(TESTED_TORCH)})"
-    names = set(TailLog.__init__.__code__.co_names)
-    if not _TAILLOG_FIELDS <= names:
-        return f"TailLog lacks {sorted(_TAILLOG_FIELDS - names)}"
-    names = set(MultiprocessContext.__init__.__code__.co_names) | set(
-        MultiprocessContext._poll.__code__.co_names
-    )
-    if not _MULTIPROCESS_FIELDS <= names:
-        return f"MultiprocessContext lacks {sorted(_MULTIPROCESS_FIELDS - names)}"
-    if "subprocess_handlers" not in SubprocessContext.__init__.__code__.co_names:
-        return "SubprocessContext lacks subprocess_handlers"
-    if not callable(getattr(LocalElasticAgent, "_monitor_workers", None)):
-        return "LocalElasticAgent lacks _monitor_workers"
-    return None
-
-
 def install() -> str | None:
     """Make this process's torchrun agents and tailers prompt, where that is known to
     work; returns None when active, else the reason it is not (nothing was changed)."""
     if _state["active"]:
         return None
-    reason = unfit_reason()
+    reason = gates.prompt_problem()
     if reason is not None:
         _state["reason"] = reason
         return reason
@@ -166,11 +125,14 @@ def _tail(
             return
     with open(path, errors="replace") as file:
         while True:
+            # Asked before the read (torch 2.15's fix of its own tailer): once the rank
+            # is finished, the reads that follow reach everything it wrote.
+            done = finished.is_set()
             line = file.readline()
             if line:
                 if log_line_filter is None or log_line_filter(line):
                     dst.write(f"{header}{line}")
-            elif finished.is_set():
+            elif done:
                 break
             else:
                 finished.wait(interval_sec)

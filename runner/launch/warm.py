@@ -288,7 +288,7 @@ def _preload(task: dict | None) -> None:
     from runner.launch.agent import install
     from runner.launch.worker import load_task
 
-    install()
+    install(quiet_release=True)  # its stderr is the sweep's console, which said it
     if task is not None:
         load_task({"task": task}, Path())
 

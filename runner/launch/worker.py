@@ -212,8 +212,10 @@ def watch_process_group() -> Iterator[Callable[[], bool]]:
     leaves ``is_initialized()`` when the task returns as the sign."""
     import torch.distributed as dist
 
+    from runner.launch import gates
+
     c10d = dist.distributed_c10d
-    original = getattr(c10d, "_update_default_pg", None)
+    original = None if gates.process_group_problem() else c10d._update_default_pg
     seen = False
 
     def update_default_pg(pg: Any) -> None:

@@ -7,8 +7,9 @@ A :class:`PointSource` hands the scheduler its points: :class:`Batch` (one
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,21 @@ from runner.launch.worker import task_config
 # Console lines show at most this much of a point's overrides (launch.json and the
 # summary keep them all).
 LABEL_WIDTH = 60
+
+
+@contextlib.contextmanager
+def hydra_config_of(config: DictConfig) -> Iterator[None]:
+    """Hydra's ``HydraConfig`` set to one job's config while the block runs (its
+    callbacks, its .hydra/ files, its job), and the one before put back after, as
+    Hydra's own ``run_job`` does: a user's callback that reads ``HydraConfig.get()``
+    sees its own job, whatever order points start and end in."""
+    state = HydraConfig.instance()
+    before = state.cfg
+    state.set_config(config)
+    try:
+        yield
+    finally:
+        state.cfg = before
 
 
 def clip(text: str) -> str:

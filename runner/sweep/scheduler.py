@@ -25,17 +25,17 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Protocol
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.launch import gates
 from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
 from runner.launch.job import Job, LaunchError, LaunchTimeout, stop_jobs
 from runner.launch.options import LaunchConfig, LauncherConfigError
 from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
 from runner.sweep.console import SweepConsole, compact
-from runner.sweep.points import Point, PointSource
+from runner.sweep.points import Point, PointSource, hydra_config_of
 from runner.sweep.report import seed_key_of, sweep_maximises, write_summary
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,12 @@ class SweepScheduler:
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = point.idx
             sweep_config.hydra.job.num = point.idx
-        HydraConfig.instance().set_config(sweep_config)
-        output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        with hydra_config_of(sweep_config):  # the sweep's subdir may read ${hydra:job.num}
+            output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(
+                sweep_config.hydra.sweep.subdir
+            )
         with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
             sweep_config.hydra.runtime.output_dir = str(output_dir.absolute())
-        HydraConfig.instance().set_config(sweep_config)
         point.config = sweep_config
 
     def _compose_ahead(self, point: Point) -> None:
@@ -139,8 +140,6 @@ class SweepScheduler:
             self._compose(point)
         except Exception:
             point.config = None
-        finally:
-            HydraConfig.instance().set_config(self.config)
 
     def _prepare(self, point: Point) -> bool:
         """Make the point ready to start: composed, its launch options read. False if it
@@ -148,7 +147,6 @@ class SweepScheduler:
         devices than the pool has (then it fails, and nothing of it starts)."""
         if point.config is None:
             self._compose(point)
-            HydraConfig.instance().set_config(self.config)
         if point.launch is not None:
             return True
         assert point.config is not None
@@ -169,14 +167,14 @@ class SweepScheduler:
         """Hand a point completed in an earlier run to the sweeper as if run now."""
         assert point.config is not None
         callbacks = self.launcher.hydra_context.callbacks
-        HydraConfig.instance().set_config(point.config)
-        callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
+        with hydra_config_of(point.config):
+            callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
         point.result, point.status = earlier, "COMPLETED"
         self.counts["COMPLETED"] += 1
         self.console.scored(point.idx, earlier._return_value)
         self.source.ended(point)
-        callbacks.on_job_end(config=point.config, job_return=earlier)
-        HydraConfig.instance().set_config(self.config)
+        with hydra_config_of(point.config):
+            callbacks.on_job_end(config=point.config, job_return=earlier)
         self.console.log(
             logging.INFO,
             "#%d kept   %s  completed in an earlier run -> %s  %s",
@@ -216,19 +214,19 @@ class SweepScheduler:
         """Start a prepared point's job on ``devices``."""
         config, launch = point.config, point.launch
         assert config is not None and launch is not None
-        HydraConfig.instance().set_config(config)
         point.devices = devices
         try:
-            point.write_hydra_dir()
-            env = self.pool.environment(
-                devices, launch.nproc_per_node, self.max_parallel, launch.env
-            )
-            self.launcher.hydra_context.callbacks.on_job_start(
-                config=config, task_function=self.launcher.task_function
-            )
-            job_dir = Path(config.hydra.runtime.output_dir)
-            point.job = self.jobs.make(config, launch, job_dir)
-            point.job.start(extra_env=env)
+            with hydra_config_of(config):
+                point.write_hydra_dir()
+                env = self.pool.environment(
+                    devices, launch.nproc_per_node, self.max_parallel, launch.env
+                )
+                self.launcher.hydra_context.callbacks.on_job_start(
+                    config=config, task_function=self.launcher.task_function
+                )
+                job_dir = Path(config.hydra.runtime.output_dir)
+                point.job = self.jobs.make(config, launch, job_dir)
+                point.job.start(extra_env=env)
         except BaseException:
             self.pool.give_back(point.devices)
             point.devices = []
@@ -292,7 +290,8 @@ class SweepScheduler:
         )
         point.result = ret
         self.source.ended(point)
-        self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+        with hydra_config_of(config):
+            self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         self.console.ended(point, record, self.progress())
 
     def progress(self) -> str:
@@ -447,7 +446,6 @@ class SweepScheduler:
                     by = interruption()  # else an error of the sweep's own
                     self._stop_running(by or "the sweep", "" if by else "as it ended early")
                 self.pool.new_head()  # leases kept for a head that will not start now
-                HydraConfig.instance().set_config(self.config)
                 for point in self.points:
                     if point.result is None:
                         self._withdraw(point, "was not started: the sweep stopped")
@@ -477,6 +475,8 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     remove_stale_entry_dirs()
     if launcher.jobs is None:  # after logging is set up: a warm start says if it cannot
+        if note := gates.release_note():  # once a sweep, cold or warm
+            log.warning(note)
         launcher.jobs = launcher.job_factory()(launcher)
     if launcher.console is None:
         launcher.console = SweepConsole(sweep_maximises(config))

@@ -386,7 +386,9 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     else:
         params = sweeper.config.hydra.launcher
         n_jobs = params.get("n_jobs")  # joblib's; -1 is every core
-        size = int(params.get("max_parallel") or (n_jobs if n_jobs and n_jobs > 0 else 1))
+        size = int(
+            params.get("max_parallel") or options.n_jobs or (n_jobs if n_jobs and n_jobs > 0 else 1)
+        )
         why = (
             "hydra.sweeper.asynchronous=false"
             if callable(getattr(launcher, "launch_points", None))

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from runner.launch.procs import pid_alive
-from runner.launch.trust import check_trusted
+from runner.launch.trust import check_store
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
 from runner.sweep.space import Param, space_record
 
@@ -83,10 +83,10 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
     directions and space (else an error, and the study is left as it was)."""
     url = options.storage or f"sqlite:///{sweep_dir.absolute() / 'study.db'}"
     if url.startswith("sqlite:///"):
-        check_trusted(
+        check_store(
             Path(url[len("sqlite:///") :]),
             "hydra.sweeper.storage: the study's SQLite database",
-            "a path in a dir only you (and root) can write, or a database server's URL "
+            "remove the link, or a path of your own, or a database server's URL "
             "(PostgreSQL) for a study that several users share",
         )
     sampler, pruner = make_sampler(options), make_pruner(options)
