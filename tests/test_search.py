@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from runner.metrics import MetricsReader
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
 from runner.sweep.space import parse_space
-from runner.sweep.study import OWNER, make_pruner, make_sampler
+from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
 from tests.conftest import PROBE_APP, read_json, search_study
 from tests.fakes import FakeJobs, fake_sweep, spans
 
@@ -129,6 +129,31 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
     assert rerun[0].params == orphan.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_trial_whose_job_completed_as_its_sweep_died_is_told_not_run_again(
+    hydra_sweep_runner, tmp_path
+):
+    """The parent wrote the trial's result and launch.json (COMPLETED), then died before
+    telling the study: the study still says RUNNING. Continuing tells it the stored
+    value; its parameters do not run a second time."""
+    import cloudpickle
+
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    study = search_study(tmp_path)
+    orphan = study.ask(fixed_distributions=study.trials[0].distributions)
+    orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
+    job_dir = tmp_path / str(orphan.number)
+    orphan.set_user_attr(JOB_DIR, str(job_dir))  # as the trial's start recorded it
+    job_dir.mkdir()
+    (job_dir / "launch.json").write_text('{"status": "COMPLETED", "overrides": []}')
+    (job_dir / "return_value.pkl").write_bytes(cloudpickle.dumps(0.25))
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
+    trials = search_study(tmp_path).trials
+    assert trials[orphan.number].state == TrialState.COMPLETE
+    assert trials[orphan.number].value == 0.25
+    assert len(trials) == 3 and FakeJobs.events == []  # nothing ran again
 
 
 def test_enqueued_points_run_first(hydra_sweep_runner, tmp_path):

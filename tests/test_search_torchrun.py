@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from runner.sweep.study import JOB_DIR
 from tests.conftest import (
     APPS,
     FAST,
@@ -123,6 +124,8 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
     before = {t.number: t for t in search_study(tmp_path).trials}
     completed = [n for n, t in before.items() if t.state == TrialState.COMPLETE]
     orphans = [t for t in before.values() if t.state == TrialState.RUNNING]
+    for orphan in orphans:  # recorded at its start, for a continued search to look in
+        assert orphan.user_attrs.get(JOB_DIR) == str(tmp_path / str(orphan.number))
     started = time.time()
     run(command)
     trials = search_study(tmp_path).trials

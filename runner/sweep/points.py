@@ -163,23 +163,32 @@ class Point:
     def completed_earlier(self) -> JobReturn | None:
         """The stored result of this point if it completed in an earlier run of this
         sweep dir (same number, same overrides), else None."""
-        try:
-            record = json.loads((self.job_dir / LAUNCH_RECORD).read_text())
-        except (OSError, ValueError):
-            return None
-        if record.get("status") != "COMPLETED" or record.get("overrides") != self.overrides:
-            return None
-        fix = (
-            f"remove {self.job_dir} to run the point again, or resume in a sweep dir "
-            "only you can write (a fresh hydra.sweep.dir)"
-        )
-        try:
-            stored = read_trusted(self.job_dir / RETURN_VALUE, fix)
-        except FileNotFoundError:
-            return None
-        import cloudpickle
+        found, value = stored_result(self.job_dir, self.overrides)
+        return self.job_return(JobStatus.COMPLETED, value) if found else None
 
-        return self.job_return(JobStatus.COMPLETED, cloudpickle.loads(stored))
+
+def stored_result(job_dir: Path, overrides: list[str] | None = None) -> tuple[bool, Any]:
+    """(True, the return value) of a job whose ``launch.json`` says COMPLETED (with
+    ``overrides``, if given) and whose value is stored; else (False, None)."""
+    try:
+        record = json.loads((job_dir / LAUNCH_RECORD).read_text())
+    except (OSError, ValueError):
+        return False, None
+    if record.get("status") != "COMPLETED":
+        return False, None
+    if overrides is not None and record.get("overrides") != overrides:
+        return False, None
+    fix = (
+        f"remove {job_dir} to run the point again, or resume in a sweep dir only you "
+        "can write (a fresh hydra.sweep.dir)"
+    )
+    try:
+        stored = read_trusted(job_dir / RETURN_VALUE, fix)
+    except FileNotFoundError:
+        return False, None
+    import cloudpickle
+
+    return True, cloudpickle.loads(stored)
 
 
 class PointSource(Protocol):
@@ -207,6 +216,10 @@ class PointSource(Protocol):
     def wanted(self, point: Point) -> bool:
         """Whether a point taken earlier should still start now (a search past its
         timeout says no)."""
+        ...
+
+    def started(self, point: Point) -> None:
+        """``point``'s job started (its job dir is known)."""
         ...
 
     def watch(self, point: Point) -> str | None:
@@ -238,6 +251,9 @@ class Batch:
 
     def wanted(self, point: Point) -> bool:
         return True
+
+    def started(self, point: Point) -> None:
+        pass
 
     def watch(self, point: Point) -> str | None:
         return None

@@ -232,6 +232,7 @@ class SweepScheduler:
             point.devices = []
             raise
         self.running.append(point)
+        self.source.started(point)
         # Recorded at once, so a running (or orphaned) point can be found: its Slurm job
         # id, or its agent's pid and port.
         point.write_record("RUNNING")

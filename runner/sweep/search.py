@@ -39,7 +39,7 @@ from runner.sweep.options import (
     SearchOptions,
     check_search_options,
 )
-from runner.sweep.points import Point
+from runner.sweep.points import Point, stored_result
 from runner.sweep.report import write_summary
 from runner.sweep.space import Param, parse_space
 from runner.sweep.study import JOB_DIR, OWNER, STATUS, continue_study, counts, open_study, owner
@@ -58,6 +58,13 @@ class SearchSweeperLike(Protocol):
     config: DictConfig
     hydra_context: Any
     launcher: Any
+
+
+def stored_values(job_dir: str, n: int) -> list[float] | None:
+    """The values of a trial whose job completed (its launch.json and return value in
+    ``job_dir``) though its parent died before telling the study; else None."""
+    found, value = stored_result(Path(job_dir))
+    return trial_values(value, n) if found else None
 
 
 def trial_values(value: Any, n: int) -> list[float] | None:
@@ -129,6 +136,12 @@ class Search:
 
     def wanted(self, point: Point) -> bool:
         return not self.timed_out()
+
+    def started(self, point: Point) -> None:
+        """The trial's job dir, kept in the study from its start: a search continued
+        after its parent died finds there a result the study was never told."""
+        if (trial := self.trials.get(point.idx)) is not None:
+            trial.set_user_attr(JOB_DIR, str(point.job_dir))
 
     def watch(self, point: Point) -> str | None:
         """Report the running trial's new intermediate values; whether to prune it."""
@@ -356,17 +369,19 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(options, sweep_dir, space)
-    again = continue_study(study)
+    n_values = len(options.directions())
+    told, again = continue_study(study, lambda job_dir: stored_values(job_dir, n_values))
     if not study.trials:
         for point in options.enqueue:
             study.enqueue_trial(dict(point))
     search = Search(study, space, fixed, options)
     if search.counted or again:
         log.info(
-            "Continuing study %r: %d trial(s) of %d done earlier%s",
+            "Continuing study %r: %d trial(s) of %d done earlier%s%s",
             options.study_name,
             search.counted,
             options.n_trials,
+            f" ({told} whose job had completed as its sweep died)" if told else "",
             f", {again} interrupted one(s) run again" if again else "",
         )
     launcher = sweeper.launcher

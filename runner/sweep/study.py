@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +141,26 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
     return study
 
 
-def continue_study(study: optuna.Study) -> int:
-    """Trials of this host whose sweep parent is gone are marked failed, and their
-    parameters queued to run again; returns how many."""
+def continue_study(
+    study: optuna.Study, stored_values: Callable[[str], list[float] | None]
+) -> tuple[int, int]:
+    """Trials of this host whose sweep parent is gone: told their values where their
+    job completed (``stored_values`` of their job dir: the parent died before telling
+    the study), else marked failed and their parameters queued to run again. Returns
+    (told, queued again)."""
     host = socket.gethostname()
-    again = 0
+    told = again = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
         if who != host or not pid.isdigit() or pid_alive(int(pid)):
             continue  # another machine's, or a live sweep's
+        job_dir = trial.user_attrs.get(JOB_DIR)
+        values = stored_values(str(job_dir)) if job_dir else None
+        if values is not None:
+            study.tell(trial.number, values)
+            told += 1
+            continue
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": trial.number})
         again += 1
-    return again
+    return told, again
