@@ -256,6 +256,17 @@ def test_a_foreign_apps_single_run_takes_the_launchers_ranks(tmp_path, entry_bas
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_calling_a_runner_main_app_returns_its_runs_value(tmp_path, ranks):
+    """``print(main())`` prints the single run's value: rank 0's of a torchrun, or the
+    task's in this process (``@hydra.main`` alone returns None)."""
+    app = str(APPS / "single_run_app.py")
+    proc = run([sys.executable, app, f"ranks={ranks}", "value=7", f"hydra.run.dir={tmp_path}"])
+    assert "returned 7.0" in proc.stdout, proc.stdout[-2000:]
+    assert len(probe_records(tmp_path)) == ranks
+
+
+@pytest.mark.slow
 def test_a_single_run_whose_ranks_never_form_a_group_says_so(tmp_path):
     run_dir, proc, returned = single_run(tmp_path, "ranks=2")
     assert len(probe_records(run_dir)) == 2 and returned["value"] == 1.0

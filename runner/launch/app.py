@@ -68,18 +68,32 @@ def run_task(task_function: Callable[[DictConfig], Any], cfg: DictConfig, nproc:
     return task_function(cfg)
 
 
-def main(*args: Any, **kwargs: Any) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def main(*args: Any, **kwargs: Any) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
     """``@hydra.main`` (the same arguments) whose single runs take
-    ``hydra.launcher``'s ranks (see the module's doc): ``@runner.main(...)``."""
+    ``hydra.launcher``'s ranks (see the module's doc): ``@runner.main(...)``. Calling
+    the app returns its single run's value (rank 0's)."""
     import hydra
 
-    def decorate(task_function: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    def decorate(task_function: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        returned: list[Any] = []  # the single run's value, which Hydra's main drops
+
         # Hydra finds the app's file, config dir and job name through __wrapped__.
         @functools.wraps(task_function)
         def ranks_as_configured(cfg: DictConfig) -> Any:
-            return run_task(task_function, cfg)
+            value = run_task(task_function, cfg)
+            returned[:] = [value]
+            return value
 
-        app: Callable[[], Any] = hydra.main(*args, **kwargs)(ranks_as_configured)
+        hydra_app = hydra.main(*args, **kwargs)(ranks_as_configured)
+
+        @functools.wraps(hydra_app)
+        def app(cfg_passthrough: DictConfig | None = None) -> Any:
+            """The app, returning its single run's value (rank 0's), as ``@hydra.main``
+            does only when given a config; None for a multirun."""
+            returned.clear()
+            value = hydra_app(cfg_passthrough)
+            return value if cfg_passthrough is not None else next(iter(returned), None)
+
         return app
 
     return decorate

@@ -1,5 +1,6 @@
 """A Hydra app that is not runner's, written with ``@runner.main`` in place of
-``@hydra.main``: its single run (no ``-m``) takes ``hydra.launcher``'s ranks."""
+``@hydra.main``: its single run (no ``-m``) takes ``hydra.launcher``'s ranks, and
+calling it returns the run's value."""
 
 import sys
 from pathlib import Path
@@ -16,4 +17,4 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    print("returned", repr(main()))  # what calling the app gives: the run's value
