@@ -74,7 +74,7 @@ def test_a_config_written_for_hydra_optuna_sweeper_runs_under_search(tmp_path):
     assert not (sweep_dir / "4").exists()
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["study_name"] == "search"  # study_name: null is the default name
-    assert "hydra.sweeper.n_jobs=2 (hydra-optuna-sweeper's key): 2 trials at once" in out
+    assert "hydra.sweeper.n_jobs=2 (hydra-optuna-sweeper's key): trials at once" in out
 
 
 def test_another_sweepers_target_line_is_refused_naming_the_line(tmp_path):

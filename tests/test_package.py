@@ -157,6 +157,15 @@ def test_the_installed_runner_trains_sweeps_reports_and_reruns_from_any_dir(inst
     assert "pip install 'runner[plot]'" in report.stdout + report.stderr  # not a traceback
     installed.run(str(installed.python), "-m", "runner.rerun", str(sweep_dir / "1"))
     assert len(list((sweep_dir / "reruns").iterdir())) == 1
+    # An extra it lacks is named with its install command, before anything starts.
+    searched = installed.run(
+        "runner", "-m", "hydra/sweeper=search", "optim.lr=interval(0.01,0.1)", check=False
+    )
+    assert searched.returncode != 0 and "Traceback" not in searched.stderr
+    assert (
+        "hydra/sweeper=search needs optuna, which is not installed. Fix: pip install "
+        "'runner[search]'" in searched.stderr
+    )
 
 
 def test_a_users_own_config_dir_composes_on_top_of_the_shipped_one(installed):

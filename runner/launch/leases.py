@@ -216,14 +216,12 @@ class LeaseDir:
         if made and st.st_uid == os.geteuid():  # the dir opened is the one made here
             os.fchmod(fd, 0o1777)
             st = os.fstat(fd)
-        problem = dir_problem(st, group_counts=True)
-        if problem is None and not os.access(self.path, os.W_OK | os.X_OK):
-            problem = "not writable"
-        if problem is not None:
+        if problem := dir_problem(st, group_counts=True):
             os.close(fd)
-            if problem == "not writable":
-                raise self._error(PermissionError(errno.EACCES, problem))
             raise self._refused(problem)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            os.close(fd)
+            raise self._error(PermissionError(errno.EACCES, "not writable"))
         self._fd = fd
         weakref.finalize(self, os.close, fd)
 

@@ -390,10 +390,8 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
         if isinstance(slots, dict) and not slots.get("max_parallel"):
             slots["max_parallel"] = options.n_jobs
             log.info(
-                "hydra.sweeper.n_jobs=%d (hydra-optuna-sweeper's key): %d trials at once, "
-                "as hydra.launcher.max_parallel=%d would say",
-                options.n_jobs,
-                options.n_jobs,
+                "hydra.sweeper.n_jobs=%d (hydra-optuna-sweeper's key): trials at once, "
+                "taken as hydra.launcher.max_parallel",
                 options.n_jobs,
             )
     if options.asynchronous and callable(getattr(launcher, "launch_points", None)):
