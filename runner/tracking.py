@@ -38,10 +38,10 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.launch.entry import LAUNCH_RECORD
 from runner.launch.options import invalid
 from runner.launch.procs import write_atomic
 from runner.launch.trust import check_store
+from runner.record import Outcome, read_record
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
 SWEEP_RUN_FILE = "mlflow_sweep.json"
 DEFAULT_EXPERIMENT = "runner"
-# How a job's launch.json status ends its run.
-END_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED", "STOPPED": "KILLED"}
 
 
 class TrackingError(CompactHydraException, RuntimeError):
@@ -401,7 +399,7 @@ class MlflowCallback(Callback):
                 check_tracking_uri(self.tracking_uri)
                 sweep_run(sweep_dir, self.tracking_uri, self.experiment, swept_keys(config))
             # A sweep that fails (or is stopped) never reaches on_multirun_end.
-            atexit.register(self._end_sweep, sweep_dir, "FAILED")
+            atexit.register(self._end_sweep, sweep_dir, Outcome.FAILED.mlflow_status)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
@@ -413,19 +411,21 @@ class MlflowCallback(Callback):
             return  # rank 0 never opened one (the job failed before it could)
         client = _client(kept["tracking_uri"])
         run_id = kept["run_id"]
-        record = _launch_record(job_dir)
+        record = read_record(job_dir)
+        tags = record.to_json() if record is not None else {}
         for key in ("status", "command", "port", "slurm_job_id", "exit_code", "stopped_by"):
-            value = record.get(key)
+            value = tags.get(key)
             if value is not None:
                 text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
                 client.set_tag(run_id, f"runner.{key}", text)
         hydra_dir = job_dir / str(OmegaConf.select(config, "hydra.output_subdir") or ".hydra")
         if hydra_dir.is_dir():
             client.log_artifacts(run_id, str(hydra_dir), artifact_path="hydra")
-        status = END_STATUS.get(str(record.get("status")))
-        if status is None:  # a single run: no launch.json
-            completed = getattr(job_return.status, "name", "") == "COMPLETED"
-            status = "FINISHED" if completed else "FAILED"
+        if record is not None:
+            status = record.status.mlflow_status
+        else:  # a single run: no launch.json
+            completed = getattr(job_return.status, "name", "") == Outcome.COMPLETED.value
+            status = (Outcome.COMPLETED if completed else Outcome.FAILED).mlflow_status
         # With a tracking server MLflow prints two "View run" lines as a run ends: the
         # sweep's console shows points, not those; the sweep's own run prints its link.
         with env_override({"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
@@ -435,7 +435,7 @@ class MlflowCallback(Callback):
         if self.tracking_uri:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             atexit.unregister(self._end_sweep)
-            self._end_sweep(sweep_dir, "FINISHED")
+            self._end_sweep(sweep_dir, Outcome.COMPLETED.mlflow_status)
 
     @staticmethod
     def _end_sweep(sweep_dir: Path, status: str) -> None:
@@ -458,10 +458,3 @@ def _stops_the_run() -> Iterator[None]:
         yield
     except TrackingError as error:
         raise StoreUnavailable(f"Error: {error}") from None
-
-
-def _launch_record(job_dir: Path) -> dict:
-    try:
-        return dict(json.loads((job_dir / LAUNCH_RECORD).read_text()))
-    except (OSError, ValueError):
-        return {}

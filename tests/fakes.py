@@ -26,7 +26,7 @@ from runner.launch.job import Job, LaunchError, LaunchTimeout, run_times
 from runner.launch.options import LaunchConfig
 from runner.metrics import append_metrics
 from runner.sweep.options import check_options
-from runner.sweep.scheduler import SweepLauncher
+from runner.sweep.points import SweepLauncher
 
 # Seconds between the lines of a fake point's curve.
 CURVE_STEP_S = 0.1

@@ -125,9 +125,9 @@ def test_the_first_points_are_composed_while_the_jobs_boot(
     order = []
     compose = SweepScheduler._compose
 
-    def recording(self, point):
-        order.append(f"compose {point.idx}")
-        compose(self, point)
+    def recording(self, pending, *, ahead=False):
+        order.append(f"compose {pending.idx}")
+        compose(self, pending, ahead=ahead)
 
     monkeypatch.setattr(SweepScheduler, "_compose", recording)
     make = FakeJobs.make
@@ -343,8 +343,7 @@ def test_console_lines_show_compact_numbers_and_short_override_lists(
 
 
 def test_short_labels_and_compact_values():
-    from runner.sweep.console import compact
-    from runner.sweep.points import LABEL_WIDTH, short_label
+    from runner.sweep.console import LABEL_WIDTH, compact, short_label
 
     assert compact(0.03642549514770508) == "0.0364255"
     assert compact([0.5, 2]) == "(0.5, 2)"

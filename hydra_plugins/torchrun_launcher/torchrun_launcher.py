@@ -24,8 +24,7 @@ from runner.sweep.options import SchedulerOptions, SlurmOptions
 
 if TYPE_CHECKING:
     from runner.sweep.console import SweepConsole
-    from runner.sweep.points import PointSource
-    from runner.sweep.scheduler import JobFactory
+    from runner.sweep.points import JobFactory, PointSource
 
 
 @dataclass
@@ -98,14 +97,14 @@ class TorchrunLauncher(Launcher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         from runner.sweep.points import Batch
-        from runner.sweep.scheduler import launch_sweep
+        from runner.sweep.run import launch_sweep
 
         return launch_sweep(self, Batch(job_overrides, initial_job_idx))
 
     def launch_points(self, source: "PointSource") -> Sequence[JobReturn]:
         """Run points as ``source`` hands them out, each the moment a slot frees: how
         runner's search sweeper keeps every slot busy (Hydra's ``launch`` is one batch)."""
-        from runner.sweep.scheduler import launch_sweep
+        from runner.sweep.run import launch_sweep
 
         return launch_sweep(self, source)
 

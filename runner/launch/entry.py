@@ -54,7 +54,6 @@ FAILURE_FILE = "failure.json"
 AGENT_LOG = "torchrun.log"
 # A copy of the job (job.json, task.pkl) to run it again: python -m runner.rerun JOB_DIR.
 RERUN_DIR = ".runner"
-LAUNCH_RECORD = "launch.json"
 # The name under which ranks (and warm processes) load a task's script: the name
 # multiprocessing gives the main script in a "spawn" child, where its
 # ``if __name__ == "__main__":`` block does not run.
@@ -80,20 +79,6 @@ if __name__ == "__main__":
 
     main(_job, _job_dir)
 """
-
-
-def lone_ranks(record: dict) -> str | None:
-    """What to say of a job whose ranks never formed a process group (its launch.json
-    ``record`` says ``process_group: false``), else None."""
-    if record.get("process_group") is not False:
-        return None
-    world = record.get("world_size") or "its"
-    return (
-        f"{world} ranks ran, but the task never joined a process group: each rank trained "
-        "alone. Fix: have the task join one (torch.distributed.init_process_group; "
-        "Lightning: strategy='ddp' with devices equal to nproc_per_node), or run one rank "
-        "(hydra.launcher.nproc_per_node=1)"
-    )
 
 
 def _escape(value: str) -> str:

@@ -49,13 +49,13 @@ from runner.launch.entry import (
     RERUN_DIR,
     RESULT_FILE,
     job_config_data,
-    lone_ranks,
     remove_stale_entry_dirs,
     write_entry,
 )
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import free_port, release_port, sigterm_as_exit
 from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter, warm_starter
+from runner.record import lone_ranks
 
 log = logging.getLogger(__name__)
 

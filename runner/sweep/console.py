@@ -8,15 +8,34 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from runner.sweep.points import clip
-
-if TYPE_CHECKING:
-    from runner.sweep.points import Point
+from runner.record import JobRecord, Outcome
 
 log = logging.getLogger(__name__)
+
+# Console lines show at most this much of a point's overrides (launch.json and the
+# summary keep them all).
+LABEL_WIDTH = 60
+
+
+def clip(text: str) -> str:
+    """``text`` in at most LABEL_WIDTH characters."""
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
+
+
+def short_label(overrides: Sequence[str]) -> str:
+    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
+    fit, then how many more."""
+    shown: list[str] = []
+    for n, override in enumerate(overrides):
+        rest = len(overrides) - n
+        more = f" ...(+{rest})" if rest > 1 else ""
+        if shown and len(" ".join([*shown, override]) + more) > LABEL_WIDTH:
+            return " ".join(shown) + f" ...(+{rest})"
+        shown.append(override)
+    return clip(" ".join(shown))
 
 
 def compact(value: Any) -> str:
@@ -53,15 +72,15 @@ class SweepConsole:
     def best_text(self) -> str:
         return f" best {compact(self.best[0])} (#{self.best[1]})" if self.best else ""
 
-    def progress(self, total: int, counts: Mapping[str, int], running: int) -> str:
+    def progress(self, total: int, counts: Mapping[Outcome, int], running: int) -> str:
         """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: the counts of
         this batch by status, the best of the whole sweep (every batch of an optimising
         sweeper)."""
-        words = f"{counts.get('COMPLETED', 0)} done, {running} running"
-        words += f", {counts.get('FAILED', 0)} failed"
-        for status in ("STOPPED", "PRUNED"):
+        words = f"{counts.get(Outcome.COMPLETED, 0)} done, {running} running"
+        words += f", {counts.get(Outcome.FAILED, 0)} failed"
+        for status in (Outcome.STOPPED, Outcome.PRUNED):
             if counts.get(status):
-                words += f", {counts[status]} {status.lower()}"
+                words += f", {counts[status]} {status.word}"
         return f"[{sum(counts.values())}/{total} ended: {words}]{self.best_text()}"
 
     def status(self, progress: Callable[[], str]) -> None:
@@ -79,30 +98,34 @@ class SweepConsole:
             sys.stderr.flush()
             self.drawn_at = 0.0
 
-    def ended(self, point: Point, record: dict, progress: str) -> None:
-        """The line of a point that ended (``record``: its launch.json), and a failed
-        one's error, or what was wrong with a completed one."""
-        assert point.result is not None and point.status is not None
-        value = point.result._return_value
+    def ended(self, idx: int, label: str, record: JobRecord, value: Any, progress: str) -> None:
+        """The line of a point that ended (``record``: its launch.json; ``value``: its
+        return value or error), and a failed one's error, or what was wrong with a
+        completed one."""
+        status = record.status
         outcome = {
-            "COMPLETED": f"-> {compact(value)}",
-            "PRUNED": "",
-            "STOPPED": f"(by {point.stopped_by})",
-        }.get(point.status, "FAILED")
+            Outcome.COMPLETED: f"-> {compact(value)}",
+            Outcome.PRUNED: "",
+            Outcome.STOPPED: f"(by {record.stopped_by})",
+        }.get(status, str(Outcome.FAILED))
         self.log(
             logging.INFO,
             "#%d %-6s %s  in %.1fs %s  %s",
-            point.idx,
-            {"COMPLETED": "done"}.get(point.status, point.status.lower()),
-            point.short_label,
-            record.get("duration_s") or 0.0,
+            idx,
+            status.word,
+            label,
+            record.duration_s or 0.0,
             outcome,
             progress,
         )
-        if point.status == "FAILED":
-            self.log(logging.ERROR, "#%d %s", point.idx, value)
-        if record.get("warning"):
-            self.log(logging.WARNING, "#%d %s", point.idx, record["warning"])
+        if status is Outcome.FAILED:
+            self.log(logging.ERROR, "#%d %s", idx, value)
+        if record.warning:
+            self.log(logging.WARNING, "#%d %s", idx, record.warning)
+
+    def point(self, level: int, idx: int, verb: str, label: str, text: str) -> None:
+        """A point's line: ``#3 start  lr=0.1  (2 ranks per node, port 29512)``."""
+        self.log(level, "#%d %-6s %s  %s", idx, verb, label, text)
 
     def log(self, level: int, message: str, *args: Any) -> None:
         self.clear()

@@ -1,6 +1,6 @@
 """Sweep points as torchrun jobs on this machine (``hydra/launcher=torchrun``).
 
-The :class:`~runner.sweep.scheduler.JobFactory` of local sweeps: every point is a
+The :class:`~runner.sweep.points.JobFactory` of local sweeps: every point is a
 :class:`~runner.launch.job.TorchrunJob` whose agent is a fresh process (cold) or a
 fork of the sweep's warm process (``hydra.launcher.warm=true``); its devices come
 from the pool of ``hydra.launcher.devices``.
@@ -26,7 +26,7 @@ from runner.launch.starters import (
     warm_starter,
 )
 from runner.sweep.options import check_options
-from runner.sweep.scheduler import SweepLauncher
+from runner.sweep.points import SweepLauncher
 
 
 class LocalJobs:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.metrics import METRICS_FILE
+from runner.record import Outcome
 from runner.sweep.report import SEED_KEY, SKIP_METRICS, Group, Row, grouped, objective_name, swept
 
 
@@ -117,7 +118,7 @@ def _over_seeds(plt, sweep_dir: Path, groups: list[Group], name: str, seed_key: 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     drawn = False
     for group in groups:
-        histories = [_history(r.job_dir) for r in group.rows if r.status == "COMPLETED"]
+        histories = [_history(r.job_dir) for r in group.rows if r.status is Outcome.COMPLETED]
         histories = [h for h in histories if h]
         if not histories:
             continue

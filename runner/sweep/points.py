@@ -7,176 +7,80 @@ A :class:`PointSource` hands the scheduler its points: :class:`Batch` (one
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, lone_ranks
-from runner.launch.job import Job, LaunchError
+from runner.launch.devices import DevicePool
+from runner.launch.entry import RETURN_VALUE
+from runner.launch.job import Job
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import write_atomic
 from runner.launch.trust import read_trusted
-from runner.launch.worker import task_config
-
-# Console lines show at most this much of a point's overrides (launch.json and the
-# summary keep them all).
-LABEL_WIDTH = 60
+from runner.record import JobRecord, Outcome, read_record, write_record
+from runner.sweep.console import SweepConsole
+from runner.sweep.hydra_job import HydraJob
 
 
-@contextlib.contextmanager
-def hydra_config_of(config: DictConfig) -> Iterator[None]:
-    """Hydra's ``HydraConfig`` set to one job's config while the block runs (its
-    callbacks, its .hydra/ files, its job), and the one before put back after, as
-    Hydra's own ``run_job`` does: a user's callback that reads ``HydraConfig.get()``
-    sees its own job, whatever order points start and end in."""
-    state = HydraConfig.instance()
-    before = state.cfg
-    state.set_config(config)
-    try:
-        yield
-    finally:
-        state.cfg = before
+@dataclass
+class Pending:
+    """A point taken from its source that has not started: composed ahead of its
+    turn (``hydra``, None until then or if composing failed) and its launch options
+    read at its turn."""
 
-
-def clip(text: str) -> str:
-    """``text`` in at most LABEL_WIDTH characters."""
-    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
-
-
-def short_label(overrides: Sequence[str]) -> str:
-    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
-    fit, then how many more."""
-    shown: list[str] = []
-    for n, override in enumerate(overrides):
-        rest = len(overrides) - n
-        more = f" ...(+{rest})" if rest > 1 else ""
-        if shown and len(" ".join([*shown, override]) + more) > LABEL_WIDTH:
-            return " ".join(shown) + f" ...(+{rest})"
-        shown.append(override)
-    return clip(" ".join(shown))
+    idx: int
+    overrides: list[str]
+    hydra: HydraJob | None = None
+    launch: LaunchConfig | None = None
 
 
 @dataclass
 class Point:
-    """One sweep point: its overrides, its config, and its job while it runs."""
+    """A point that started: its composed Hydra job, launch options, job and devices."""
 
-    idx: int
-    overrides: list[str]
-    config: DictConfig | None = None
-    launch: LaunchConfig | None = None
-    job: Job | None = None
-    devices: list[str] = field(default_factory=list)
-    result: JobReturn | None = None
-    # How it ended, as launch.json says: COMPLETED, FAILED, STOPPED or PRUNED.
-    status: str | None = None
+    hydra: HydraJob
+    launch: LaunchConfig
+    job: Job
+    devices: list[str]
     # Who stopped it (STOPPED): Ctrl-C, SIGTERM, fail_fast, timeout, the sweep.
     stopped_by: str | None = None
     # Set when its source asked to stop it early (pruning): why, and when to force it.
     stop_reason: str | None = None
     stop_deadline: float | None = None
-    # Stopped by the sweep (Ctrl-C, SIGTERM, fail_fast) or never started.
+    # Stopped by the sweep (Ctrl-C, SIGTERM, fail_fast): it may run again.
     interrupted: bool = False
-    _task_config: DictConfig | None = None
 
     @property
-    def label(self) -> str:
-        return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
-
-    @property
-    def short_label(self) -> str:
-        """The label as console lines show it (:func:`short_label`)."""
-        return short_label(filter_overrides(self.overrides)) or "(no overrides)"
-
-    def task_config(self) -> DictConfig:
-        """The config the task sees (made once: it is a deep copy)."""
-        if self._task_config is None:
-            assert self.config is not None
-            self._task_config = task_config(self.config)
-        return self._task_config
+    def idx(self) -> int:
+        return self.hydra.idx
 
     @property
     def job_dir(self) -> Path:
-        assert self.config is not None
-        return Path(str(self.config.hydra.runtime.output_dir))
+        return self.hydra.job_dir
 
-    def job_return(self, status: JobStatus, value: Any) -> JobReturn:
-        """What Hydra's sweeper gets for this point."""
-        config = self.config
-        assert config is not None
-        ret = JobReturn()
-        ret.overrides = list(self.overrides)
-        ret.cfg = self.task_config()
-        ret.hydra_cfg = config  # read for its hydra node; the point's config is final
-        ret.working_dir = str(self.job_dir)
-        ret.task_name = str(config.hydra.job.name)
-        ret.status = status
-        ret.return_value = value
-        return ret
-
-    def cancelled(self, reason: str, task_name: str) -> JobReturn:
-        """The JobReturn of a point that never started."""
-        ret = JobReturn()
-        ret.overrides = list(self.overrides)
-        ret.status = JobStatus.FAILED
-        ret.return_value = LaunchError(f"sweep point #{self.idx} ({self.label}) {reason}")
-        ret.task_name = task_name
-        ret.working_dir = ""
-        return ret
-
-    def write_hydra_dir(self) -> None:
-        """The job dir and its .hydra/ (config, hydra config, overrides), once per job."""
-        config = self.config
-        assert config is not None
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        if config.hydra.output_subdir is not None:
-            hydra_dir = self.job_dir / str(config.hydra.output_subdir)
-            hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.task_config(), hydra_dir / "config.yaml")
-            OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
-            OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
-
-    def write_record(self, status: str, error: Any = None) -> dict:
+    def write_record(self, status: Outcome, error: Any = None) -> JobRecord:
         """launch.json of the point: how it ran, and its status."""
-        assert self.job is not None
-        record = {
-            **self.job.launch_record(),
-            "overrides": self.overrides,
-            "devices": self.devices,
-            "status": status,
-        }
-        if self.stopped_by is not None:
-            record["stopped_by"] = self.stopped_by
-        if error is not None:
-            record["error"] = str(error)
-        if note := lone_ranks(record):
-            record["warning"] = note
-        write_atomic(self.job_dir / LAUNCH_RECORD, (json.dumps(record, indent=2) + "\n").encode())
+        record = JobRecord(
+            status=status,
+            overrides=self.hydra.overrides,
+            devices=self.devices,
+            stopped_by=self.stopped_by,
+            error=None if error is None else str(error),
+            run=self.job.launch_record(),
+        )
+        write_record(self.job_dir, record)
         return record
-
-    def completed_earlier(self) -> JobReturn | None:
-        """The stored result of this point if it completed in an earlier run of this
-        sweep dir (same number, same overrides), else None."""
-        found, value = stored_result(self.job_dir, self.overrides)
-        return self.job_return(JobStatus.COMPLETED, value) if found else None
 
 
 def stored_result(job_dir: Path, overrides: list[str] | None = None) -> tuple[bool, Any]:
     """(True, the return value) of a job whose ``launch.json`` says COMPLETED (with
     ``overrides``, if given) and whose value is stored; else (False, None)."""
-    try:
-        record = json.loads((job_dir / LAUNCH_RECORD).read_text())
-    except (OSError, ValueError):
+    record = read_record(job_dir)
+    if record is None or record.status is not Outcome.COMPLETED:
         return False, None
-    if record.get("status") != "COMPLETED":
-        return False, None
-    if overrides is not None and record.get("overrides") != overrides:
+    if overrides is not None and record.overrides != overrides:
         return False, None
     fix = (
         f"remove {job_dir} to run the point again, or resume in a sweep dir only you "
@@ -189,6 +93,49 @@ def stored_result(job_dir: Path, overrides: list[str] | None = None) -> tuple[bo
     import cloudpickle
 
     return True, cloudpickle.loads(stored)
+
+
+class JobFactory(Protocol):
+    """Makes the jobs of one sweep, and says how they share what they run on."""
+
+    pool: DevicePool
+    # What every point's LaunchConfig takes from the factory (Slurm: each node's
+    # agent is a one-node launch).
+    launch_overrides: dict[str, Any]
+    # How the log says where the points run ("" for this machine).
+    where: str
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Raise LauncherConfigError, before anything starts, for values that cannot work."""
+        ...
+
+    def __init__(self, launcher: SweepLauncher) -> None: ...
+
+    def default_parallel(self, points: int, nproc: int) -> int: ...
+
+    def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job: ...
+
+    def booting(self) -> bool:
+        """Whether its jobs cannot start yet (a warm process importing ahead)."""
+        ...
+
+    def wait_for_news(self, timeout: float) -> None: ...
+
+
+class SweepLauncher(Protocol):
+    """What the scheduler needs of the Hydra launcher plugin: its config and context,
+    its job factory and its console (made at the first batch, kept for the next ones,
+    so the sweep's best is the whole sweep's)."""
+
+    config: DictConfig
+    hydra_context: Any
+    task_function: Any
+    params: dict[str, Any]
+    jobs: JobFactory | None
+    console: SweepConsole | None
+
+    def job_factory(self) -> type[JobFactory]: ...
 
 
 class PointSource(Protocol):
@@ -209,21 +156,23 @@ class PointSource(Protocol):
         """No point will come any more."""
         ...
 
-    def ended(self, point: Point) -> None:
-        """``point`` ended (its ``status`` and ``result`` set), or will never start."""
+    def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
+        """Point ``idx`` ended: ``value`` is its return value (COMPLETED) or error. A
+        point stopped by the sweep, or that will never start, ended INTERRUPTED;
+        ``job_dir`` is None for a point never composed."""
         ...
 
-    def wanted(self, point: Point) -> bool:
+    def wanted(self) -> bool:
         """Whether a point taken earlier should still start now (a search past its
         timeout says no)."""
         ...
 
-    def started(self, point: Point) -> None:
-        """``point``'s job started (its job dir is known)."""
+    def started(self, idx: int, job_dir: Path) -> None:
+        """Point ``idx``'s job started, in ``job_dir``."""
         ...
 
-    def watch(self, point: Point) -> str | None:
-        """Called while ``point`` runs: why to stop it now (pruned), or None."""
+    def watch(self, idx: int, job_dir: Path) -> str | None:
+        """Called while point ``idx`` runs: why to stop it now (pruned), or None."""
         ...
 
     def progress(self, running: int) -> str | None:
@@ -246,16 +195,16 @@ class Batch:
     def exhausted(self) -> bool:
         return not self.points
 
-    def ended(self, point: Point) -> None:
+    def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
         pass
 
-    def wanted(self, point: Point) -> bool:
+    def wanted(self) -> bool:
         return True
 
-    def started(self, point: Point) -> None:
+    def started(self, idx: int, job_dir: Path) -> None:
         pass
 
-    def watch(self, point: Point) -> str | None:
+    def watch(self, idx: int, job_dir: Path) -> str | None:
         return None
 
     def progress(self, running: int) -> str | None:

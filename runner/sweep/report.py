@@ -28,11 +28,12 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from runner.launch.entry import LAUNCH_RECORD, RETURN_VALUE, lone_ranks
+from runner.launch.entry import RETURN_VALUE
 from runner.launch.procs import pid_alive, write_atomic
 from runner.launch.rerun import RERUNS
 from runner.launch.trust import UntrustedFileError, read_trusted
 from runner.metrics import METRICS_FILE
+from runner.record import JobRecord, Outcome, read_record
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Row:
     job: int
     job_dir: Path
     params: dict[str, str]
-    status: str
+    status: Outcome
     world_size: int | None = None
     duration_s: float | None = None
     objective: float | None = None
@@ -67,7 +68,7 @@ class Row:
 
     @property
     def shown_status(self) -> str:
-        return f"{self.status} ({self.stopped_by})" if self.stopped_by else self.status
+        return f"{self.status} ({self.stopped_by})" if self.stopped_by else str(self.status)
 
 
 def _read_json(path: Path) -> dict:
@@ -158,11 +159,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p))
 
 
-def _agent_alive(launch: dict) -> bool:
+def _agent_alive(record: JobRecord) -> bool:
     """Whether a point recorded as running still has its torchrun agent (a Slurm
     point's job is the cluster's to tell: taken as running)."""
-    pid = launch.get("agent_pid")
-    return not pid or pid_alive(int(pid))
+    pid = record.agent_pid
+    return not pid or pid_alive(pid)
 
 
 def collect(sweep_dir: Path) -> list[Row]:
@@ -176,23 +177,26 @@ def collect(sweep_dir: Path) -> list[Row]:
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             pass
         num = (hydra_cfg.get("job") or {}).get("num")
-        launch = _read_json(job_dir / LAUNCH_RECORD)
+        record = read_record(job_dir)
         final = _read_json(job_dir / "metrics.json")
         params = {}
         for override in _overrides(job_dir):
             key, _, value = override.partition("=")
             params[key.lstrip("+~")] = value
-        if launch.get("status") == "RUNNING" and not _agent_alive(launch):
-            status = "NOT FINISHED"  # its sweep was killed before it could say so
-        elif launch.get("status"):
-            status = launch["status"]
-        elif (job_dir / "metrics.json").exists():
-            status = "COMPLETED"
-        else:
-            status = "RUNNING" if (job_dir / METRICS_FILE).exists() else "NOT FINISHED"
+        if record is None:  # not a job of runner's launcher
+            record = JobRecord(
+                Outcome.COMPLETED
+                if (job_dir / "metrics.json").exists()
+                else Outcome.RUNNING
+                if (job_dir / METRICS_FILE).exists()
+                else Outcome.NOT_FINISHED
+            )
+        status = record.status
+        if status is Outcome.RUNNING and not _agent_alive(record):
+            status = Outcome.NOT_FINISHED  # its sweep was killed before it could say so
         objective = _number(final.get("objective_value"))
         values: list[float] = []
-        if objective is None and status == "COMPLETED":
+        if objective is None and status is Outcome.COMPLETED:
             value = _return_value(job_dir)
             objective = _number(value)
             if isinstance(value, (list, tuple)):
@@ -203,19 +207,19 @@ def collect(sweep_dir: Path) -> list[Row]:
                 job_dir=job_dir,
                 params=params,
                 status=status,
-                world_size=final.get("world_size") or launch.get("nproc_per_node"),
-                duration_s=launch.get("duration_s"),
+                world_size=final.get("world_size") or record.run.get("nproc_per_node"),
+                duration_s=record.duration_s,
                 objective=objective,
                 metrics={
                     k: v
                     for k, v in final.items()
                     if k not in SKIP_METRICS and _number(v) is not None
                 },
-                error=str(launch.get("error", "")).splitlines()[0] if launch.get("error") else "",
+                error=record.error.splitlines()[0] if record.error else "",
                 values=values,
                 pareto=str(job_dir) in pareto,
-                stopped_by=str(launch.get("stopped_by") or "") if status == "STOPPED" else "",
-                note=(lone_ranks(launch) or "").split(". Fix:")[0],
+                stopped_by=(record.stopped_by or "") if status is Outcome.STOPPED else "",
+                note=(record.warning or "").split(". Fix:")[0],
             )
         )
     return sorted(rows, key=lambda r: r.job)
@@ -303,7 +307,7 @@ class Group:
         return [
             v
             for r, v in zip(self.rows, found, strict=True)
-            if r.status == "COMPLETED" and v is not None
+            if r.status is Outcome.COMPLETED and v is not None
         ]
 
     def stats(self, metric: str | None) -> tuple[float | None, float | None]:

@@ -17,26 +17,31 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
 
-from runner.launch import gates
-from runner.launch.devices import DevicePool
-from runner.launch.entry import RETURN_VALUE, remove_stale_entry_dirs
-from runner.launch.job import Job, LaunchError, LaunchTimeout, stop_jobs
+from runner.launch.entry import RETURN_VALUE
+from runner.launch.job import LaunchError, LaunchTimeout, stop_jobs
 from runner.launch.options import LaunchConfig, LauncherConfigError
 from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
+from runner.record import Outcome
 from runner.sweep.console import SweepConsole, compact
-from runner.sweep.points import Point, PointSource, hydra_config_of
-from runner.sweep.report import seed_key_of, sweep_maximises, write_summary
+from runner.sweep.hydra_job import HydraJob, cancelled, label_of, value_of
+from runner.sweep.points import (
+    JobFactory,
+    Pending,
+    Point,
+    PointSource,
+    SweepLauncher,
+    stored_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,49 +49,6 @@ log = logging.getLogger(__name__)
 BACKFILL_WINDOW = 8
 # How long the loop sleeps when nothing ended, unless the factory hears of an end sooner.
 IDLE_WAIT_S = 0.02
-
-
-class JobFactory(Protocol):
-    """Makes the jobs of one sweep, and says how they share what they run on."""
-
-    pool: DevicePool
-    # What every point's LaunchConfig takes from the factory (Slurm: each node's
-    # agent is a one-node launch).
-    launch_overrides: dict[str, Any]
-    # How the log says where the points run ("" for this machine).
-    where: str
-
-    @classmethod
-    def check(cls, params: dict[str, Any]) -> None:
-        """Raise LauncherConfigError, before anything starts, for values that cannot work."""
-        ...
-
-    def __init__(self, launcher: SweepLauncher) -> None: ...
-
-    def default_parallel(self, points: int, nproc: int) -> int: ...
-
-    def make(self, config: DictConfig, launch: LaunchConfig, job_dir: Path) -> Job: ...
-
-    def booting(self) -> bool:
-        """Whether its jobs cannot start yet (a warm process importing ahead)."""
-        ...
-
-    def wait_for_news(self, timeout: float) -> None: ...
-
-
-class SweepLauncher(Protocol):
-    """What the scheduler needs of the Hydra launcher plugin: its config and context,
-    its job factory and its console (made at the first batch, kept for the next ones,
-    so the sweep's best is the whole sweep's)."""
-
-    config: DictConfig
-    hydra_context: Any
-    task_function: Any
-    params: dict[str, Any]
-    jobs: JobFactory | None
-    console: SweepConsole | None
-
-    def job_factory(self) -> type[JobFactory]: ...
 
 
 class SweepScheduler:
@@ -100,235 +62,192 @@ class SweepScheduler:
         console: SweepConsole,
     ) -> None:
         self.launcher = launcher
+        self.hydra_context = launcher.hydra_context
         self.source = source
         self.jobs = jobs
         self.pool = jobs.pool
         self.config: DictConfig = launcher.config
         params = launcher.params
-        self.points: list[Point] = []
         self.max_parallel: int = params.get("max_parallel") or jobs.default_parallel(
             source.size, int(params.get("nproc_per_node") or 1)
         )
         self.fail_fast = bool(params.get("fail_fast", False))
         self.grace = float(params.get("stop_grace", 10.0))
         self.resume = bool(params.get("resume", False))
+        self.taken: list[int] = []  # point numbers, in the order taken
+        self.results: dict[int, JobReturn] = {}
         self.running: list[Point] = []
-        self.counts: Counter[str] = Counter()  # ended points by status
+        self.counts: Counter[Outcome] = Counter()  # ended points by outcome
         self.console = console
 
     # ------------------------------------------------------------------ per point
 
-    def _compose(self, point: Point) -> None:
-        """Compose the point's config and fix its job num, id and output dir."""
-        hydra_context = self.launcher.hydra_context
-        sweep_config = hydra_context.config_loader.load_sweep_config(self.config, point.overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = point.idx
-            sweep_config.hydra.job.num = point.idx
-        with hydra_config_of(sweep_config):  # the sweep's subdir may read ${hydra:job.num}
-            output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(
-                sweep_config.hydra.sweep.subdir
-            )
-        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
-            sweep_config.hydra.runtime.output_dir = str(output_dir.absolute())
-        point.config = sweep_config
-
-    def _compose_ahead(self, point: Point) -> None:
-        """Compose a pending point early; an error is left for ``_prepare`` to raise when
-        the point's turn comes, so it does not interrupt the points running now."""
+    def _compose(self, pending: Pending, *, ahead: bool = False) -> None:
+        """Compose a pending point. Ahead of its turn an error is left for its turn,
+        so it does not interrupt the points running now."""
         try:
-            self._compose(point)
+            pending.hydra = HydraJob.compose(
+                self.hydra_context, self.config, pending.idx, pending.overrides
+            )
         except Exception:
-            point.config = None
+            if not ahead:
+                raise
 
-    def _prepare(self, point: Point) -> bool:
+    def _prepare(self, pending: Pending) -> bool:
         """Make the point ready to start: composed, its launch options read. False if it
         will not run: completed in an earlier run (``resume``), or asking for more
         devices than the pool has (then it fails, and nothing of it starts)."""
-        if point.config is None:
-            self._compose(point)
-        if point.launch is not None:
+        if pending.hydra is None:
+            self._compose(pending)
+        hydra = pending.hydra
+        assert hydra is not None
+        if pending.launch is not None:
             return True
-        assert point.config is not None
-        earlier = point.completed_earlier() if self.resume else None
-        if earlier is not None:
-            self._keep(point, earlier)
+        if self.resume and (earlier := stored_result(hydra.job_dir, hydra.overrides))[0]:
+            self._keep(hydra, earlier[1])
             return False
-        point.launch = self._launch_config(point)
-        problem = self.pool.too_small_for(
-            point.launch.nproc_per_node, f"sweep point #{point.idx} ({point.label})"
-        )
-        if problem is not None:
-            self._refuse(point, LauncherConfigError(problem))
+        try:
+            launch = LaunchConfig.from_config(hydra.launcher_params(), **self.jobs.launch_overrides)
+        except ValueError as error:
+            raise LauncherConfigError(
+                f"sweep point #{hydra.idx} ({hydra.label}): {error}"
+            ) from None
+        pending.launch = launch.for_point(hydra.idx)
+        what = f"sweep point #{hydra.idx} ({hydra.label})"
+        if problem := self.pool.too_small_for(launch.nproc_per_node, what):
+            self._refuse(hydra, LauncherConfigError(problem))
             return False
         return True
 
-    def _keep(self, point: Point, earlier: JobReturn) -> None:
+    def _keep(self, hydra: HydraJob, value: Any) -> None:
         """Hand a point completed in an earlier run to the sweeper as if run now."""
-        assert point.config is not None
-        callbacks = self.launcher.hydra_context.callbacks
-        with hydra_config_of(point.config):
-            callbacks.on_job_start(config=point.config, task_function=self.launcher.task_function)
-        point.result, point.status = earlier, "COMPLETED"
-        self.counts["COMPLETED"] += 1
-        self.console.scored(point.idx, earlier._return_value)
-        self.source.ended(point)
-        with hydra_config_of(point.config):
-            callbacks.on_job_end(config=point.config, job_return=earlier)
-        self.console.log(
-            logging.INFO,
-            "#%d kept   %s  completed in an earlier run -> %s  %s",
-            point.idx,
-            point.short_label,
-            compact(earlier._return_value),
-            self.progress(),
-        )
+        hydra.begin(self.hydra_context, self.launcher.task_function)
+        ret = hydra.job_return(JobStatus.COMPLETED, value)
+        self._ended(hydra.idx, ret, Outcome.COMPLETED, hydra.job_dir, Outcome.COMPLETED)
+        self.console.scored(hydra.idx, value)
+        hydra.end(self.hydra_context, ret)
+        text = f"completed in an earlier run -> {compact(value)}  {self.progress()}"
+        self.console.point(logging.INFO, hydra.idx, "kept", hydra.short_label, text)
 
-    def _refuse(self, point: Point, error: Exception) -> None:
+    def _refuse(self, hydra: HydraJob, error: Exception) -> None:
         """A point that cannot run: it fails before anything of it starts."""
-        point.result, point.status = point.job_return(JobStatus.FAILED, error), "FAILED"
-        self.counts["FAILED"] += 1
-        self.source.ended(point)
-        self.console.log(
-            logging.ERROR,
-            "#%d failed %s  %s  %s",
-            point.idx,
-            point.short_label,
-            error,
-            self.progress(),
-        )
+        ret = hydra.job_return(JobStatus.FAILED, error)
+        self._ended(hydra.idx, ret, Outcome.FAILED, None, Outcome.FAILED)
+        text = f"{error}  {self.progress()}"
+        self.console.point(logging.ERROR, hydra.idx, "failed", hydra.short_label, text)
 
-    def _launch_config(self, point: Point) -> LaunchConfig:
-        assert point.config is not None
-        params = OmegaConf.to_container(point.config.hydra.launcher, resolve=True)
-        assert isinstance(params, dict)
-        try:
-            launch = LaunchConfig.from_config(params, **self.jobs.launch_overrides)
-        except ValueError as error:
-            raise LauncherConfigError(
-                f"sweep point #{point.idx} ({point.label}): {error}"
-            ) from None
-        return launch.for_point(point.idx)
+    def _ended(
+        self, idx: int, ret: JobReturn, outcome: Outcome, job_dir: Path | None, told: Outcome
+    ) -> None:
+        """Point ``idx`` ended so: its result kept, counted, its source ``told`` (a point
+        the sweep stopped or never started: INTERRUPTED, it may run again)."""
+        self.results[idx] = ret
+        if outcome is not Outcome.INTERRUPTED:
+            self.counts[outcome] += 1
+        self.source.ended(idx, told, value_of(ret), job_dir)
 
-    def _start(self, point: Point, devices: list[str]) -> None:
+    def _start(self, pending: Pending, devices: list[str]) -> None:
         """Start a prepared point's job on ``devices``."""
-        config, launch = point.config, point.launch
-        assert config is not None and launch is not None
-        point.devices = devices
+        hydra, launch = pending.hydra, pending.launch
+        assert hydra is not None and launch is not None
         try:
-            with hydra_config_of(config):
-                point.write_hydra_dir()
-                env = self.pool.environment(
-                    devices, launch.nproc_per_node, self.max_parallel, launch.env
-                )
-                self.launcher.hydra_context.callbacks.on_job_start(
-                    config=config, task_function=self.launcher.task_function
-                )
-                job_dir = Path(config.hydra.runtime.output_dir)
-                point.job = self.jobs.make(config, launch, job_dir)
-                point.job.start(extra_env=env)
+            hydra.begin(self.hydra_context, self.launcher.task_function)
+            env = self.pool.environment(
+                devices, launch.nproc_per_node, self.max_parallel, launch.env
+            )
+            job = self.jobs.make(hydra.config, launch, hydra.job_dir)
+            job.start(extra_env=env)
         except BaseException:
-            self.pool.give_back(point.devices)
-            point.devices = []
+            self.pool.give_back(devices)
             raise
+        point = Point(hydra, launch, job, devices)
         self.running.append(point)
-        self.source.started(point)
+        self.source.started(point.idx, point.job_dir)
         # Recorded at once, so a running (or orphaned) point can be found: its Slurm job
         # id, or its agent's pid and port.
-        point.write_record("RUNNING")
-        nproc = launch.nproc_per_node
-        self.console.log(
-            logging.INFO,
-            "#%d start  %s  (%d rank%s per node, %s%s)",
-            point.idx,
-            point.short_label,
-            nproc,
-            "s" if nproc > 1 else "",
-            point.job.describe(),
-            f", devices {','.join(devices)}" if devices else "",
-        )
+        point.write_record(Outcome.RUNNING)
+        nproc, on = launch.nproc_per_node, f", devices {','.join(devices)}" if devices else ""
+        text = f"({nproc} rank{'s' if nproc > 1 else ''} per node, {job.describe()}{on})"
+        self.console.point(logging.INFO, point.idx, "start", hydra.short_label, text)
 
     def _release(self, point: Point) -> None:
         """An ended point's slot and devices go back."""
         self.pool.give_back(point.devices)
         self.running.remove(point)
 
-    def _finish(self, point: Point, error: BaseException | None = None) -> None:
+    def _finish(self, point: Point, error: BaseException | None = None) -> Outcome:
         """Turn an ended job into the point's JobReturn; record how it ran: COMPLETED,
         FAILED, PRUNED (its source stopped it: ``stop_reason``) or STOPPED (by the
         sweep, ``stopped_by``, or by its own timeout)."""
-        job, config = point.job, point.config
-        assert job is not None and config is not None
+        hydra, job = point.hydra, point.job
         try:
             if point.stop_reason is not None:
-                raise LaunchError(f"sweep point #{point.idx} ({point.label}) {point.stop_reason}")
+                raise LaunchError(f"sweep point #{point.idx} ({hydra.label}) {point.stop_reason}")
             if error is not None:
                 raise error
-            ret = point.job_return(JobStatus.COMPLETED, job.result())
-            point.status = "COMPLETED"
+            value, outcome = job.result(), Outcome.COMPLETED
         except LaunchError as failure:
-            ret = point.job_return(JobStatus.FAILED, failure)
+            value, outcome = failure, Outcome.FAILED
             if isinstance(failure, LaunchTimeout) and point.stopped_by is None:
                 point.stopped_by = "timeout"
             if point.stop_reason is not None:
-                point.status = "PRUNED"
-            else:
-                point.status = "STOPPED" if point.stopped_by else "FAILED"
+                outcome = Outcome.PRUNED
+            elif point.stopped_by:
+                outcome = Outcome.STOPPED
         finally:
-            self.counts[point.status or "FAILED"] += 1
             job.cleanup()
             if point in self.running:
                 self._release(point)
-        job_dir = point.job_dir
-        if ret.status == JobStatus.COMPLETED:
+        if outcome is Outcome.COMPLETED:
             import cloudpickle
 
             # The result is stored before launch.json marks the point done (resume reads both).
-            write_atomic(job_dir / RETURN_VALUE, cloudpickle.dumps(ret._return_value))
-            self.console.scored(point.idx, ret._return_value)
-        record = point.write_record(
-            point.status, ret._return_value if ret.status != JobStatus.COMPLETED else None
-        )
-        point.result = ret
-        self.source.ended(point)
-        with hydra_config_of(config):
-            self.launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        self.console.ended(point, record, self.progress())
+            write_atomic(point.job_dir / RETURN_VALUE, cloudpickle.dumps(value))
+            self.console.scored(point.idx, value)
+        record = point.write_record(outcome, None if outcome is Outcome.COMPLETED else value)
+        status = JobStatus.COMPLETED if outcome is Outcome.COMPLETED else JobStatus.FAILED
+        ret = hydra.job_return(status, value)
+        told = Outcome.INTERRUPTED if point.interrupted else outcome
+        self._ended(point.idx, ret, outcome, point.job_dir, told)
+        hydra.end(self.hydra_context, ret)
+        self.console.ended(point.idx, hydra.short_label, record, value, self.progress())
+        return outcome
 
     def progress(self) -> str:
         return self.source.progress(len(self.running)) or self.console.progress(
-            max(self.source.size, len(self.points)), self.counts, len(self.running)
+            max(self.source.size, len(self.taken)), self.counts, len(self.running)
         )
 
-    def _withdraw(self, point: Point, reason: str) -> None:
+    def _withdraw(self, pending: Pending, reason: str) -> None:
         """A taken point that will not start."""
-        point.result = point.cancelled(reason, str(self.config.hydra.job.name))
-        point.interrupted = True
-        self.source.ended(point)
+        label = pending.hydra.label if pending.hydra else label_of(pending.overrides)
+        error = LaunchError(f"sweep point #{pending.idx} ({label}) {reason}")
+        ret = cancelled(pending.idx, pending.overrides, error, str(self.config.hydra.job.name))
+        job_dir = pending.hydra.job_dir if pending.hydra else None
+        self._ended(pending.idx, ret, Outcome.INTERRUPTED, job_dir, Outcome.INTERRUPTED)
 
     # ------------------------------------------------------------------ the loop
 
-    def _take(self, pending: deque[Point]) -> None:
+    def _take(self, pending: deque[Pending]) -> None:
         """New points from the source: one for every free slot, and one more to compose
         ahead, so it starts the moment a slot frees (a batch gives all of its own)."""
         room = self.max_parallel - len(self.running) + 1 - len(pending)
         if room > 0 and not self.source.exhausted():
             for idx, overrides in self.source.take(room):
-                point = Point(idx, overrides)
-                self.points.append(point)
-                pending.append(point)
+                self.taken.append(idx)
+                pending.append(Pending(idx, overrides))
 
-    def _start_what_fits(self, pending: deque[Point], ready_only: bool = False) -> None:
+    def _start_what_fits(self, pending: deque[Pending], ready_only: bool = False) -> None:
         """Start pending points while slots and devices allow: the head first; while it
         waits for devices, later points that fit in the free ones (backfill).
         ``ready_only``: start only a head composed already, and take no new point."""
         while len(self.running) < self.max_parallel:
             if not ready_only:
                 self._take(pending)
-            if not pending or (ready_only and pending[0].config is None):
+            if not pending or (ready_only and pending[0].hydra is None):
                 return
             head = pending[0]
-            if not self.source.wanted(head):
+            if not self.source.wanted():
                 pending.popleft()
                 self._withdraw(head, "was not started: the search's timeout has passed")
                 continue
@@ -343,91 +262,91 @@ class SweepScheduler:
             pending.popleft()
             self._start(head, devices)
 
-    def _take_devices(self, point: Point, *, head: bool) -> list[str] | None:
+    def _take_devices(self, pending: Pending, *, head: bool) -> list[str] | None:
         """The point's devices from the pool (leased: other runs see who holds them). A
         head that waits for devices other runs hold says so, once per change."""
-        assert point.launch is not None
-        what = f"sweep {self.config.hydra.sweep.dir} point #{point.idx} ({point.short_label})"
-        devices = self.pool.take(point.launch.nproc_per_node, head=head, what=what)
+        hydra, launch = pending.hydra, pending.launch
+        assert hydra is not None and launch is not None
+        what = f"sweep {self.config.hydra.sweep.dir} point #{hydra.idx} ({hydra.short_label})"
+        devices = self.pool.take(launch.nproc_per_node, head=head, what=what)
         if head and devices is None and (news := self.pool.waiting_news()):
-            self.console.log(
-                logging.INFO, "#%d waits  %s  for %s", point.idx, point.short_label, news
-            )
+            self.console.point(logging.INFO, hydra.idx, "waits", hydra.short_label, f"for {news}")
         return devices
 
-    def _backfill(self, pending: deque[Point]) -> None:
-        for point in list(itertools.islice(pending, 1, 1 + BACKFILL_WINDOW)):
+    def _backfill(self, pending: deque[Pending]) -> None:
+        for candidate in list(itertools.islice(pending, 1, 1 + BACKFILL_WINDOW)):
             if len(self.running) >= self.max_parallel or not self.pool.backfillable:
                 return
-            if point.config is None:
-                self._compose_ahead(point)
-                if point.config is None:
+            if candidate.hydra is None:
+                self._compose(candidate, ahead=True)
+                if candidate.hydra is None:
                     continue  # its compose error is raised at its turn
-            if not self._prepare(point):
-                pending.remove(point)
+            if not self._prepare(candidate):
+                pending.remove(candidate)
                 continue
-            devices = self._take_devices(point, head=False)
+            devices = self._take_devices(candidate, head=False)
             if devices is not None:
-                pending.remove(point)
-                self._start(point, devices)
+                pending.remove(candidate)
+                self._start(candidate, devices)
 
     def _watch(self, point: Point) -> None:
         """Ask the source whether a running point should stop (pruning); stop it without
         waiting, and force it once ``stop_grace`` has passed."""
-        assert point.job is not None
         if point.stop_deadline is None:
-            reason = self.source.watch(point)
+            reason = self.source.watch(point.idx, point.job_dir)
             if reason is not None:
                 point.stop_reason = reason
                 point.stop_deadline = time.monotonic() + self.grace
                 point.job.stop()
-                self.console.log(
-                    logging.INFO, "#%d stop   %s  %s", point.idx, point.short_label, reason
-                )
+                self.console.point(logging.INFO, point.idx, "stop", point.hydra.short_label, reason)
         elif time.monotonic() > point.stop_deadline:
             point.job.wait_stopped(point.stop_deadline)
 
+    def _poll(self, stopping: bool) -> tuple[bool, list[Point], bool]:
+        """Poll the running points: whether one ended, those that succeeded (their slot
+        freed, their records not yet written), and whether the sweep is stopping now."""
+        ended, succeeded = False, []
+        for point in list(self.running):
+            if point not in self.running:
+                continue
+            code = point.job.poll()
+            if code is None:
+                self._watch(point)
+                continue
+            ended = True
+            if code == 0 and point.stop_reason is None and not stopping:
+                # Its slot goes to the next point first, its records after.
+                self._release(point)
+                succeeded.append(point)
+                continue
+            if self._finish(point) is Outcome.FAILED and self.fail_fast and not stopping:
+                stopping = True
+                self._stop_running("fail_fast", "after a failed point")
+        return ended, succeeded, stopping
+
     def run(self) -> list[JobReturn]:
-        pending: deque[Point] = deque()
+        pending: deque[Pending] = deque()
         stopping = False
         with sigterm_as_exit():
             try:
                 # While the jobs' warm process boots, compose the points that start
                 # first: they then start one right after another once it is ready.
                 self._take(pending)
-                for point in itertools.islice(pending, self.max_parallel):
+                for ahead in itertools.islice(pending, self.max_parallel):
                     if not self.jobs.booting():
                         break
-                    self._compose_ahead(point)
+                    self._compose(ahead, ahead=True)
                 while True:
                     if not stopping:
                         self._start_what_fits(pending)
                         self._take(pending)  # the one ahead, when every slot is busy
-                        if pending and pending[0].config is None:
+                        if pending and pending[0].hydra is None:
                             # Compose the next point while the running ones work, so it
                             # starts the moment a slot frees (composing takes ~0.25 s).
-                            self._compose_ahead(pending[0])
+                            self._compose(pending[0], ahead=True)
                     if not (pending or self.running):
                         break
-                    ended, succeeded = False, []
-                    for point in list(self.running):
-                        assert point.job is not None
-                        if point not in self.running:
-                            continue
-                        code = point.job.poll()
-                        if code is None:
-                            self._watch(point)
-                            continue
-                        ended = True
-                        if code == 0 and point.stop_reason is None and not stopping:
-                            # Its slot goes to the next point first, its records after.
-                            self._release(point)
-                            succeeded.append(point)
-                            continue
-                        self._finish(point)
-                        if self.fail_fast and point.status == "FAILED" and not stopping:
-                            stopping = True
-                            self._stop_running("fail_fast", "after a failed point")
+                    ended, succeeded, stopping = self._poll(stopping)
                     if succeeded:
                         if not stopping:
                             self._start_what_fits(pending, ready_only=True)
@@ -447,53 +366,20 @@ class SweepScheduler:
                     by = interruption()  # else an error of the sweep's own
                     self._stop_running(by or "the sweep", "" if by else "as it ended early")
                 self.pool.new_head()  # leases kept for a head that will not start now
-                for point in self.points:
-                    if point.result is None:
-                        self._withdraw(point, "was not started: the sweep stopped")
-        return [point.result for point in self.points if point.result is not None]
+                for left in pending:
+                    if left.idx not in self.results:
+                        self._withdraw(left, "was not started: the sweep stopped")
+        return [self.results[idx] for idx in self.taken if idx in self.results]
 
     def _stop_running(self, by: str, why: str) -> None:
         """Stop every running point: STOPPED by ``by`` (Ctrl-C, SIGTERM, fail_fast),
         unless its source was stopping it already (pruned)."""
         points = list(self.running)
-        stop_jobs([p.job for p in points if p.job is not None], self.grace)
+        stop_jobs([p.job for p in points], self.grace)
         for point in points:
-            assert point.job is not None
             point.job.poll()
             point.interrupted = point.stop_reason is None
             if point.interrupted:
                 point.stopped_by = by
-            error = f"sweep point #{point.idx} ({point.label}) was stopped by {by} {why}"
+            error = f"sweep point #{point.idx} ({point.hydra.label}) was stopped by {by} {why}"
             self._finish(point, LaunchError(error.rstrip()))
-
-
-def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn]:
-    """What the launcher plugin's ``launch`` does: run the points of ``source`` on the
-    launcher's jobs, return their JobReturns in the order they were taken."""
-    setup_globals()
-    config = launcher.config
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    remove_stale_entry_dirs()
-    if launcher.jobs is None:  # after logging is set up: a warm start says if it cannot
-        if note := gates.release_note():  # once a sweep, cold or warm
-            log.warning(note)
-        launcher.jobs = launcher.job_factory()(launcher)
-    if launcher.console is None:
-        launcher.console = SweepConsole(sweep_maximises(config))
-    jobs = launcher.jobs
-    scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
-    log.info(
-        "Launching %s with torchrun%s, up to %d at a time%s",
-        source.what,
-        jobs.where,
-        scheduler.max_parallel,
-        jobs.pool.describe(),
-    )
-    try:
-        return scheduler.run()
-    finally:
-        # After every batch, so an interrupted sweep and every optimising sweeper's
-        # batches leave an up-to-date summary too.
-        with contextlib.suppress(OSError):
-            write_summary(Path(str(config.hydra.sweep.dir)), seed_key_of(config))

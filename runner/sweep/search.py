@@ -2,7 +2,7 @@
 distributed trials, its study kept in a database.
 
 Under ``hydra/launcher=torchrun`` (or ``torchrun_slurm``) the search is a
-:class:`~runner.sweep.scheduler.PointSource`: the scheduler asks it for a trial the
+:class:`~runner.sweep.points.PointSource`: the scheduler asks it for a trial the
 moment a slot frees (and one ahead, composed while the others run), so no slot waits
 for a batch to end. While a trial runs, :meth:`Search.watch` feeds the new lines of its
 ``metrics.jsonl`` to ``trial.report``; a trial the pruner stops ends PRUNED and its slot
@@ -27,19 +27,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from runner.metrics import METRICS_FILE, MetricsReader
+from runner.record import Outcome
 from runner.sweep.console import compact
+from runner.sweep.hydra_job import value_of
 from runner.sweep.options import (
     SearchConfigError,
     SearchOptions,
     check_search_options,
 )
-from runner.sweep.points import Point, stored_result
+from runner.sweep.points import stored_result
 from runner.sweep.report import write_summary
 from runner.sweep.space import Param, parse_space
 from runner.sweep.study import JOB_DIR, OWNER, STATUS, continue_study, counts, open_study, owner
@@ -134,25 +135,25 @@ class Search:
             taken.append((trial.number, overrides))
         return taken
 
-    def wanted(self, point: Point) -> bool:
+    def wanted(self) -> bool:
         return not self.timed_out()
 
-    def started(self, point: Point) -> None:
+    def started(self, idx: int, job_dir: Path) -> None:
         """The trial's job dir, kept in the study from its start: a search continued
         after its parent died finds there a result the study was never told."""
-        if (trial := self.trials.get(point.idx)) is not None:
-            trial.set_user_attr(JOB_DIR, str(point.job_dir))
+        if (trial := self.trials.get(idx)) is not None:
+            trial.set_user_attr(JOB_DIR, str(job_dir))
 
-    def watch(self, point: Point) -> str | None:
+    def watch(self, idx: int, job_dir: Path) -> str | None:
         """Report the running trial's new intermediate values; whether to prune it."""
-        trial = self.trials.get(point.idx)
-        if trial is None or len(self.directions) > 1 or point.config is None:
+        trial = self.trials.get(idx)
+        if trial is None or len(self.directions) > 1:
             return None
         now = time.monotonic()
-        if now - self.watched_at.get(point.idx, 0.0) < WATCH_INTERVAL_S:
+        if now - self.watched_at.get(idx, 0.0) < WATCH_INTERVAL_S:
             return None
-        self.watched_at[point.idx] = now
-        values = self._report(trial, point.job_dir)
+        self.watched_at[idx] = now
+        values = self._report(trial, job_dir)
         if values and trial.should_prune():
             step, value = values[-1]
             return f"pruned at step {step} ({self.options.metric} {value:.6g})"
@@ -170,13 +171,10 @@ class Search:
             trial.report(value, step)
         return values
 
-    def ended(self, point: Point) -> None:
-        value = point.result._return_value if point.result is not None else None
-        job_dir = str(point.job_dir) if point.config is not None else None
-        status = point.status if point.job is not None and not point.interrupted else None
-        if status == "STOPPED":  # by its own timeout: a failed trial
-            status = "FAILED"
-        self.tell(point.idx, status or "INTERRUPTED", value, job_dir)
+    def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
+        if outcome is Outcome.STOPPED:  # by its own timeout: a failed trial
+            outcome = Outcome.FAILED
+        self.tell(idx, outcome, value, str(job_dir) if job_dir else None)
 
     def progress(self, running: int) -> str:
         t = self.tally
@@ -199,7 +197,7 @@ class Search:
         if self.best is None or (value > self.best[0] if maximise else value < self.best[0]):
             self.best = (value, number)
 
-    def tell(self, number: int, status: str, value: Any, job_dir: str | None) -> None:
+    def tell(self, number: int, status: Outcome, value: Any, job_dir: str | None) -> None:
         """A trial ended: COMPLETED (with its return value), FAILED, PRUNED, or
         INTERRUPTED (stopped by the sweep, or never started: it runs again when the
         search continues)."""
@@ -208,12 +206,12 @@ class Search:
             return
         if job_dir:
             trial.set_user_attr(JOB_DIR, job_dir)
-            if status == "COMPLETED" and len(self.directions) == 1:
+            if status is Outcome.COMPLETED and len(self.directions) == 1:
                 # Its last values too: the pruner compares later trials with them.
                 self._report(trial, Path(job_dir))
         self.readers.pop(number, None)
-        values = trial_values(value, len(self.directions)) if status == "COMPLETED" else None
-        if status == "COMPLETED" and values is None:
+        values = trial_values(value, len(self.directions)) if status is Outcome.COMPLETED else None
+        if status is Outcome.COMPLETED and values is None:
             log.error(
                 "trial #%d returned %r; the search needs %s. It counts as failed",
                 number,
@@ -222,28 +220,26 @@ class Search:
                 if len(self.directions) == 1
                 else f"{len(self.directions)} finite numbers, one per direction",
             )
-            status = "FAILED"
-        if status in ("FAILED", "INTERRUPTED"):  # the trial's state says the others
-            trial.set_user_attr(STATUS, status)
-        if status == "COMPLETED":
+            status = Outcome.FAILED
+        if status in (Outcome.FAILED, Outcome.INTERRUPTED):  # the state says the others
+            trial.set_user_attr(STATUS, status.value)
+        state = TrialState[status.trial_state]
+        self.study.tell(trial, values, state=state)
+        if status is Outcome.COMPLETED:
             assert values is not None
-            self.study.tell(trial, values)
             self.tally["done"] += 1
             if len(values) == 1:
                 self._scored(values[0], number)
-        elif status == "PRUNED":
-            self.study.tell(trial, state=TrialState.PRUNED)
+        elif status is Outcome.PRUNED:
             self.tally["pruned"] += 1
-        elif status == "FAILED":
-            self.study.tell(trial, state=TrialState.FAIL)
+        elif status is Outcome.FAILED:
             self.tally["failed"] += 1
         else:
-            self.study.tell(trial, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
 
     def interrupt_all(self) -> None:
         for number in list(self.trials):
-            self.tell(number, "INTERRUPTED", None, None)
+            self.tell(number, Outcome.INTERRUPTED, None, None)
 
 
 def check_space_applies(sweeper: SearchSweeperLike, space: list[Param], fixed: list[str]) -> None:
@@ -258,8 +254,6 @@ def check_space_applies(sweeper: SearchSweeperLike, space: list[Param], fixed: l
             f"the search space ({names}) is invalid for this config: {error}. Fix: search "
             "keys the config has (see them with --cfg job), or add a new key with +key=..."
         ) from None
-    finally:
-        HydraConfig.instance().set_config(sweeper.config)
 
 
 def check_enqueue(options: SearchOptions, space: list[Param]) -> None:
@@ -298,8 +292,8 @@ def run_batches(launcher: Any, search: Search, size: int, why: str) -> None:
             )
             search.tell(
                 number,
-                "COMPLETED" if completed else "FAILED",
-                ret._return_value if completed else None,
+                Outcome.COMPLETED if completed else Outcome.FAILED,
+                value_of(ret) if completed else None,
                 str(job_dir or ret.working_dir or "") or None,
             )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.launch.devices import DevicePool
-from runner.launch.entry import LAUNCH_RECORD, job_config_data
+from runner.launch.entry import job_config_data
 from runner.launch.job import (
     Job,
     LaunchError,
@@ -47,8 +46,9 @@ from runner.launch.job import (
 from runner.launch.options import LaunchConfig, option_names
 from runner.launch.procs import import_path
 from runner.launch.trust import check_trusted
+from runner.record import JobRecord, Outcome, read_record
 from runner.sweep.options import SlurmOptions, check_options, check_slurm_options
-from runner.sweep.scheduler import SweepLauncher
+from runner.sweep.points import SweepLauncher
 from runner.sweep.slurm_node import NodeTask, allocations
 from runner.sweep.snapshot import check_snapshot, in_snapshot, take_snapshot
 
@@ -163,26 +163,24 @@ def queue_state(job_id: str) -> str | None:
     return "" if "Invalid job id" in queue.stderr else None
 
 
-def live_job_of(job_dir: Path, overrides: list[str]) -> dict | None:
+def live_job_of(job_dir: Path, overrides: list[str]) -> JobRecord | None:
     """The record of the Slurm job an earlier run of this sweep submitted for this
     point (same overrides) and never saw end (its parent died: the record still says
     RUNNING), if that job is still queued or running, or has left its result: that job
     is the point's, and submitting it again would train the point twice."""
-    try:
-        record = json.loads((job_dir / LAUNCH_RECORD).read_text())
-    except (OSError, ValueError):
+    record = read_record(job_dir)
+    if record is None or record.status is not Outcome.RUNNING:
         return None
-    job_id = record.get("slurm_job_id")
-    if record.get("status") != "RUNNING" or not job_id or record.get("overrides") != overrides:
+    job_id = record.slurm_job_id
+    if not job_id or record.overrides != overrides:
         return None
     check_trusted(  # submitit loads the adopted job's pickles from there
         job_dir / ".slurm",
         "hydra.launcher.resume: the Slurm job's folder",
         f"remove {job_dir} to run the point again, or a fresh hydra.sweep.dir",
     )
-    nodes = int(str(record.get("nnodes") or 1))
-    results = [job_dir / ".slurm" / f"{job_id}_{k}_result.pkl" for k in range(nodes)]
-    if queue_state(str(job_id)) or all(p.exists() for p in results):
+    results = [job_dir / ".slurm" / f"{job_id}_{k}_result.pkl" for k in range(record.nnodes)]
+    if queue_state(job_id) or all(p.exists() for p in results):
         return record
     return None
 
@@ -226,17 +224,17 @@ class SlurmJob:
         self.rank0_here = False
         # The record of a live job of an earlier run to take over instead of submitting
         # (hydra.launcher.resume=true; see live_job_of).
-        self.adopt: dict | None = None
+        self.adopt: JobRecord | None = None
         self.code: str | None = None  # the copy of the project it imports from
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         import submitit
 
         if self.adopt is not None:
-            nodes = int(str(self.adopt.get("nnodes") or 1))
-            job_id = str(self.adopt["slurm_job_id"])
+            nodes = self.adopt.nnodes
+            job_id = str(self.adopt.slurm_job_id)
             self.sjob = submitit.SlurmJob(folder=self.folder, job_id=job_id, tasks=range(nodes))
-            self.started_at = self.adopt.get("start_time") or time.time()
+            self.started_at = self.adopt.run.get("start_time") or time.time()
             self.state = "ADOPTED"
             return
         self.job_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from runner.launch.procs import pid_alive
 from runner.launch.trust import check_store
+from runner.record import Outcome
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
 from runner.sweep.space import Param, space_record
 
@@ -41,7 +42,7 @@ def counts(trial: FrozenTrial) -> bool:
     again instead)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == "FAILED"
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == Outcome.FAILED.value
 
 
 def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaults: dict) -> Any:

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler, TensorDataset
 
+from runner.launch.procs import atomic_file
 from runner.metrics import METRICS_FILE, append_metrics
 from runner.stop import stop_requested
 from runner.trainer.loggers import NoLogger, make_logger
@@ -56,21 +57,6 @@ def cosine_schedule(
         return min_lr_fraction + (1 - min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file, fsync, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -285,21 +271,20 @@ def train(cfg: DictConfig) -> float:
             per_rank = [None] * world_size
             dist.all_gather_object(per_rank, mine)
         if is_rank0:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler else None,
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "step": step,
-                    "metrics": metrics,
-                    "per_rank": per_rank,
-                    "world_size": world_size,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                },
-                checkpoint_path,
-            )
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "step": step,
+                "metrics": metrics,
+                "per_rank": per_rank,
+                "world_size": world_size,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+            with atomic_file(checkpoint_path) as f:
+                torch.save(state, f)
 
     logger = make_logger(cfg, output_dir, checkpoint_path, step) if is_rank0 else NoLogger()
 

@@ -1,0 +1,153 @@
+"""Hydra's bookkeeping for a sweep's jobs, in one place: what Hydra's basic launcher
+does around each job, done for jobs that run elsewhere and end in any order.
+
+A :class:`HydraJob` is one point composed (the sweep config with the point's
+overrides, its job number and id, its output dir); its ``.hydra/`` files; the user's
+callbacks (``on_job_start``, ``on_job_end``), each called with that job's own
+``HydraConfig`` set and the one before put back; and the ``JobReturn`` the sweeper
+gets. In the sweep layer only this module touches ``HydraConfig`` and ``JobReturn``'s
+private value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from runner.launch.worker import task_config
+from runner.sweep.console import short_label
+
+
+@contextlib.contextmanager
+def hydra_config_of(config: DictConfig) -> Iterator[None]:
+    """Hydra's ``HydraConfig`` set to one job's config while the block runs (its
+    callbacks, its .hydra/ files, its job), and the one before put back after, as
+    Hydra's own ``run_job`` does: a user's callback that reads ``HydraConfig.get()``
+    sees its own job, whatever order points start and end in."""
+    state = HydraConfig.instance()
+    before = state.cfg
+    state.set_config(config)
+    try:
+        yield
+    finally:
+        state.cfg = before
+
+
+def value_of(ret: JobReturn) -> Any:
+    """What a job returned, or the error it failed with (``JobReturn.return_value``
+    raises the error instead)."""
+    return ret._return_value
+
+
+def cancelled(idx: int, overrides: list[str], error: Exception, task_name: str) -> JobReturn:
+    """The JobReturn of a point that never started (``error`` says why)."""
+    ret = JobReturn()
+    ret.overrides = list(overrides)
+    ret.status = JobStatus.FAILED
+    ret.return_value = error
+    ret.task_name = task_name
+    ret.working_dir = ""
+    return ret
+
+
+def label_of(overrides: list[str]) -> str:
+    """A point's overrides as logs and errors name it (Hydra's own ones left out)."""
+    return " ".join(filter_overrides(overrides)) or "(no overrides)"
+
+
+@dataclass
+class HydraJob:
+    """One point composed: its config is final (job num and id, output dir)."""
+
+    idx: int
+    overrides: list[str]
+    config: DictConfig
+    _task_config: DictConfig | None = field(default=None, repr=False)
+
+    @classmethod
+    def compose(
+        cls, hydra_context: Any, sweep_config: DictConfig, idx: int, overrides: list[str]
+    ) -> HydraJob:
+        """Compose point ``idx``'s config and fix its job num, id and output dir."""
+        config = hydra_context.config_loader.load_sweep_config(sweep_config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        with hydra_config_of(config):  # the sweep's subdir may read ${hydra:job.num}
+            output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(output_dir.absolute())
+        return cls(idx, list(overrides), config)
+
+    @property
+    def job_dir(self) -> Path:
+        return Path(str(self.config.hydra.runtime.output_dir))
+
+    @property
+    def label(self) -> str:
+        return label_of(self.overrides)
+
+    @property
+    def short_label(self) -> str:
+        """The label as console lines show it (:func:`short_label`)."""
+        return short_label(filter_overrides(self.overrides)) or "(no overrides)"
+
+    @property
+    def task_name(self) -> str:
+        return str(self.config.hydra.job.name)
+
+    def launcher_params(self) -> dict[str, Any]:
+        """The point's ``hydra.launcher`` node, resolved."""
+        params = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
+        assert isinstance(params, dict)
+        return {str(k): v for k, v in params.items()}
+
+    def task_config(self) -> DictConfig:
+        """The config the task sees (made once: it is a deep copy)."""
+        if self._task_config is None:
+            self._task_config = task_config(self.config)
+        return self._task_config
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """This job's ``HydraConfig`` while the block runs (see :func:`hydra_config_of`)."""
+        with hydra_config_of(self.config):
+            yield
+
+    def begin(self, hydra_context: Any, task_function: Any) -> None:
+        """Before the job starts: its dir and ``.hydra/`` (config, hydra config,
+        overrides), then the callbacks' ``on_job_start``, as this job."""
+        config = self.config
+        with self.current():
+            self.job_dir.mkdir(parents=True, exist_ok=True)
+            if config.hydra.output_subdir is not None:
+                hydra_dir = self.job_dir / str(config.hydra.output_subdir)
+                hydra_dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(self.task_config(), hydra_dir / "config.yaml")
+                OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
+                OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
+            hydra_context.callbacks.on_job_start(config=config, task_function=task_function)
+
+    def end(self, hydra_context: Any, ret: JobReturn) -> None:
+        """After the job ended: the callbacks' ``on_job_end``, as this job."""
+        with self.current():
+            hydra_context.callbacks.on_job_end(config=self.config, job_return=ret)
+
+    def job_return(self, status: JobStatus, value: Any) -> JobReturn:
+        """What Hydra's sweeper gets for this point."""
+        ret = JobReturn()
+        ret.overrides = list(self.overrides)
+        ret.cfg = self.task_config()
+        ret.hydra_cfg = self.config  # read for its hydra node; the point's config is final
+        ret.working_dir = str(self.job_dir)
+        ret.task_name = self.task_name
+        ret.status = status
+        ret.return_value = value
+        return ret
