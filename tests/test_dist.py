@@ -412,8 +412,7 @@ def test_ddp_is_exact_and_parent_stays_light(tmp_path):
 def test_resolved_strings_survive_the_round_trip(text):
     """Whatever a resolved string holds (``${``, backslashes, braces), the rank reads it
     back as that literal string, never as an interpolation."""
-    from runner.launch.entry import _escape, resolved_data
-    from runner.launch.worker import restore_config
+    from runner.launch.codec import _escape, resolved_data, restore_config
 
     parent = OmegaConf.create({"v": _escape(text)})
     assert parent.v == text  # the parent holds the literal

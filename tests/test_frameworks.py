@@ -44,7 +44,7 @@ def test_a_script_task_may_start_spawn_and_forkserver_children(tmp_path, entry_b
 
 GUARDED = """
 import functools, json
-from runner.launch.entry import task_reference
+from runner.launch.codec import task_reference
 
 inner = []
 
@@ -74,7 +74,7 @@ if __name__ == "__main__":
 
 UNGUARDED = """
 import json
-from runner.launch.entry import task_reference
+from runner.launch.codec import task_reference
 
 def task(cfg):
     return cfg

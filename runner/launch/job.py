@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from runner.launch.codec import job_config_data
 from runner.launch.devices import run_devices
 from runner.launch.entry import (
     AGENT_LOG,
@@ -48,7 +49,6 @@ from runner.launch.entry import (
     RANK0_FILE,
     RERUN_DIR,
     RESULT_FILE,
-    job_config_data,
     remove_stale_entry_dirs,
     write_entry,
 )

@@ -24,12 +24,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from runner.launch.codec import load_task, restore_config, task_config
 from runner.launch.devices import run_devices
 from runner.launch.entry import JOB_FILE, RERUN_DIR, TASK_FILE
 from runner.launch.job import LaunchError, launch
 from runner.launch.options import LaunchConfig
 from runner.launch.trust import UntrustedFileError, read_trusted
-from runner.launch.worker import load_task, restore_config, task_config
 
 # Where reruns of a sweep's points go, inside the sweep dir.
 RERUNS = "reruns"
@@ -68,8 +68,8 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
     fix = f"rerun only job dirs you made, in a dir only you can write (remove {kept})"
     try:
         job = json.loads(read_trusted(kept / JOB_FILE, fix))
-        if job["task"] is None:  # by value: the pickle is checked like the job
-            read_trusted(kept / TASK_FILE, fix)
+        # By value: the pickle is checked like the job, and what was checked is loaded.
+        by_value = read_trusted(kept / TASK_FILE, fix) if job["task"] is None else None
     except UntrustedFileError as error:
         raise RerunError(str(error)) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -86,7 +86,7 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
     data = moved(job["config"], str(old), str(into)) if old else job["config"]
     hydra = data.get("hydra") or {}
     sys.path[:0] = [p for p in job["sys_path"] if p not in sys.path]
-    task = load_task(job, kept)
+    task = load_task(job["task"], by_value)
     config = restore_config(data)
     params = OmegaConf.to_container(config.hydra.launcher, resolve=True) if hydra else {}
     assert isinstance(params, dict)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
-from runner.launch.entry import agent_command, task_reference
+from runner.launch.codec import task_reference
+from runner.launch.entry import agent_command
 from runner.launch.procs import die_with_parent, import_path
 
 

@@ -286,11 +286,11 @@ def _preload(task: dict | None) -> None:
     for name in base:
         importlib.import_module(name)
     from runner.launch.agent import install
-    from runner.launch.worker import load_task
+    from runner.launch.codec import load_task
 
     install(quiet_release=True)  # its stderr is the sweep's console, which said it
     if task is not None:
-        load_task({"task": task}, Path())
+        load_task(task)
 
 
 def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:

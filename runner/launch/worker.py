@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import json
 import logging
 import multiprocessing
@@ -25,49 +24,17 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from runner.launch.entry import (
-    RANK0_FILE,
-    RESULT_FILE,
-    SCRIPT_MODULE,
-    TASK_FILE,
-    script_source,
-)
+from runner.launch.codec import SCRIPT_MODULE, load_task, restore_config, task_config
+from runner.launch.entry import RANK0_FILE, RESULT_FILE, TASK_FILE
 from runner.launch.procs import die_with_parent, write_atomic
 from runner.stop import install as watch_for_stop
 from runner.stop import terminated as stop_terminated
 
 log = logging.getLogger(__name__)
-
-
-def restore_config(data: dict) -> DictConfig:
-    """The job config from its resolved data, with the ``hydra`` node typed HydraConf
-    (HydraConfig requires it; the composed node has keys the dataclass lacks)."""
-    from hydra.conf import HydraConf
-
-    data = dict(data)
-    hydra_data = data.pop("hydra", None)
-    config = OmegaConf.create(data)
-    if hydra_data is not None:
-        hydra_node = OmegaConf.structured(HydraConf)
-        with open_dict(hydra_node):
-            hydra_node.merge_with(hydra_data)
-        with open_dict(config):
-            config.hydra = hydra_node
-    OmegaConf.set_struct(config, True)
-    return config
-
-
-def task_config(config: DictConfig) -> DictConfig:
-    """The config the task sees: everything but the ``hydra`` node."""
-    task_cfg = copy.deepcopy(config)
-    with read_write(task_cfg), open_dict(task_cfg):
-        task_cfg.pop("hydra", None)
-    return task_cfg
 
 
 def configure_rank_logging(config: DictConfig, rank: int) -> None:
@@ -156,51 +123,6 @@ class ConfigMismatch(RuntimeError):
     """The nodes of one multi-node job composed different configs."""
 
 
-def load_script(path: str, source: str | None = None) -> ModuleType:
-    """The script at ``path`` (its text ``source``, else the file's) as the module
-    ``__mp_main__``, loaded once per process: what multiprocessing's "spawn" children
-    do with the main script, so its ``if __name__ == "__main__":`` block does not run.
-    Its classes and functions are pickled by value for the parent (which has no such
-    module)."""
-    loaded = sys.modules.get(SCRIPT_MODULE)
-    if loaded is not None and getattr(loaded, "__file__", None) == path:
-        return loaded
-    import cloudpickle
-
-    module = ModuleType(SCRIPT_MODULE)
-    module.__file__ = path
-    sys.modules[SCRIPT_MODULE] = module
-    try:
-        code = compile(script_source(path, source), path, "exec")
-        exec(code, vars(module))
-    except BaseException:
-        del sys.modules[SCRIPT_MODULE]
-        raise
-    cloudpickle.register_pickle_by_value(module)
-    return module
-
-
-def load_task(job: dict, entry_dir: Path) -> Callable:
-    """The task function: found by name (:func:`runner.launch.entry.task_reference`)
-    or unpickled by value."""
-    reference = job["task"]
-    if reference is None:
-        import cloudpickle
-
-        return cloudpickle.loads((entry_dir / TASK_FILE).read_bytes())
-    if "script" in reference:
-        obj: Any = load_script(reference["script"], reference.get("source"))
-    else:
-        import importlib
-
-        obj = importlib.import_module(reference["module"])
-    for part in reference["qualname"].split("."):
-        obj = getattr(obj, part)
-    for _ in range(reference["unwrap"]):
-        obj = obj.__wrapped__
-    return obj
-
-
 @contextlib.contextmanager
 def watch_process_group() -> Iterator[Callable[[], bool]]:
     """Yields a check, true once this process has had torch.distributed's default
@@ -250,7 +172,8 @@ def run(job: dict, entry_dir: Path) -> Any:
         check_same_config(job["config"])
     config = restore_config(job["config"])
     watch_for_stop(entry_dir)
-    task = load_task(job, entry_dir)
+    by_value = (entry_dir / TASK_FILE).read_bytes() if job["task"] is None else None
+    task = load_task(job["task"], by_value)
     if job["task"] and "script" in job["task"]:
         # The script is this rank's main module, as it is under ``python train.py``:
         # its "spawn" children load it (not the entry script) and find its classes.

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.launch.worker import task_config
+from runner.launch.codec import task_config
 from runner.sweep.console import short_label
 
 

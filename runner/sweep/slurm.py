@@ -35,8 +35,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.launch.codec import job_config_data
 from runner.launch.devices import DevicePool
-from runner.launch.entry import job_config_data
 from runner.launch.job import (
     Job,
     LaunchError,
