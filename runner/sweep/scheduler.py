@@ -155,7 +155,8 @@ class SweepScheduler:
             env = self.pool.environment(
                 devices, launch.nproc_per_node, self.max_parallel, launch.env
             )
-            job = self.jobs.make(hydra.config, launch, hydra.job_dir)
+            with hydra.current():  # its ${hydra:...} values resolve as this job's
+                job = self.jobs.make(hydra.config, launch, hydra.job_dir)
             job.start(extra_env=env)
         except BaseException:
             self.pool.give_back(devices)
