@@ -76,13 +76,9 @@ def install(entry_dir: Path) -> None:
     _state.update(file=entry_dir / STOP_FILE, signalled=False, listening=False, terminated=False)
     signal.signal(signal.SIGUSR2, _on_signal)
     os.environ[ENTRY_ENV] = str(entry_dir)
-    worker = sys.modules.get("torch.utils.data._utils.worker")
-    if worker is not None and "torch_worker_loop" not in _state:
-        if gates.dataloader_problem() is not None:  # the parent's console says why
-            _state["torch_worker_loop"] = None  # asked once: torch's workers as they are
-            return
-        _state["torch_worker_loop"] = worker._worker_loop
-        worker._worker_loop = _dataloader_worker  # type: ignore[attr-defined]
+    if "torch.utils.data" in sys.modules and "torch_worker_loop" not in _state:
+        # Asked once; a closed gate (the parent's console says why) leaves torch's own.
+        _state["torch_worker_loop"] = gates.replace_worker_loop(_dataloader_worker)
 
 
 def _dataloader_worker(*args: Any, **kwargs: Any) -> Any:
@@ -91,17 +87,13 @@ def _dataloader_worker(*args: Any, **kwargs: Any) -> Any:
     its agent's process group), and torch's handler ends them, so a rank that takes
     SIGTERM as a stop request would fail at its next batch, before the agreed step.
     Such a rank's workers stay; any other rank's end on SIGTERM, as torch's do."""
-    from torch.utils.data._utils import signal_handling, worker
-
-    loop = _state.get("torch_worker_loop") or worker._worker_loop  # a fork; else spawned
-    set_torch_handlers = signal_handling._set_worker_signal_handlers
-
-    def set_handlers() -> None:
-        set_torch_handlers()
-        signal.signal(signal.SIGTERM, _on_worker_sigterm)
-
-    signal_handling._set_worker_signal_handlers = set_handlers
+    loop = _state.get("torch_worker_loop") or gates.torch_worker_loop()  # a fork; else spawned
+    gates.add_worker_signal_handler(_keep_on_sigterm)
     return loop(*args, **kwargs)
+
+
+def _keep_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _on_worker_sigterm)
 
 
 def _on_worker_sigterm(signum: int, frame: Any) -> None:

@@ -73,12 +73,12 @@ def prompt_agent(monkeypatch):
     import torch.distributed.elastic.multiprocessing.api as processes
     import torch.distributed.launcher.api as launcher
 
-    from runner.launch import prompt
+    from runner.launch import gates
 
     monkeypatch.setattr(launcher, "LocalElasticAgent", launcher.LocalElasticAgent)
     monkeypatch.setattr(processes, "TailLog", processes.TailLog)
-    monkeypatch.setattr(prompt, "_state", dict(prompt._state))
-    reason = prompt.install()
+    monkeypatch.setattr(gates, "_prompt", dict(gates._prompt))
+    reason = gates.install_prompt()
     assert reason is None, f"the prompt agent is off: {reason}"
 
 

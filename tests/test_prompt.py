@@ -1,6 +1,6 @@
-"""The fenced use of torch internals (runner.launch.prompt): active on the torch the
-set-up installs, and off, saying why, on a torch it was not tested on. What the prompt
-agent does is tested with real agents in tests/test_launcher.py
+"""The fenced use of torch internals (the prompt agent of runner.launch.gates): active
+on the torch the set-up installs, and off, saying why, on a torch it was not tested
+on. What the prompt agent does is tested with real agents in tests/test_launcher.py
 (``test_agents_see_ended_ranks_at_once_not_at_their_next_look``) and tests/test_dist.py
 (the tee tailer)."""
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runner.launch import gates, prompt
+from runner.launch import gates
 
 
 def test_the_fast_path_is_active_on_the_installed_torch(prompt_agent):
     """Fails when a torch upgrade changes the internals the prompt agent uses (or the
     set-up installs a torch it was not tested on), instead of falling back in silence."""
     assert gates.problems() == {"prompt": None, "dataloader": None, "process_group": None}
-    assert prompt.active()
+    assert gates.prompt_active()
     import torch.distributed.elastic.multiprocessing.api as processes
     import torch.distributed.launcher.api as launcher
 
@@ -28,10 +28,10 @@ def test_an_untested_torch_keeps_torchruns_own_agent_and_says_why():
     code = (
         "import torch\n"
         "torch.__version__ = '2.99.0'\n"
-        "from runner.launch import prompt\n"
-        "reason = prompt.install()\n"
+        "from runner.launch import gates\n"
+        "reason = gates.install_prompt()\n"
         "import torch.distributed.launcher.api as launcher\n"
-        "assert not prompt.active(), 'installed'\n"
+        "assert not gates.prompt_active(), 'installed'\n"
         "assert launcher.LocalElasticAgent.__name__ == 'LocalElasticAgent'\n"
         "print(reason)\n"
     )

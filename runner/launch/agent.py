@@ -16,7 +16,7 @@ rendezvous backend:
   its gloo addresses, and the new group then hangs or fails to connect
   (``max_restarts`` would not work); torch's own comment assumes a new store per retry.
 * Prompt ends: the agent wakes at once when a worker ends or hands back its value
-  (:mod:`runner.launch.prompt`, where that is known to work; else it says so in its
+  (:func:`runner.launch.gates.install_prompt`, where that is known to work; else it says so in its
   output and keeps torchrun's own sleeps).
 * ``RUNNER_PARENT_PID`` / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
   SIGTERM this agent when the parent dies (torchrun then stops its workers); if the
@@ -34,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.launch import gates, prompt
+from runner.launch import gates
 from runner.launch.procs import exit_on_signal, pid_alive
 
 
@@ -111,7 +111,7 @@ def install(quiet_release: bool = False) -> None:
     if _installed:
         return
     _register_rendezvous()
-    reason = prompt.install()
+    reason = gates.install_prompt()
     if reason is not None and not (quiet_release and gates.release_problem() is not None):
         print(
             f"runner: prompt agent off ({reason}): ranks' ends are seen at torchrun's "

@@ -21,13 +21,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.launch import gates
 from runner.launch.codec import SCRIPT_MODULE, load_task, restore_config, task_config
 from runner.launch.entry import RANK0_FILE, RESULT_FILE, TASK_FILE
 from runner.launch.procs import die_with_parent, write_atomic
@@ -123,38 +123,6 @@ class ConfigMismatch(RuntimeError):
     """The nodes of one multi-node job composed different configs."""
 
 
-@contextlib.contextmanager
-def watch_process_group() -> Iterator[Callable[[], bool]]:
-    """Yields a check, true once this process has had torch.distributed's default
-    process group while the block ran, even if the task destroyed it again.
-
-    Every way a task forms one (``init_process_group``, ``init_device_mesh``,
-    Lightning, whatever name it imported them under) goes through c10d's
-    ``_update_default_pg``, which is watched while the block runs; a torch without it
-    leaves ``is_initialized()`` when the task returns as the sign."""
-    import torch.distributed as dist
-
-    from runner.launch import gates
-
-    c10d = dist.distributed_c10d
-    original = None if gates.process_group_problem() else c10d._update_default_pg
-    seen = False
-
-    def update_default_pg(pg: Any) -> None:
-        nonlocal seen
-        seen = seen or pg is not None
-        assert original is not None
-        original(pg)
-
-    if original is not None:
-        c10d._update_default_pg = update_default_pg
-    try:
-        yield lambda: seen or (dist.is_available() and dist.is_initialized())
-    finally:
-        if original is not None:
-            c10d._update_default_pg = original
-
-
 def run(job: dict, entry_dir: Path) -> Any:
     """Rebuild the job's Hydra state in this rank and call its task."""
     from hydra.core.hydra_config import HydraConfig
@@ -179,7 +147,7 @@ def run(job: dict, entry_dir: Path) -> Any:
         # its "spawn" children load it (not the entry script) and find its classes.
         sys.modules["__main__"] = sys.modules[SCRIPT_MODULE]
     many = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    with watch_process_group() if many else contextlib.nullcontext() as joined:
+    with gates.watch_process_group() if many else contextlib.nullcontext() as joined:
         if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
             os.chdir(job["cwd"])
             value = task(config)
