@@ -38,7 +38,7 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.launch.options import invalid
+from runner.errors import invalid
 from runner.launch.procs import write_atomic
 from runner.launch.trust import check_store
 from runner.record import Outcome, read_record

@@ -8,8 +8,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 import runner.trainer.config  # noqa: F401
+from runner.errors import ConfigError
 from runner.trainer.cli import CONF_DIR, malformed_override
-from runner.trainer.task import ConfigError, check_config
+from runner.trainer.task import check_config
 
 
 def make(*overrides: str):

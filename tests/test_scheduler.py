@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobStatus
 
+from runner.errors import LauncherConfigError
 from runner.launch.devices import DevicePool
 from runner.launch.job import LaunchError
-from runner.launch.options import LauncherConfigError
 from tests import fakes
 from tests.conftest import PROBE_APP, read_json
 from tests.fakes import FakeJobs, spans

@@ -13,8 +13,9 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
+from runner.errors import SearchConfigError
 from runner.metrics import MetricsReader
-from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
+from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import parse_space
 from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
 from tests.conftest import PROBE_APP, read_json, search_study

@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.errors import LauncherConfigError
 from runner.launch.devices import run_devices
 from runner.launch.job import launch_current_job, wanted_world_size
-from runner.launch.options import LauncherConfigError
 
 
 def inside_torchrun() -> bool:

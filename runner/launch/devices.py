@@ -42,8 +42,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runner.errors import LauncherConfigError, Problems, invalid
 from runner.launch.leases import Holder, Lease, LeaseDir
-from runner.launch.options import LauncherConfigError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -95,29 +95,24 @@ class DeviceOptions:
         take their defaults)."""
         return cls(**{k: params[k] for k in cls.__dataclass_fields__ if k in params})
 
-    def device_problems(self) -> list[str]:
+    def device_problems(self) -> Problems:
         """What cannot work, each naming the key, the value and the fix."""
-        found = []
-        if self.devices not in ("auto", "none") and not all(
-            d.strip().isdigit() for d in self.devices.split(",")
-        ):
-            found.append(
-                invalid(
-                    "hydra.launcher.devices",
-                    self.devices,
-                    "must be auto, none, or GPU ids like 0,1,2,3",
-                    "hydra.launcher.devices=auto",
-                )
-            )
-        if self.points_per_device < 1:
-            found.append(
-                invalid(
-                    "hydra.launcher.points_per_device",
-                    self.points_per_device,
-                    "must be an integer >= 1 (jobs on one device at once)",
-                    "hydra.launcher.points_per_device=1",
-                )
-            )
+        found = Problems(LauncherConfigError, "hydra.launcher.")
+        found.check(
+            self.devices in ("auto", "none")
+            or all(d.strip().isdigit() for d in self.devices.split(",")),
+            "devices",
+            self.devices,
+            "must be auto, none, or GPU ids like 0,1,2,3",
+            "devices=auto",
+        )
+        found.check(
+            self.points_per_device >= 1,
+            "points_per_device",
+            self.points_per_device,
+            "must be an integer >= 1 (jobs on one device at once)",
+            "points_per_device=1",
+        )
         return found
 
     def pool(self, *, split_threads: bool = True) -> DevicePool:
@@ -348,9 +343,9 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     options = DeviceOptions.from_params(OmegaConf.select(state, "hydra.launcher", default={}))
     problems = options.device_problems()
     pool = options.pool(split_threads=False)
-    problems += [p for p in [pool.too_small_for(nproc, "this run")] if p]
-    if problems:
-        raise LauncherConfigError("\n".join(problems))
+    if too_small := pool.too_small_for(nproc, "this run"):
+        problems.add(too_small)
+    problems.raise_any()
     output_dir = OmegaConf.select(state, "hydra.runtime.output_dir", default=None)
     what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
     try:

@@ -65,6 +65,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
+from runner.errors import invalid
 from runner.launch.trust import dir_problem
 
 log = logging.getLogger(__name__)
@@ -227,10 +228,14 @@ class LeaseDir:
 
     def _error(self, error: OSError) -> LeaseDirError:
         return LeaseDirError(
-            f"hydra.launcher.lease_dir={str(self.path)!r} is invalid: the device leases "
-            f"live there and it cannot be made or written ({error.strerror or error}). "
-            "Fix: hydra.launcher.lease_dir=A_DIR_EVERY_USER_CAN_WRITE (or set "
-            f"${LEASE_DIR_ENV}), or hydra.launcher.leases=false to manage devices by hand"
+            invalid(
+                "hydra.launcher.lease_dir",
+                str(self.path),
+                "the device leases live there and it cannot be made or written "
+                f"({error.strerror or error})",
+                f"hydra.launcher.lease_dir=A_DIR_EVERY_USER_CAN_WRITE (or set "
+                f"${LEASE_DIR_ENV}), or hydra.launcher.leases=false to manage devices by hand",
+            )
         )
 
     def _refused(self, problem: str) -> LeaseDirError:

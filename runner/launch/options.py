@@ -3,8 +3,7 @@ torchrun's own name, checked once.
 
 The same dataclass is the torchrun part of the launcher plugin's config
 (``hydra.launcher.*``), so each option, its type and its default are written here
-and nowhere else. :func:`invalid` is runner's one way to say a value cannot work:
-the key, the value, the rule and the fix.
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,20 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.errors import CompactHydraException
-
+from runner.errors import LauncherConfigError, Problems
 from runner.launch.procs import LOOPBACK
-
-
-class LauncherConfigError(CompactHydraException, ValueError):
-    """A ``hydra.launcher`` value (or the sweep dir) that cannot work (Hydra prints its
-    message alone, not a traceback)."""
-
-
-def invalid(key: str, value: Any, rule: str, fix: str) -> str:
-    """The message for a config value that cannot work, for the person at the terminal:
-    ``KEY=VALUE is invalid: RULE. Fix: FIX``."""
-    return f"{key}={value!r} is invalid: {rule}. Fix: {fix}"
 
 
 def option_names(schema: type) -> set[str]:
@@ -91,57 +78,69 @@ class LaunchConfig:
         return self.nproc_per_node * self.max_nodes
 
     def check(self) -> None:
-        """Raise ValueError, naming the key, the value and the fix, for unusable values."""
-
-        def bad(key: str, value: Any, rule: str, fix: str) -> LauncherConfigError:
-            return LauncherConfigError(
-                invalid(f"hydra.launcher.{key}", value, rule, f"hydra.launcher.{fix}")
-            )
-
-        if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
-            raise bad(
-                "nproc_per_node",
-                self.nproc_per_node,
-                "must be an integer >= 1",
-                "nproc_per_node=1 (or trainer.nproc_per_node=N for runner's app)",
-            )
-        if (
-            not re.fullmatch(r"\d+(:\d+)?", self.nnodes)
-            or min(int(n) for n in self.nnodes.split(":")) < 1
-        ):
-            raise bad("nnodes", self.nnodes, "must be N or MIN:MAX with N >= 1", "nnodes=1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise bad(
-                "timeout", self.timeout, "must be > 0 seconds, or null for none", "timeout=3600"
-            )
-        if self.max_restarts < 0:
-            raise bad("max_restarts", self.max_restarts, "must be >= 0", "max_restarts=0")
-        if self.monitor_interval <= 0:
-            raise bad(
-                "monitor_interval", self.monitor_interval, "must be > 0", "monitor_interval=0.1"
-            )
+        """Raise LauncherConfigError, naming the key, the value and the fix, for values
+        that cannot work."""
+        found = Problems(LauncherConfigError, "hydra.launcher.")
+        found.check(
+            isinstance(self.nproc_per_node, int) and self.nproc_per_node >= 1,
+            "nproc_per_node",
+            self.nproc_per_node,
+            "must be an integer >= 1",
+            "nproc_per_node=1 (or trainer.nproc_per_node=N for runner's app)",
+        )
+        found.require(
+            bool(re.fullmatch(r"\d+(:\d+)?", self.nnodes))
+            and min(int(n) for n in self.nnodes.split(":")) >= 1,
+            "nnodes",
+            self.nnodes,
+            "must be N or MIN:MAX with N >= 1",
+            "nnodes=1",
+        )
+        found.check(
+            self.timeout is None or self.timeout > 0,
+            "timeout",
+            self.timeout,
+            "must be > 0 seconds, or null for none",
+            "timeout=3600",
+        )
+        found.check(
+            self.max_restarts >= 0,
+            "max_restarts",
+            self.max_restarts,
+            "must be >= 0",
+            "max_restarts=0",
+        )
+        found.check(
+            self.monitor_interval > 0,
+            "monitor_interval",
+            self.monitor_interval,
+            "must be > 0",
+            "monitor_interval=0.1",
+        )
         if not self.single_node:
-            if not (self.rdzv_endpoint or self.master_port):
-                raise bad(
-                    "rdzv_endpoint",
-                    self.rdzv_endpoint,
-                    f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
-                    "rdzv_endpoint=HOST:PORT of the first node, the same on every node",
-                )
-            if self.rdzv_endpoint and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.rdzv_endpoint):
-                raise bad(
-                    "rdzv_endpoint",
-                    self.rdzv_endpoint,
-                    "must be HOST:PORT (sweep point N uses PORT + N)",
-                    "rdzv_endpoint=node001:29400",
-                )
-            if self.rdzv_backend == "static" and ":" in self.nnodes:
-                raise bad(
-                    "nnodes",
-                    self.nnodes,
-                    "MIN:MAX needs an elastic rendezvous (static waits for a fixed count)",
-                    "rdzv_backend=c10d",
-                )
+            found.check(
+                bool(self.rdzv_endpoint or self.master_port),
+                "rdzv_endpoint",
+                self.rdzv_endpoint,
+                f"a {self.nnodes}-node job needs a rendezvous address every node reaches",
+                "rdzv_endpoint=HOST:PORT of the first node, the same on every node",
+            )
+            found.check(
+                not self.rdzv_endpoint
+                or bool(re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.rdzv_endpoint)),
+                "rdzv_endpoint",
+                self.rdzv_endpoint,
+                "must be HOST:PORT (sweep point N uses PORT + N)",
+                "rdzv_endpoint=node001:29400",
+            )
+            found.check(
+                not (self.rdzv_backend == "static" and ":" in self.nnodes),
+                "nnodes",
+                self.nnodes,
+                "MIN:MAX needs an elastic rendezvous (static waits for a fixed count)",
+                "rdzv_backend=c10d",
+            )
+        found.raise_any()
 
     def for_point(self, num: int) -> LaunchConfig:
         """This launch for sweep point ``num``: a multi-node point gets its own rendezvous

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from runner.errors import invalid
 from runner.launch.codec import load_task, restore_config, task_config
 from runner.launch.devices import run_devices
 from runner.launch.entry import JOB_FILE, RERUN_DIR, TASK_FILE
@@ -74,11 +75,15 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
         raise RerunError(str(error)) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RerunError(
-            f"JOB_DIR={str(job_dir)!r} is invalid: it keeps no copy of its job "
-            f"({getattr(error, 'filename', None) or kept / JOB_FILE}: "
-            f"{getattr(error, 'strerror', None) or error}). Fix: pass "
-            "the dir of a sweep point or run that runner launched with torchrun (its "
-            ".runner/ holds the copy), e.g. SWEEP_DIR/0"
+            invalid(
+                "JOB_DIR",
+                str(job_dir),
+                "it keeps no copy of its job "
+                f"({getattr(error, 'filename', None) or kept / JOB_FILE}: "
+                f"{getattr(error, 'strerror', None) or error})",
+                "pass the dir of a sweep point or run that runner launched with torchrun "
+                "(its .runner/ holds the copy), e.g. SWEEP_DIR/0",
+            )
         ) from None
     hydra = job["config"].get("hydra") or {}
     into = (into or default_dir(job_dir, hydra)).absolute()

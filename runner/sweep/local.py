@@ -15,9 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.errors import LauncherConfigError
 from runner.launch.devices import DeviceOptions, DevicePool
 from runner.launch.job import Job, TorchrunJob
-from runner.launch.options import LaunchConfig, LauncherConfigError
+from runner.launch.options import LaunchConfig
 from runner.launch.starters import (
     AgentStarter,
     SubprocessStarter,

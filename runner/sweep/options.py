@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.errors import LauncherConfigError, Problems, SearchConfigError, invalid
 from runner.launch.devices import DeviceOptions
-from runner.launch.options import LaunchConfig, LauncherConfigError, invalid, option_names
-
-
-def _key(name: str) -> str:
-    return f"hydra.launcher.{name}"
+from runner.launch.options import LaunchConfig, option_names
 
 
 @dataclass
@@ -46,36 +42,30 @@ class SchedulerOptions(DeviceOptions):
     # maximize; null: the sweeper's direction, else trainer.objective_mode, else lower.
     direction: str | None = None
 
-    def scheduler_problems(self) -> list[str]:
+    def scheduler_problems(self) -> Problems:
         """What cannot work, each naming the key, the value and the fix."""
         found = self.device_problems()
-        if self.max_parallel is not None and self.max_parallel < 1:
-            found.append(
-                invalid(
-                    _key("max_parallel"),
-                    self.max_parallel,
-                    "must be an integer >= 1, or null for as many as fit",
-                    "hydra.launcher.max_parallel=2",
-                )
-            )
-        if self.direction not in (None, "minimize", "maximize"):
-            found.append(
-                invalid(
-                    _key("direction"),
-                    self.direction,
-                    "must be minimize or maximize, or null to follow the sweeper",
-                    "hydra.launcher.direction=maximize",
-                )
-            )
-        if self.stop_grace < 0:
-            found.append(
-                invalid(
-                    _key("stop_grace"),
-                    self.stop_grace,
-                    "must be >= 0 seconds",
-                    "hydra.launcher.stop_grace=10",
-                )
-            )
+        found.check(
+            self.max_parallel is None or self.max_parallel >= 1,
+            "max_parallel",
+            self.max_parallel,
+            "must be an integer >= 1, or null for as many as fit",
+            "max_parallel=2",
+        )
+        found.check(
+            self.direction in (None, "minimize", "maximize"),
+            "direction",
+            self.direction,
+            "must be minimize or maximize, or null to follow the sweeper",
+            "direction=maximize",
+        )
+        found.check(
+            self.stop_grace >= 0,
+            "stop_grace",
+            self.stop_grace,
+            "must be >= 0 seconds",
+            "stop_grace=10",
+        )
         return found
 
 
@@ -115,52 +105,61 @@ class SlurmOptions:
             return self.signal_lead_s
         return min(90, self.time_min * 60 // 4)
 
-    def slurm_problems(self, nnodes: str) -> list[str]:
+    def slurm_problems(self, nnodes: str) -> Problems:
         """What cannot work, each naming the key, the value and the fix."""
-        found = []
-
-        def bad(key: str, value: Any, rule: str, fix: str) -> None:
-            found.append(invalid(_key(key), value, rule, f"hydra.launcher.{fix}"))
-
-        if not nnodes.isdigit():
-            bad("nnodes", nnodes, "Slurm allocates a fixed number of nodes", "nnodes=2")
+        found = Problems(LauncherConfigError, "hydra.launcher.")
+        found.check(
+            nnodes.isdigit(),
+            "nnodes",
+            nnodes,
+            "Slurm allocates a fixed number of nodes",
+            "nnodes=2",
+        )
         for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                bad(
-                    key,
-                    value,
-                    "must be an integer >= 1, or null for the cluster's default",
-                    f"{key}=null",
-                )
-        if self.time_min < 1:
-            bad(
-                "time_min",
-                self.time_min,
-                "the job's time limit must be whole minutes >= 1",
-                "time_min=60",
+            found.check(
+                value is None or value >= 1,
+                key,
+                value,
+                "must be an integer >= 1, or null for the cluster's default",
+                f"{key}=null",
             )
-        if self.poll_interval <= 0:
-            bad("poll_interval", self.poll_interval, "must be > 0 seconds", "poll_interval=5")
-        if self.max_requeues < 0:
-            bad("max_requeues", self.max_requeues, "must be >= 0", "max_requeues=3")
-        if self.signal_lead_s is not None and not 0 < self.signal_lead_s < self.time_min * 60:
-            bad(
-                "signal_lead_s",
-                self.signal_lead_s,
-                f"the warning must come after the job starts and before its time limit "
-                f"(time_min={self.time_min}: between 1 and {self.time_min * 60 - 1} s)",
-                f"signal_lead_s={min(90, self.time_min * 60 // 4)}, or signal_lead_s=null",
-            )
+        found.check(
+            self.time_min >= 1,
+            "time_min",
+            self.time_min,
+            "the job's time limit must be whole minutes >= 1",
+            "time_min=60",
+        )
+        found.check(
+            self.poll_interval > 0,
+            "poll_interval",
+            self.poll_interval,
+            "must be > 0 seconds",
+            "poll_interval=5",
+        )
+        found.check(
+            self.max_requeues >= 0,
+            "max_requeues",
+            self.max_requeues,
+            "must be >= 0",
+            "max_requeues=3",
+        )
+        found.check(
+            self.signal_lead_s is None or 0 < self.signal_lead_s < self.time_min * 60,
+            "signal_lead_s",
+            self.signal_lead_s,
+            f"the warning must come after the job starts and before its time limit "
+            f"(time_min={self.time_min}: between 1 and {self.time_min * 60 - 1} s)",
+            f"signal_lead_s={min(90, self.time_min * 60 // 4)}, or signal_lead_s=null",
+        )
         return found
 
 
 def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> None:
     """Check the scheduler's keys and the torchrun options before anything starts."""
     keys = option_names(SchedulerOptions) & set(params)
-    problems = SchedulerOptions(**{k: params[k] for k in keys}).scheduler_problems()
-    if problems:
-        raise LauncherConfigError("\n".join(problems))
+    SchedulerOptions(**{k: params[k] for k in keys}).scheduler_problems().raise_any()
     try:
         LaunchConfig.from_config(params, **launch_overrides)
     except ValueError as error:
@@ -170,11 +169,8 @@ def check_options(params: dict[str, Any], launch_overrides: dict[str, Any]) -> N
 def check_slurm_options(params: dict[str, Any]) -> None:
     """Check the Slurm keys before anything is submitted."""
     keys = option_names(SlurmOptions) & set(params)
-    problems = SlurmOptions(**{k: params[k] for k in keys}).slurm_problems(
-        str(params.get("nnodes", "1"))
-    )
-    if problems:
-        raise LauncherConfigError("\n".join(problems))
+    options = SlurmOptions(**{k: params[k] for k in keys})
+    options.slurm_problems(str(params.get("nnodes", "1"))).raise_any()
 
 
 def check_sweep_dir(sweep_dir: str) -> None:
@@ -189,11 +185,6 @@ def check_sweep_dir(sweep_dir: str) -> None:
             f"hydra.sweep.dir={sweep_dir} cannot be created or written "
             f"({error.strerror or error}). Fix: pass hydra.sweep.dir=A_WRITABLE_DIR"
         ) from None
-
-
-class SearchConfigError(CompactHydraException, ValueError):
-    """A ``hydra.sweeper`` value of runner's search that cannot work (Hydra prints its
-    message alone, not a traceback)."""
 
 
 # Samplers and pruners by short name (any other by ``_target_``).
@@ -211,10 +202,6 @@ PRUNERS = {
     "hyperband": "optuna.pruners.HyperbandPruner",
 }
 DIRECTIONS = ("minimize", "maximize")
-
-
-def _sweeper_key(name: str) -> str:
-    return f"hydra.sweeper.{name}"
 
 
 @dataclass
@@ -255,47 +242,61 @@ class SearchOptions:
         value = self.direction
         return [str(d) for d in value] if isinstance(value, (list, tuple)) else [str(value)]
 
-    def search_problems(self) -> list[str]:
+    def search_problems(self) -> Problems:
         """What cannot work, each naming the key, the value and the fix."""
-        found = []
-
-        def bad(key: str, value: Any, rule: str, fix: str) -> None:
-            found.append(invalid(_sweeper_key(key), value, rule, f"hydra.sweeper.{fix}"))
-
-        if self.n_jobs is not None and self.n_jobs < 1:
-            bad("n_jobs", self.n_jobs, "trials at once, at least 1", "n_jobs=2")
-        if self.n_trials < 1:
-            bad("n_trials", self.n_trials, "a search needs at least one trial", "n_trials=20")
-        if self.timeout is not None and self.timeout <= 0:
-            bad("timeout", self.timeout, "must be > 0 seconds, or null", "timeout=3600")
+        found = Problems(SearchConfigError, "hydra.sweeper.")
+        found.check(
+            self.n_jobs is None or self.n_jobs >= 1,
+            "n_jobs",
+            self.n_jobs,
+            "trials at once, at least 1",
+            "n_jobs=2",
+        )
+        found.check(
+            self.n_trials >= 1,
+            "n_trials",
+            self.n_trials,
+            "a search needs at least one trial",
+            "n_trials=20",
+        )
+        found.check(
+            self.timeout is None or self.timeout > 0,
+            "timeout",
+            self.timeout,
+            "must be > 0 seconds, or null",
+            "timeout=3600",
+        )
         directions = self.directions()
-        if not directions or any(d not in DIRECTIONS for d in directions):
-            bad(
-                "direction",
-                self.direction,
-                "each direction is minimize or maximize",
-                "direction=minimize (or [minimize,maximize] for two values)",
-            )
+        found.check(
+            bool(directions) and all(d in DIRECTIONS for d in directions),
+            "direction",
+            self.direction,
+            "each direction is minimize or maximize",
+            "direction=minimize (or [minimize,maximize] for two values)",
+        )
         for key, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
             value = getattr(self, key)
-            if value is None:
-                continue
-            if isinstance(value, str) and value not in names:
-                bad(key, value, f"known names: {', '.join(names)}", f"{key}={next(iter(names))}")
-            elif isinstance(value, dict) and "_target_" not in value:
-                bad(
-                    key,
-                    value,
-                    "a mapping names its class with _target_",
-                    f"{key}._target_={next(iter(names.values()))}",
-                )
-        if len(directions) > 1 and self.pruner not in (None, "none"):
-            bad(
-                "pruner",
-                self.pruner,
-                "Optuna prunes only single-objective studies",
-                "pruner=none",
+            found.check(
+                not isinstance(value, str) or value in names,
+                key,
+                value,
+                f"known names: {', '.join(names)}",
+                f"{key}={next(iter(names))}",
             )
+            found.check(
+                not isinstance(value, dict) or "_target_" in value,
+                key,
+                value,
+                "a mapping names its class with _target_",
+                f"{key}._target_={next(iter(names.values()))}",
+            )
+        found.check(
+            len(directions) <= 1 or self.pruner in (None, "none"),
+            "pruner",
+            self.pruner,
+            "Optuna prunes only single-objective studies",
+            "pruner=none",
+        )
         return found
 
 
@@ -329,7 +330,5 @@ def check_search_options(params: dict[str, Any]) -> SearchOptions:
     options = SearchOptions(**{k: v for k, v in params.items() if k != "_target_"})
     if options.study_name is None:
         options.study_name = "search"
-    problems = options.search_problems()
-    if problems:
-        raise SearchConfigError("\n".join(problems))
+    options.search_problems().raise_any()
     return options

@@ -27,9 +27,10 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
+from runner.errors import LauncherConfigError
 from runner.launch.entry import RETURN_VALUE
 from runner.launch.job import LaunchError, LaunchTimeout, stop_jobs
-from runner.launch.options import LaunchConfig, LauncherConfigError
+from runner.launch.options import LaunchConfig
 from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
 from runner.record import Outcome
 from runner.sweep.console import SweepConsole, compact

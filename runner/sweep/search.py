@@ -31,15 +31,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
+from runner.errors import SearchConfigError, invalid
 from runner.metrics import METRICS_FILE, MetricsReader
 from runner.record import Outcome
 from runner.sweep.console import compact
 from runner.sweep.hydra_job import value_of
-from runner.sweep.options import (
-    SearchConfigError,
-    SearchOptions,
-    check_search_options,
-)
+from runner.sweep.options import SearchOptions, check_search_options
 from runner.sweep.points import stored_result
 from runner.sweep.report import write_summary
 from runner.sweep.space import Param, parse_space
@@ -262,9 +259,13 @@ def check_enqueue(options: SearchOptions, space: list[Param]) -> None:
         unknown = sorted(set(point) - names)
         if unknown:
             raise SearchConfigError(
-                f"hydra.sweeper.enqueue={options.enqueue!r} is invalid: {unknown} "
-                f"{'is' if len(unknown) == 1 else 'are'} not searched (the search space "
-                f"is {sorted(names)}). Fix: enqueue values of searched keys only"
+                invalid(
+                    "hydra.sweeper.enqueue",
+                    options.enqueue,
+                    f"{unknown} {'is' if len(unknown) == 1 else 'are'} not searched (the "
+                    f"search space is {sorted(names)})",
+                    "enqueue values of searched keys only",
+                )
             )
 
 

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.launch.options import LauncherConfigError
+from runner.errors import LauncherConfigError
 from runner.launch.trust import check_trusted
 
 SNAPSHOT_DIR = "code"

@@ -24,7 +24,7 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
-from runner.sweep.options import SearchConfigError
+from runner.errors import SearchConfigError, invalid_override
 
 Choice = None | bool | int | float | str
 
@@ -56,7 +56,7 @@ def format_value(value: Any) -> str:
 
 
 def _problem(where: str, text: str, rule: str, fix: str) -> SearchConfigError:
-    return SearchConfigError(f"{where}: {text} is invalid: {rule}. Fix: {fix}")
+    return SearchConfigError(f"{where}: {invalid_override(text, rule, fix)}")
 
 
 def _distribution(override: Override, where: str) -> tuple[BaseDistribution, Any]:

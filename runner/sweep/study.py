@@ -13,10 +13,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from runner.errors import SearchConfigError, invalid
 from runner.launch.procs import pid_alive
 from runner.launch.trust import check_store
 from runner.record import Outcome
-from runner.sweep.options import PRUNERS, SAMPLERS, SearchConfigError, SearchOptions
+from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import Param, space_record
 
 # Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
@@ -63,9 +64,13 @@ def _build(key: str, value: Any, names: dict[str, str], seed: int | None, defaul
         return cls(**spec)
     except Exception as error:
         raise SearchConfigError(
-            f"hydra.sweeper.{key}={value!r} is invalid: {target}({spec}) cannot be made "
-            f"({first_line(error)}). Fix: one of {', '.join(names)}, or a _target_ of an Optuna "
-            f"{key} class with its arguments (a missing package: pip install it)"
+            invalid(
+                f"hydra.sweeper.{key}",
+                value,
+                f"{target}({spec}) cannot be made ({first_line(error)})",
+                f"one of {', '.join(names)}, or a _target_ of an Optuna {key} class with "
+                "its arguments (a missing package: pip install it)",
+            )
         ) from None
 
 
@@ -97,10 +102,14 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
         storage = optuna.storages.RDBStorage(url)
     except Exception as error:
         raise SearchConfigError(
-            f"hydra.sweeper.storage={url!r} is invalid: the study's database cannot be "
-            f"opened ({first_line(error)}). Fix: a URL Optuna accepts, e.g. "
-            "sqlite:///path/study.db or postgresql://user:password@host/db (its driver "
-            "installed), or storage=null for SQLite in the sweep dir"
+            invalid(
+                "hydra.sweeper.storage",
+                url,
+                f"the study's database cannot be opened ({first_line(error)})",
+                "a URL Optuna accepts, e.g. sqlite:///path/study.db or "
+                "postgresql://user:password@host/db (its driver installed), or storage=null "
+                "for SQLite in the sweep dir",
+            )
         ) from None
     directions = options.directions()
     try:
@@ -128,8 +137,12 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
     had = [d.name.lower() for d in study.directions]
     if had != directions:
         raise SearchConfigError(
-            f"hydra.sweeper.direction={options.direction!r} is invalid: {where} was made "
-            f"with direction {had}. Fix: {fix}"
+            invalid(
+                "hydra.sweeper.direction",
+                options.direction,
+                f"{where} was made with direction {had}",
+                fix,
+            )
         )
     kept = study.user_attrs.get(SPACE)
     if kept is not None and kept != space_record(space):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner.launch.options import invalid
+from runner.errors import invalid
 
 # runner's config dir: the groups in it are the options a user picks.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")

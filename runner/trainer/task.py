@@ -14,22 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from runner.errors import ConfigError, Problems
 from runner.launch.app import run_task
 from runner.launch.job import wanted_world_size
-from runner.launch.options import invalid
-
-
-class ConfigError(CompactHydraException, ValueError):
-    """A config value that cannot work; the message names the key, the value and the fix
-    (Hydra prints it alone, not a traceback)."""
-
-
-def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(invalid(key, value, rule, fix))
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -67,11 +56,13 @@ def check_missing(cfg: DictConfig) -> None:
             elif isinstance(value, dict):
                 yield from missing(value, f"{prefix}{key}.")
 
+    found = Problems(ConfigError)
     # Unresolved: interpolations (the run dir's ${hydra:...}) need no Hydra state here.
     for key in missing(OmegaConf.to_container(cfg, resolve=False)):
         options = sorted(p.stem for p in Path(CONF_DIR, *key.split(".")).glob("*.yaml"))
         fix = f"{key}={options[0]} (one of {', '.join(options)})" if options else f"{key}=VALUE"
-        _require(False, key, "???", "is mandatory and has no value", fix)
+        found.check(False, key, "???", "is mandatory and has no value", fix)
+    found.raise_any()
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -79,7 +70,9 @@ def check_config(cfg: DictConfig) -> None:
     check_missing(cfg)
     check_keys(cfg)
     t = cfg.trainer
-    _require(
+    # Raised at the first problem: later rules divide by values earlier ones check.
+    need = Problems(ConfigError)
+    need.require(
         cfg.logger.name in ("none", "tensorboard", "mlflow"),
         "logger",
         cfg.logger.name,
@@ -89,7 +82,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.logger.name in ("tensorboard", "mlflow"):
         import importlib.util
 
-        _require(
+        need.require(
             importlib.util.find_spec(cfg.logger.name) is not None,
             "logger",
             cfg.logger.name,
@@ -97,64 +90,64 @@ def check_config(cfg: DictConfig) -> None:
             f"pip install 'runner[{cfg.logger.name}]'",
         )
     if cfg.logger.name == "mlflow":
-        _require(
+        need.require(
             bool(cfg.logger.tracking_uri),
             "logger.tracking_uri",
             cfg.logger.tracking_uri,
             "must name an MLflow store",
             "logger.tracking_uri=sqlite:///ABSOLUTE/PATH/mlflow.db",
         )
-    _require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
-    _require(
+    need.require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1", "trainer.epochs=10")
+    need.require(
         t.batch_size >= 1,
         "trainer.batch_size",
         t.batch_size,
         "must be >= 1",
         "trainer.batch_size=64",
     )
-    _require(
+    need.require(
         t.grad_accum_steps >= 1,
         "trainer.grad_accum_steps",
         t.grad_accum_steps,
         "must be >= 1",
         "trainer.grad_accum_steps=1",
     )
-    _require(
+    need.require(
         t.nproc_per_node >= 1,
         "trainer.nproc_per_node",
         t.nproc_per_node,
         "must be >= 1",
         "trainer.nproc_per_node=2",
     )
-    _require(
+    need.require(
         t.objective_mode in ("min", "max"),
         "trainer.objective_mode",
         t.objective_mode,
         "must be 'min' or 'max'",
         "trainer.objective_mode=min",
     )
-    _require(
+    need.require(
         t.progress in ("auto", "bar", "lines", "off"),
         "trainer.progress",
         t.progress,
         "must be one of auto, bar, lines, off",
         "trainer.progress=auto",
     )
-    _require(
+    need.require(
         t.device in ("auto", "cpu", "cuda"),
         "trainer.device",
         t.device,
         "must be one of auto, cpu, cuda",
         "trainer.device=auto",
     )
-    _require(
+    need.require(
         t.checkpoint_every >= 0,
         "trainer.checkpoint_every",
         t.checkpoint_every,
         "must be >= 0 steps",
         "trainer.checkpoint_every=0 (epoch ends only)",
     )
-    _require(
+    need.require(
         t.num_threads >= 0,
         "trainer.num_threads",
         t.num_threads,
@@ -163,10 +156,10 @@ def check_config(cfg: DictConfig) -> None:
     )
     lr = cfg.optim.get("lr")
     if lr is not None:
-        _require(lr > 0, "optim.lr", lr, "must be > 0", "optim.lr=0.01")
+        need.require(lr > 0, "optim.lr", lr, "must be > 0", "optim.lr=0.01")
     world = wanted_world_size(default=t.nproc_per_node)
     per_step = world * t.grad_accum_steps
-    _require(
+    need.require(
         t.grad_accum_steps <= t.batch_size // world,
         "trainer.grad_accum_steps",
         t.grad_accum_steps,
@@ -174,7 +167,7 @@ def check_config(cfg: DictConfig) -> None:
         f"gets per global batch of {t.batch_size}",
         f"trainer.grad_accum_steps={max(1, t.batch_size // world)} or a larger batch",
     )
-    _require(
+    need.require(
         t.batch_size % per_step == 0,
         "trainer.batch_size",
         t.batch_size,
@@ -184,7 +177,7 @@ def check_config(cfg: DictConfig) -> None:
     )
     data = cfg.data
     if "n_samples" in data and "val_fraction" in data:
-        _require(
+        need.require(
             0 < data.val_fraction < 1,
             "data.val_fraction",
             data.val_fraction,
@@ -193,7 +186,7 @@ def check_config(cfg: DictConfig) -> None:
         )
         n_train = data.n_samples - max(1, round(data.n_samples * data.val_fraction))
         batches = n_train // t.batch_size
-        _require(
+        need.require(
             batches >= 1,
             "trainer.batch_size",
             t.batch_size,

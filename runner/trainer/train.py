@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler, TensorDataset
 
+from runner.errors import invalid
 from runner.launch.procs import atomic_file
 from runner.metrics import METRICS_FILE, append_metrics
 from runner.stop import stop_requested
@@ -121,9 +122,13 @@ def armed_fault(rank: int) -> int | None:
         fault_rank, fault_step = (int(x) for x in value.split(":"))
     except ValueError:
         raise ValueError(
-            f"RUNNER_FAULT={value!r} is invalid: the test hook takes RANK:STEP, two "
-            "integers (that rank SIGKILLs itself after that global step). Fix: unset "
-            "RUNNER_FAULT for a real run, or set it like RUNNER_FAULT=1:5"
+            invalid(
+                "RUNNER_FAULT",
+                value,
+                "the test hook takes RANK:STEP, two integers (that rank SIGKILLs itself "
+                "after that global step)",
+                "unset RUNNER_FAULT for a real run, or set it like RUNNER_FAULT=1:5",
+            )
         ) from None
     if fault_rank != rank:
         return None
