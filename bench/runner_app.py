@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float:
     if not inside_torchrun():
         from hydra.core.hydra_config import HydraConfig
 
-        from runner.launch.job import launch
+        from runner.launch.app import launch
         from runner.launch.options import LaunchConfig
 
         return launch(

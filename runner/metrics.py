@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runner.launch.procs import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -29,6 +31,36 @@ def append_metrics(job_dir: str | Path, line: dict[str, Any]) -> None:
     """Append one line to the job dir's ``metrics.jsonl`` (whole lines only)."""
     with open(Path(job_dir) / METRICS_FILE, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def _parse(raw: bytes | str) -> dict[str, Any] | None:
+    """One line of ``metrics.jsonl`` as a dict, or None (not a JSON object)."""
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
+def read_metrics(job_dir: str | Path) -> list[dict[str, Any]]:
+    """Every whole line of the job dir's ``metrics.jsonl`` (none if there is none); a
+    line that is not a JSON object is left out, a line being written is not read."""
+    try:
+        data = (Path(job_dir) / METRICS_FILE).read_bytes()
+    except OSError:
+        return []
+    whole = data[: data.rfind(b"\n") + 1]
+    return [line for raw in whole.splitlines() if (line := _parse(raw)) is not None]
+
+
+def keep_epochs(job_dir: str | Path, epochs: int) -> None:
+    """Drop the lines past ``epochs`` (a run resumed from a checkpoint writes them
+    again); the file is replaced at once."""
+    path = Path(job_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [line for line in read_metrics(job_dir) if line.get("epoch", 0) <= epochs]
+    write_atomic(path, "".join(json.dumps(line) + "\n" for line in kept).encode())
 
 
 def report(objective: float, *, step: int | None = None, **metrics: float) -> None:
@@ -51,8 +83,8 @@ class MetricsReader:
     (step, value of ``key``) pairs of the whole lines written since the last call.
     A line's step is its ``epoch``, else its ``step``, else its line number."""
 
-    def __init__(self, path: Path, key: str) -> None:
-        self.path = path
+    def __init__(self, job_dir: Path, key: str) -> None:
+        self.path = job_dir / METRICS_FILE
         self.key = key
         self.offset = 0
         self.lines = 0
@@ -71,14 +103,11 @@ class MetricsReader:
             chunk = f.read(size - self.offset)
         whole = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(whole)
-        found = []
+        found: list[tuple[int, float]] = []
         for raw in whole.splitlines():
             self.lines += 1
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            value = line.get(self.key) if isinstance(line, dict) else None
+            line = _parse(raw) or {}
+            value = line.get(self.key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if math.isfinite(value):
                     step = line.get("epoch", line.get("step", self.lines - 1))

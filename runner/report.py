@@ -1,4 +1,4 @@
-"""``python -m runner.report SWEEP_DIR``: a sweep's summary (:mod:`runner.sweep.report`)
+"""``python -m runner.report SWEEP_DIR``: a sweep's summary (:mod:`runner.sweep.summary`)
 rebuilt from its job dirs, printed, and its plots drawn (:mod:`runner.sweep.plots`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.sweep.plots import plot
-from runner.sweep.report import SEED_KEY, SUMMARY_CSV, SUMMARY_MD, console_table, write_summary
+from runner.sweep.summary import SEED_KEY, SUMMARY_CSV, SUMMARY_MD, console_table, write_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from runner.launch.job import LaunchError, launch
+from runner.launch.app import launch
+from runner.launch.job import LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import free_port, release_port
 from tests.conftest import (
@@ -340,7 +341,7 @@ INTERRUPTIBLE = textwrap.dedent(
     import sys
     from tests.test_dist import job_config, two_ranks
     from tests.apps.probe_app import probe
-    from runner.launch.job import launch
+    from runner.launch.app import launch
     from pathlib import Path
     job_dir = Path(sys.argv[1])
     config = job_config(job_dir, "sleep=600", f"gate={job_dir}", "gate_points=1")

@@ -153,7 +153,7 @@ def test_a_script_edited_mid_sweep_does_not_change_the_points_after(tmp_path):
 
 # --------------------------------------------------------------------------- Lightning
 
-SUMMARY = "+hydra.callbacks.summary._target_=runner.sweep.report.SummaryCallback"
+SUMMARY = "+hydra.callbacks.summary._target_=runner.sweep.summary.SummaryCallback"
 RECORD = "+hydra.callbacks.record._target_=tests.apps.callbacks.RecordReturn"
 
 

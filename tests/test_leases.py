@@ -230,7 +230,7 @@ def test_the_default_lease_dir_is_shared_by_every_user(tmp_path, monkeypatch):
 def test_a_one_process_run_sees_only_its_leased_device_while_it_runs(other_runs, monkeypatch):
     """``python -m runner`` with one process trains in-process: its device is leased
     like a sweep's and set in its own environment for the run, then put back."""
-    from runner.launch.devices import run_devices
+    from runner.launch.app import run_devices
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # devices=auto reads it
     assert said(other_runs("3,5")) == "3"

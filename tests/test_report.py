@@ -14,7 +14,7 @@ import time
 import pytest
 
 from runner.report import main
-from runner.sweep.report import collect
+from runner.sweep.summary import collect
 from tests.conftest import (
     FAST,
     PROBE_APP,

@@ -363,7 +363,7 @@ def test_the_summary_groups_over_the_seed_key_its_callback_names(hydra_sweep_run
         tmp_path,
         "value=1,2",
         "+rep=0,1",
-        "+hydra.callbacks.summary._target_=runner.sweep.report.SummaryCallback",
+        "+hydra.callbacks.summary._target_=runner.sweep.summary.SummaryCallback",
         "+hydra.callbacks.summary.seed_key=rep",
     )
     groups = (tmp_path / "summary_groups.csv").read_text().splitlines()
@@ -383,7 +383,7 @@ def test_the_launchers_direction_orders_the_best_and_the_summary(
         tmp_path,
         "value=0.2,0.9,0.5",
         "hydra.launcher.direction=maximize",
-        "+hydra.callbacks.summary._target_=runner.sweep.report.SummaryCallback",
+        "+hydra.callbacks.summary._target_=runner.sweep.summary.SummaryCallback",
     )
     ends = [line for line in capsys.readouterr().out.splitlines() if " done " in line]
     assert "best 0.9 (#1)" in ends[-1], ends

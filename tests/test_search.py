@@ -14,7 +14,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from runner.errors import SearchConfigError
-from runner.metrics import MetricsReader
+from runner.metrics import MetricsReader, keep_epochs, read_metrics
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import parse_space
 from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
@@ -346,7 +346,7 @@ def test_an_integer_range_is_an_integer_distribution():
 
 def test_the_metrics_reader_takes_whole_new_lines_of_its_key(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    reader = MetricsReader(path, "val")
+    reader = MetricsReader(tmp_path, "val")
     assert reader.new_values() == []
     path.write_text('{"epoch": 3, "val": 1.5}\n{"step": 7, "val": 2}\n{"val": 0.5}\n{"val"')
     assert reader.new_values() == [(3, 1.5), (7, 2.0), (2, 0.5)]
@@ -355,3 +355,8 @@ def test_the_metrics_reader_takes_whole_new_lines_of_its_key(tmp_path):
     assert reader.new_values() == [(3, 9.0)]
     path.write_text('{"epoch": 0, "val": 1.0}\n')  # a resumed run rewrote it
     assert reader.new_values() == [(0, 1.0)]
+    # The whole file's reader: the same whole lines, a line being written left out.
+    path.write_text('{"epoch": 0, "val": 1.0}\n[1, 2]\nnot json\n{"epoch": 1')
+    assert read_metrics(tmp_path) == [{"epoch": 0, "val": 1.0}]
+    keep_epochs(tmp_path, 0)
+    assert path.read_text() == '{"epoch": 0, "val": 1.0}\n'

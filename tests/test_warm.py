@@ -176,7 +176,7 @@ def test_warm_workers_take_their_own_thread_count(tmp_path, caplog):
     existed; each forked rank must still get the OMP_NUM_THREADS it was given."""
     from omegaconf import OmegaConf
 
-    from runner.launch.job import launch
+    from runner.launch.app import launch
     from runner.launch.options import LaunchConfig
 
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})

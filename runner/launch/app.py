@@ -14,16 +14,27 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from runner.errors import LauncherConfigError
-from runner.launch.devices import run_devices
-from runner.launch.job import launch_current_job, wanted_world_size
+from runner.launch.devices import DEVICE_POLL_S, DeviceOptions
+from runner.launch.entry import remove_stale_entry_dirs
+from runner.launch.job import TorchrunJob, stop_jobs
+from runner.launch.options import LaunchConfig
+from runner.launch.procs import sigterm_as_exit
+from runner.launch.starters import warm_starter
+from runner.record import lone_ranks
+
+log = logging.getLogger(__name__)
 
 
 def inside_torchrun() -> bool:
@@ -97,3 +108,121 @@ def main(*args: Any, **kwargs: Any) -> Callable[[Callable[[DictConfig], Any]], C
         return app
 
     return decorate
+
+
+@contextlib.contextmanager
+def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, str]]:
+    """The current Hydra run's devices, one per local rank, leased like a sweep's
+    (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
+    hold them it waits, and says who holds them. Yields the environment its ranks
+    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
+    in this process's environment while the block runs (a run without torchrun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import env_override
+    from omegaconf import DictConfig, OmegaConf
+
+    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
+    state = root if isinstance(root, DictConfig) else OmegaConf.create()
+    options = DeviceOptions.from_params(OmegaConf.select(state, "hydra.launcher", default={}))
+    problems = options.device_problems()
+    pool = options.pool(split_threads=False)
+    if too_small := pool.too_small_for(nproc, "this run"):
+        problems.add(too_small)
+    problems.raise_any()
+    output_dir = OmegaConf.select(state, "hydra.runtime.output_dir", default=None)
+    what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
+    try:
+        devices = pool.take(nproc, head=True, what=what)
+        while devices is None:
+            if news := pool.waiting_news():
+                log.info("waiting for %s", news)
+            time.sleep(DEVICE_POLL_S)
+            devices = pool.take(nproc, head=True, what=what)
+    except BaseException:  # Ctrl-C while waiting: out of the line of waiting runs
+        pool.new_head()
+        raise
+    env = pool.environment(devices, nproc, 1, {})
+    if devices:
+        log.info("on devices %s", ",".join(devices))
+    try:
+        with env_override(env) if in_process else contextlib.nullcontext():
+            yield env
+    finally:
+        pool.give_back(devices)
+
+
+def launch(
+    config: DictConfig | None,
+    task_function: Callable,
+    launch_config: LaunchConfig,
+    job_dir: str | Path,
+    *,
+    console: bool = True,
+    warm: bool = False,
+    extra_env: dict[str, str] | None = None,
+    config_data: dict | None = None,
+    sys_path: list[str] | None = None,
+) -> Any:
+    """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
+    return value or raise LaunchError. Clean-up happens whatever way this ends.
+    ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm);
+    ``extra_env``: more environment for the agent and its ranks (their devices);
+    ``config_data``, ``sys_path``: a config resolved earlier, as TorchrunJob takes it."""
+    remove_stale_entry_dirs()
+    job = TorchrunJob(
+        config,
+        task_function,
+        launch_config,
+        job_dir,
+        console=console,
+        config_data=config_data,
+        sys_path=sys_path,
+    )
+    with sigterm_as_exit():
+        server = warm_starter(task_function, job.cwd) if warm else None
+        if server is not None:
+            job.starter = server
+            log.info("warm start: the agent and its ranks fork from a warm process")
+        try:
+            job.start(extra_env)
+            job.wait()
+            value = job.result()
+            if note := lone_ranks(job.launch_record()):
+                log.warning(note)
+            return value
+        finally:
+            if job.proc is not None:
+                stop_jobs([job])
+            job.cleanup()
+            if server is not None:
+                server.close()
+
+
+def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
+    """From inside a Hydra task: run this same job through torchrun, launched as
+    ``hydra.launcher`` says, and return rank 0's return value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    launch_config = LaunchConfig.from_config(hydra_cfg.launcher)
+    with run_devices(launch_config.nproc_per_node) as env:
+        return launch(
+            task_cfg,
+            task_function,
+            launch_config,
+            hydra_cfg.runtime.output_dir,
+            warm=bool(hydra_cfg.launcher.get("warm", False)),
+            extra_env=env,
+        )
+
+
+def wanted_world_size(default: int = 1) -> int:
+    """Processes the current Hydra job asks for (``hydra.launcher``: nproc x nnodes)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    launcher = HydraConfig.get().launcher
+    if "nproc_per_node" not in launcher:
+        return default
+    return int(launcher.nproc_per_node) * int(str(launcher.get("nnodes", 1)).split(":")[-1])

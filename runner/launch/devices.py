@@ -32,13 +32,12 @@ Nothing here imports torch: devices are found from ``CUDA_VISIBLE_DEVICES`` or
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,44 +324,3 @@ class DevicePool:
             share = (os.cpu_count() or 1) // (slots * nproc)
             return {"OMP_NUM_THREADS": str(max(1, share))}
         return {}
-
-
-@contextlib.contextmanager
-def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, str]]:
-    """The current Hydra run's devices, one per local rank, leased like a sweep's
-    (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
-    hold them it waits, and says who holds them. Yields the environment its ranks
-    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
-    in this process's environment while the block runs (a run without torchrun)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import env_override
-    from omegaconf import DictConfig, OmegaConf
-
-    root = HydraConfig.instance().cfg  # a DictConfig when set, whatever its annotation
-    state = root if isinstance(root, DictConfig) else OmegaConf.create()
-    options = DeviceOptions.from_params(OmegaConf.select(state, "hydra.launcher", default={}))
-    problems = options.device_problems()
-    pool = options.pool(split_threads=False)
-    if too_small := pool.too_small_for(nproc, "this run"):
-        problems.add(too_small)
-    problems.raise_any()
-    output_dir = OmegaConf.select(state, "hydra.runtime.output_dir", default=None)
-    what = f"run {output_dir}" if output_dir else f"a run (pid {os.getpid()})"
-    try:
-        devices = pool.take(nproc, head=True, what=what)
-        while devices is None:
-            if news := pool.waiting_news():
-                log.info("waiting for %s", news)
-            time.sleep(DEVICE_POLL_S)
-            devices = pool.take(nproc, head=True, what=what)
-    except BaseException:  # Ctrl-C while waiting: out of the line of waiting runs
-        pool.new_head()
-        raise
-    env = pool.environment(devices, nproc, 1, {})
-    if devices:
-        log.info("on devices %s", ",".join(devices))
-    try:
-        with env_override(env) if in_process else contextlib.nullcontext():
-            yield env
-    finally:
-        pool.give_back(devices)

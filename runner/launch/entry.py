@@ -44,6 +44,8 @@ FAILURE_FILE = "failure.json"
 AGENT_LOG = "torchrun.log"
 # A copy of the job (job.json, task.pkl) to run it again: python -m runner.rerun JOB_DIR.
 RERUN_DIR = ".runner"
+# Where reruns of a sweep's points go, inside the sweep dir (the report leaves it out).
+RERUNS = "reruns"
 RETURN_VALUE = "return_value.pkl"
 
 # The entry script is fixed text: the job is data in job.json beside it. Only as

@@ -42,20 +42,17 @@ from typing import Any, Protocol
 from omegaconf import DictConfig
 
 from runner.launch.codec import job_config_data
-from runner.launch.devices import run_devices
 from runner.launch.entry import (
     AGENT_LOG,
     FAILURE_FILE,
     RANK0_FILE,
     RERUN_DIR,
     RESULT_FILE,
-    remove_stale_entry_dirs,
     write_entry,
 )
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import free_port, release_port, sigterm_as_exit
-from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter, warm_starter
-from runner.record import lone_ranks
+from runner.launch.procs import free_port, release_port
+from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter
 
 log = logging.getLogger(__name__)
 
@@ -394,80 +391,3 @@ def stop_jobs(jobs: Sequence[Job], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     for job in live:
         job.wait_stopped(deadline)
-
-
-def launch(
-    config: DictConfig | None,
-    task_function: Callable,
-    launch_config: LaunchConfig,
-    job_dir: str | Path,
-    *,
-    console: bool = True,
-    warm: bool = False,
-    extra_env: dict[str, str] | None = None,
-    config_data: dict | None = None,
-    sys_path: list[str] | None = None,
-) -> Any:
-    """Run ``task_function`` on ``config`` in every rank of one torchrun; return rank 0's
-    return value or raise LaunchError. Clean-up happens whatever way this ends.
-    ``warm``: fork the agent and its workers from a warm process (see runner.launch.warm);
-    ``extra_env``: more environment for the agent and its ranks (their devices);
-    ``config_data``, ``sys_path``: a config resolved earlier, as TorchrunJob takes it."""
-    remove_stale_entry_dirs()
-    job = TorchrunJob(
-        config,
-        task_function,
-        launch_config,
-        job_dir,
-        console=console,
-        config_data=config_data,
-        sys_path=sys_path,
-    )
-    with sigterm_as_exit():
-        server = warm_starter(task_function, job.cwd) if warm else None
-        if server is not None:
-            job.starter = server
-            log.info("warm start: the agent and its ranks fork from a warm process")
-        try:
-            job.start(extra_env)
-            job.wait()
-            value = job.result()
-            if note := lone_ranks(job.launch_record()):
-                log.warning(note)
-            return value
-        finally:
-            if job.proc is not None:
-                stop_jobs([job])
-            job.cleanup()
-            if server is not None:
-                server.close()
-
-
-def launch_current_job(task_function: Callable, task_cfg: DictConfig) -> Any:
-    """From inside a Hydra task: run this same job through torchrun, launched as
-    ``hydra.launcher`` says, and return rank 0's return value."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    launch_config = LaunchConfig.from_config(hydra_cfg.launcher)
-    with run_devices(launch_config.nproc_per_node) as env:
-        return launch(
-            task_cfg,
-            task_function,
-            launch_config,
-            hydra_cfg.runtime.output_dir,
-            warm=bool(hydra_cfg.launcher.get("warm", False)),
-            extra_env=env,
-        )
-
-
-def wanted_world_size(default: int = 1) -> int:
-    """Processes the current Hydra job asks for (``hydra.launcher``: nproc x nnodes)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return default
-    launcher = HydraConfig.get().launcher
-    if "nproc_per_node" not in launcher:
-        return default
-    return int(launcher.nproc_per_node) * int(str(launcher.get("nnodes", 1)).split(":")[-1])

@@ -6,6 +6,7 @@ terminal (logs, CI) only the plain lines, free of control codes."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,25 +53,40 @@ def compact(value: Any) -> str:
     return clip(repr(value))
 
 
+class Best:
+    """The best value so far in the sweep's direction, and the point that gave it."""
+
+    def __init__(self, maximise: bool) -> None:
+        self.maximise = maximise
+        self.value: float | None = None
+        self.idx: int | None = None
+
+    def offer(self, idx: int, value: Any) -> None:
+        """Point ``idx`` completed with ``value``: the best if it beats it (a value that
+        is not one finite number is not ranked)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        if not math.isfinite(value):
+            return
+        if self.value is None or (value > self.value if self.maximise else value < self.value):
+            self.value, self.idx = float(value), idx
+
+    def text(self) -> str:
+        """`` best 0.123 (#3)``, or "" before the first."""
+        return "" if self.value is None else f" best {compact(self.value)} (#{self.idx})"
+
+
 class SweepConsole:
     def __init__(self, maximise: bool) -> None:
         self.maximise = maximise
         self.live = sys.stderr.isatty()
         self.started = time.monotonic()
         self.drawn_at = 0.0
-        # (value, point number) of the sweep's best completed point so far.
-        self.best: tuple[float, int] | None = None
+        self.best = Best(maximise)  # of the whole sweep (every batch)
 
     def scored(self, idx: int, value: Any) -> None:
-        """Point ``idx`` completed with ``value``: the sweep's best if it beats it (a
-        value that is not one number is not ranked)."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-            return
-        if self.best is None or (value > self.best[0] if self.maximise else value < self.best[0]):
-            self.best = (float(value), idx)
-
-    def best_text(self) -> str:
-        return f" best {compact(self.best[0])} (#{self.best[1]})" if self.best else ""
+        """Point ``idx`` completed with ``value``."""
+        self.best.offer(idx, value)
 
     def progress(self, total: int, counts: Mapping[Outcome, int], running: int) -> str:
         """``[5/12 ended: 4 done, 2 running, 1 failed] best 0.123 (#3)``: the counts of
@@ -81,7 +97,7 @@ class SweepConsole:
         for status in (Outcome.STOPPED, Outcome.PRUNED):
             if counts.get(status):
                 words += f", {counts[status]} {status.word}"
-        return f"[{sum(counts.values())}/{total} ended: {words}]{self.best_text()}"
+        return f"[{sum(counts.values())}/{total} ended: {words}]{self.best.text()}"
 
     def status(self, progress: Callable[[], str]) -> None:
         """On a terminal, redraw the live status line (at most twice a second)."""

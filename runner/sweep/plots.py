@@ -8,15 +8,14 @@ torch.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.metrics import METRICS_FILE
+from runner.metrics import read_metrics
 from runner.record import Outcome
-from runner.sweep.report import SEED_KEY, SKIP_METRICS, Group, Row, grouped, objective_name, swept
+from runner.sweep.summary import SEED_KEY, SKIP_METRICS, Group, Row, grouped, objective_name, swept
 
 
 def _as_float(text: str) -> float | None:
@@ -63,7 +62,7 @@ def plot(sweep_dir: Path, rows: Sequence[Row], seed_key: str = SEED_KEY) -> list
         written.append(_save(fig, sweep_dir / f"objective_vs_{_slug(param)}.png"))
         plt.close(fig)
 
-    curves = [(r, _history(r.job_dir)) for r in rows]
+    curves = [(r, read_metrics(r.job_dir)) for r in rows]
     curves = [(r, h) for r, h in curves if h]
     if curves:
         metric = "val_loss" if any("val_loss" in e for _, h in curves for e in h) else None
@@ -118,7 +117,7 @@ def _over_seeds(plt, sweep_dir: Path, groups: list[Group], name: str, seed_key: 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     drawn = False
     for group in groups:
-        histories = [_history(r.job_dir) for r in group.rows if r.status is Outcome.COMPLETED]
+        histories = [read_metrics(r.job_dir) for r in group.rows if r.status is Outcome.COMPLETED]
         histories = [h for h in histories if h]
         if not histories:
             continue
@@ -186,11 +185,3 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     return path
-
-
-def _history(job_dir: Path) -> list[dict]:
-    try:
-        lines = (job_dir / METRICS_FILE).read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return []

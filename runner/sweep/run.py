@@ -14,8 +14,8 @@ from runner.launch import gates
 from runner.launch.entry import remove_stale_entry_dirs
 from runner.sweep.console import SweepConsole
 from runner.sweep.points import PointSource, SweepLauncher
-from runner.sweep.report import seed_key_of, sweep_maximises, write_summary
 from runner.sweep.scheduler import SweepScheduler
+from runner.sweep.summary import seed_key_of, sweep_maximises, write_summary
 
 log = logging.getLogger(__name__)
 

@@ -32,15 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from runner.errors import SearchConfigError, invalid
-from runner.metrics import METRICS_FILE, MetricsReader
+from runner.metrics import MetricsReader
 from runner.record import Outcome
-from runner.sweep.console import compact
+from runner.sweep.console import Best
 from runner.sweep.hydra_job import value_of
 from runner.sweep.options import SearchOptions, check_search_options
 from runner.sweep.points import stored_result
-from runner.sweep.report import write_summary
 from runner.sweep.space import Param, parse_space
 from runner.sweep.study import JOB_DIR, OWNER, STATUS, continue_study, counts, open_study, owner
+from runner.sweep.summary import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,11 @@ class Search:
             if counts(t):
                 key = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}
                 self.tally[key.get(t.state, "failed")] += 1
-        self.best: tuple[float, int] | None = None
+        self.best = Best(self.directions[0] == "maximize")
         if len(self.directions) == 1:
             for t in finished:
                 if t.state == TrialState.COMPLETE and t.values:
-                    self._scored(t.values[0], t.number)
+                    self.best.offer(t.number, t.values[0])
 
     # ------------------------------------------------------------- PointSource
 
@@ -160,9 +160,7 @@ class Search:
         """The trial's intermediate values written since the last call, reported."""
         reader = self.readers.get(trial.number)
         if reader is None:
-            reader = self.readers[trial.number] = MetricsReader(
-                job_dir / METRICS_FILE, self.options.metric
-            )
+            reader = self.readers[trial.number] = MetricsReader(job_dir, self.options.metric)
         values = reader.new_values()
         for step, value in values:
             trial.report(value, step)
@@ -181,18 +179,13 @@ class Search:
         if t["failed"]:
             text += f", {t['failed']} failed"
         text += "]"
-        if self.best is not None:
-            text += f" best {compact(self.best[0])} (#{self.best[1]})"
+        if self.best.value is not None:
+            text += self.best.text()
         elif len(self.directions) > 1 and t["done"]:
             text += f" Pareto front: {len(self.study.best_trials)} trial(s)"
         return text
 
     # ------------------------------------------------------------- the study
-
-    def _scored(self, value: float, number: int) -> None:
-        maximise = self.directions[0] == "maximize"
-        if self.best is None or (value > self.best[0] if maximise else value < self.best[0]):
-            self.best = (value, number)
 
     def tell(self, number: int, status: Outcome, value: Any, job_dir: str | None) -> None:
         """A trial ended: COMPLETED (with its return value), FAILED, PRUNED, or
@@ -226,7 +219,7 @@ class Search:
             assert values is not None
             self.tally["done"] += 1
             if len(values) == 1:
-                self._scored(values[0], number)
+                self.best.offer(number, values[0])
         elif status is Outcome.PRUNED:
             self.tally["pruned"] += 1
         elif status is Outcome.FAILED:

@@ -5,13 +5,12 @@ step, and the final ones when training ends."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
-from runner.metrics import METRICS_FILE
+from runner.metrics import read_metrics
 from runner.tracking import flat_params, open_point_run
 
 # Metrics that say where training is, not how it does.
@@ -89,9 +88,7 @@ class MlflowLogger:
         self.checkpoint = checkpoint if cfg.logger.log_checkpoint else None
         # A continued run: the epochs metrics.jsonl keeps (those its checkpoint holds)
         # that never reached the store (logged in the background when the job died).
-        path = output_dir / METRICS_FILE
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            epoch = json.loads(line)
+        for epoch in read_metrics(output_dir):
             self.log({k: v for k, v in epoch.items() if k != "objective"}, epoch["step"])
         run.flush()
 

@@ -17,8 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError, Problems
-from runner.launch.app import run_task
-from runner.launch.job import wanted_world_size
+from runner.launch.app import run_task, wanted_world_size
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from runner.errors import invalid
 from runner.launch.procs import atomic_file
-from runner.metrics import METRICS_FILE, append_metrics
+from runner.metrics import append_metrics, keep_epochs
 from runner.stop import stop_requested
 from runner.trainer.loggers import NoLogger, make_logger
 
@@ -99,15 +99,6 @@ def load_checkpoint(cfg: DictConfig, path: Path, device) -> dict | None:
             f"pass trainer.resume=never"
         ) from error
     return state
-
-
-def keep_epochs(metrics_file: Path, epochs: int) -> None:
-    """Drop metrics lines past ``epochs`` (a resumed run writes them again)."""
-    if not metrics_file.exists():
-        return
-    lines = metrics_file.read_text().splitlines()
-    kept = [line for line in lines if line and json.loads(line)["epoch"] <= epochs]
-    metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
 def armed_fault(rank: int) -> int | None:
@@ -254,7 +245,7 @@ def train(cfg: DictConfig) -> float:
             loss_carry = per_rank["loss_total"]
     if is_rank0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        keep_epochs(output_dir / METRICS_FILE, start_epoch)
+        keep_epochs(output_dir, start_epoch)
         log.info(
             "training %s on %s: %d rank(s), global batch %d (%d x %d ranks x %d accum), %d steps%s",
             type(model).__name__,

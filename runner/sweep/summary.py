@@ -28,9 +28,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from runner.launch.entry import RETURN_VALUE
+from runner.launch.entry import RERUNS, RETURN_VALUE
 from runner.launch.procs import pid_alive, write_atomic
-from runner.launch.rerun import RERUNS
 from runner.launch.trust import UntrustedFileError, read_trusted
 from runner.metrics import METRICS_FILE
 from runner.record import JobRecord, Outcome, read_record
