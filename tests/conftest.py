@@ -22,6 +22,8 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 REPO = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
 PROBE_APP = APPS / "probe_app.py"
+# A callback that saves into HydraConfig.get().runtime.output_dir (tests.apps.callbacks).
+MARK_OWN_DIR = "+hydra.callbacks.mark._target_=tests.apps.callbacks.MarkOwnDir"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,11 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import PROBE_APP, REPO, launch_status, read_json, run
+from tests.conftest import MARK_OWN_DIR, PROBE_APP, REPO, launch_status, read_json, run
 
 pytestmark = pytest.mark.slow
-
-MARK = "+hydra.callbacks.mark._target_=tests.apps.callbacks.MarkOwnDir"
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
@@ -28,7 +26,7 @@ def test_callbacks_see_their_own_job_when_points_end_out_of_order(tmp_path, warm
             "-m",
             "ranks=1",
             "sleep=3,0",
-            MARK,
+            MARK_OWN_DIR,
             f"hydra.sweep.dir={sweep_dir}",
             "hydra.launcher.max_parallel=2",
             f"hydra.launcher.warm={str(warm).lower()}",

@@ -21,7 +21,9 @@ import pytest
 
 from runner.sweep.console import compact
 from tests.conftest import (
+    MARK_OWN_DIR,
     PROBE_APP,
+    REPO,
     probe_records,
     read_json,
     run,
@@ -32,6 +34,7 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+
 
 HOW_TO_START = (
     "start a local one: BASE=$(mktemp -d) ../shared/slurm/slurm_up.sh && "
@@ -195,6 +198,29 @@ def interrupt_and_finish(parent: subprocess.Popen, job_dir: Path, command: list[
     out, _ = parent.communicate(timeout=300)
     assert parent.returncode == 0, out[-3000:]
     return read_json(job_dir / "launch.json")
+
+
+def test_callbacks_see_their_own_job_on_slurm(tmp_path, slurm):
+    """As cold and warm (tests/test_callbacks.py): a callback that saves into
+    ``HydraConfig.get().runtime.output_dir`` writes into its own point's dir, though
+    point #1 ends before #0 (one rank each, so both jobs fit on the node at once)."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        arg
+        for arg in slurm_sweep(
+            sweep_dir, "sleep=8,0", "hydra.launcher.max_parallel=2", MARK_OWN_DIR
+        )
+        if arg != "hydra.launcher.nproc_per_node=2"
+    ]
+    run([*command, "ranks=1"], env={"PYTHONPATH": str(REPO)}, timeout=400)
+    ends = []
+    for n in (0, 1):
+        job_dir = sweep_dir / str(n)
+        assert read_json(job_dir / "launch.json")["status"] == "COMPLETED"
+        for when in ("on_job_start", "on_job_end"):
+            assert read_json(job_dir / f"{when}.json") == {"num_seen": n, "num_told": n}, when
+        ends.append((job_dir / "on_job_end.json").stat().st_mtime)
+    assert ends[1] < ends[0]  # the points did end out of start order
 
 
 def test_job_killed_hard_is_reported_failed_not_waited_on(tmp_path, slurm, sweep_parent):

@@ -18,6 +18,7 @@ from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE
 from runner.launch.job import Job
 from runner.launch.options import LaunchConfig
+from runner.launch.procs import write_atomic
 from runner.launch.trust import read_trusted
 from runner.record import JobRecord, Outcome, read_record, write_record
 from runner.sweep.console import SweepConsole
@@ -72,6 +73,17 @@ class Point:
         )
         write_record(self.job_dir, record)
         return record
+
+    def ended(self, outcome: Outcome, value: Any) -> JobRecord:
+        """Keep how the point ended in its job dir: a completed point's return value,
+        then its launch.json (resume trusts a COMPLETED record only beside its value);
+        any other's error in the record."""
+        if outcome is Outcome.COMPLETED:
+            import cloudpickle
+
+            write_atomic(self.job_dir / RETURN_VALUE, cloudpickle.dumps(value))
+            return self.write_record(outcome)
+        return self.write_record(outcome, value)
 
 
 def stored_result(job_dir: Path, overrides: list[str] | None = None) -> tuple[bool, Any]:

@@ -1,18 +1,12 @@
 """The sweep scheduler behind ``hydra/launcher=torchrun`` (and ``torchrun_slurm``).
 
-Its points come from a :class:`~runner.sweep.points.PointSource`: one batch of
-Hydra's ``launch``, or runner's search, which hands out a trial the moment a slot
-frees and may stop a running one (pruning). For every point it does what Hydra's
-basic launcher does (load the sweep config, set the job's num and id, fix its output
-dir, write ``.hydra/``), resolves the config once, and hands it to a Job made by the
-sweep's :class:`JobFactory` (a local torchrun, cold or warm, or a Slurm job). Up to
-``max_parallel`` points run at once, each on its own slice of the device pool
-(:mod:`runner.launch.devices`, leased across runs), its output in its job dir.
-Results come back as ``JobReturn``\\ s in the order taken, with rank 0's return
-value. A failed point does not stop the others; Ctrl-C or SIGTERM stops every
-running point and removes its entry files.
-
-Nothing here imports torch.
+Its points come from a :class:`~runner.sweep.points.PointSource` (a batch of Hydra's
+``launch``, or runner's search, which may also prune a running one); Hydra's per-job
+bookkeeping is :mod:`runner.sweep.hydra_job`'s. It keeps the slots (``max_parallel``),
+each point's slice of the device pool (:mod:`runner.launch.devices`, backfilled while
+the head waits) and the stop policy: a failed point does not stop the others
+(unless ``fail_fast``); Ctrl-C or SIGTERM stops every running point. Results come back
+as ``JobReturn``\\ s in the order taken. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -28,10 +22,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from runner.errors import LauncherConfigError
-from runner.launch.entry import RETURN_VALUE
 from runner.launch.job import LaunchError, LaunchTimeout, stop_jobs
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import interruption, sigterm_as_exit, write_atomic
+from runner.launch.procs import interruption, sigterm_as_exit
 from runner.record import Outcome
 from runner.sweep.console import SweepConsole, compact
 from runner.sweep.hydra_job import HydraJob, cancelled, label_of, value_of
@@ -200,13 +193,9 @@ class SweepScheduler:
             job.cleanup()
             if point in self.running:
                 self._release(point)
+        record = point.ended(outcome, value)
         if outcome is Outcome.COMPLETED:
-            import cloudpickle
-
-            # The result is stored before launch.json marks the point done (resume reads both).
-            write_atomic(point.job_dir / RETURN_VALUE, cloudpickle.dumps(value))
             self.console.scored(point.idx, value)
-        record = point.write_record(outcome, None if outcome is Outcome.COMPLETED else value)
         status = JobStatus.COMPLETED if outcome is Outcome.COMPLETED else JobStatus.FAILED
         ret = hydra.job_return(status, value)
         told = Outcome.INTERRUPTED if point.interrupted else outcome
