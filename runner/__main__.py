@@ -7,7 +7,7 @@ from importlib import metadata
 import hydra
 
 import runner.trainer.config  # noqa: F401  (stores the schemas before Hydra composes)
-from runner.trainer.cli import CONF_DIR, malformed_override
+from runner.trainer.cli import CONF_DIR, did_you_mean, malformed_override
 from runner.trainer.task import main
 
 
@@ -30,7 +30,12 @@ def cli() -> None:
         return
     if problem := malformed_override(sys.argv[1:]):
         sys.exit(problem)
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()
+    try:
+        hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(main)()
+    except SystemExit as refused:
+        if refused.code not in (0, None) and (hint := did_you_mean(sys.argv[1:])):
+            print(hint, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -38,6 +38,19 @@ def invalid_override(override: str, rule: str, fix: str) -> str:
     return f"{override} is invalid: {rule}. Fix: {fix}"
 
 
+def first_line(error: BaseException | str, more_in: str = "") -> str:
+    """The first line of an error's message (its type when it has none); with
+    ``more_in``, also how many lines more it has there (``(+3 more lines in its log)``)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    lines = text.splitlines()
+    more = len(lines) - 1
+    if not more_in or not more:
+        return lines[0]
+    return f"{lines[0]} (+{more} more line{'s' if more > 1 else ''} in {more_in})"
+
+
 class Problems:
     """What is wrong with a set of values, raised as ``error``. ``prefix`` goes before
     every key and fix (``hydra.launcher.``)."""

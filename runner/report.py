@@ -8,8 +8,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from runner.errors import invalid
 from runner.sweep.plots import plot
-from runner.sweep.summary import SEED_KEY, SUMMARY_CSV, SUMMARY_MD, console_table, write_summary
+from runner.sweep.summary import (
+    SEED_KEY,
+    SUMMARY_CSV,
+    SUMMARY_GROUPS_CSV,
+    SUMMARY_MD,
+    console_table,
+    write_summary,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,12 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
+    if (args.sweep_dir / ".hydra").is_dir():  # Hydra's files at the top: one run
+        parser.error(
+            invalid(
+                "SWEEP_DIR",
+                str(args.sweep_dir),
+                "it is one run's dir (its .hydra/ is at the top), not a sweep's",
+                "pass the hydra.sweep.dir of a multirun (-m), whose points are "
+                "SWEEP_DIR/0, SWEEP_DIR/1, ...",
+            )
+        )
     rows = write_summary(args.sweep_dir, args.seed_key)
     if not rows:
         print(f"no job dirs (with .hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         return 1
     print(console_table(rows, args.seed_key))
-    print(f"\nwrote {args.sweep_dir / SUMMARY_CSV} and {args.sweep_dir / SUMMARY_MD}")
+    names = (SUMMARY_CSV, SUMMARY_GROUPS_CSV, SUMMARY_MD)
+    written = [str(args.sweep_dir / n) for n in names if (args.sweep_dir / n).is_file()]
+    print(f"\nwrote {', '.join(written)}")
     if not args.no_plots:
         for path in plot(args.sweep_dir, rows, args.seed_key):
             print(f"wrote {path}")

@@ -95,9 +95,13 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
     launch_config = LaunchConfig.from_config(params)
     if not launch_config.single_node:
         raise RerunError(
-            f"hydra.launcher.nnodes={launch_config.nnodes!r} is invalid for a rerun: it "
-            "runs on this machine only. Fix: rerun the point on its cluster (the same "
-            "sweep with hydra.launcher.resume=true reruns failed points)"
+            invalid(
+                "hydra.launcher.nnodes",
+                launch_config.nnodes,
+                "a rerun runs on this machine only",
+                "rerun the point on its cluster (the same sweep with "
+                "hydra.launcher.resume=true reruns failed points)",
+            )
         )
     into.mkdir(parents=True, exist_ok=True)
     if hydra:
@@ -114,6 +118,7 @@ def rerun(job_dir: Path, into: Path | None = None) -> Any:
             elif name == "config.yaml":
                 OmegaConf.save(task_config(config), into / subdir / name)
         OmegaConf.save({"hydra": config.hydra}, into / subdir / "hydra.yaml")
+    print(f"runner.rerun: running {job_dir} again in {into}", flush=True)
     with run_devices(launch_config.nproc_per_node) as env:
         return launch(
             None,

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.utils import env_override
+from hydra.core.utils import env_override, filter_overrides
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 # In a job dir: the job's run; in a sweep dir: the sweep's parent run.
 RUN_FILE = "mlflow_run.json"
 SWEEP_RUN_FILE = "mlflow_sweep.json"
-DEFAULT_EXPERIMENT = "runner"
 
 
 class TrackingError(CompactHydraException, RuntimeError):
@@ -65,10 +64,28 @@ class StoreUnavailable(SystemExit):
     fail); a SystemExit is the one way a callback stops the run, with this message."""
 
 
+# An experiment's kind, as MLflow's UI (3.x) reads it: training runs, not GenAI traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _client(tracking_uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
+    # MLflow's (and its migrations') INFO lines ("Creating initial MLflow database
+    # tables...") are the store's business, not the console's; warnings still show.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_name(experiment: str | None) -> str:
+    """The experiment runs go to: ``experiment``, else the app's own name (Hydra's job
+    name), so a foreign app's runs are not filed under runner's."""
+    if experiment:
+        return experiment
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().job.name) if HydraConfig.initialized() else "runner"
 
 
 def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> None:
@@ -166,13 +183,15 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     the database (not into ``./mlruns`` of whichever process made it)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if not found.tags.get("mlflow.experimentKind"):
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return str(found.experiment_id)
     uri = str(client.tracking_uri)
     location = None
     if uri.startswith("sqlite:///"):
         location = Path(uri[len("sqlite:///") :]).with_name("mlflow-artifacts").as_uri()
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND))
     except Exception:  # made by a concurrent process in between
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -181,11 +200,16 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def sweep_run(
-    sweep_dir: Path, tracking_uri: str, experiment: str, swept: list[str] | None = None
+    sweep_dir: Path,
+    tracking_uri: str,
+    experiment: str,
+    swept: list[str] | None = None,
+    fixed: list[str] | None = None,
 ) -> dict:
     """The sweep's parent run: the one its dir keeps, else a new one (made once, under
-    a lock, whoever asks first). Returns what the sweep dir keeps of it: ``run_id``,
-    and ``swept``, the keys the sweep varies, when the sweep's parent made it."""
+    a lock, whoever asks first), named by what the sweep varies, its ``fixed``
+    overrides as params. Returns what the sweep dir keeps of it: ``run_id``, and
+    ``swept``, the keys the sweep varies, when the sweep's parent made it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_RUN_FILE
     with _locked(path):
@@ -193,11 +217,15 @@ def sweep_run(
         kept = _continued(path, client, tracking_uri)
         if kept is not None:
             return kept
+        over = f" over {', '.join(swept)}" if swept else ""
         run = client.create_run(
             _experiment_id(client, experiment),
-            run_name=f"sweep {sweep_dir.name}",
+            run_name=f"sweep{over} ({sweep_dir.name})"[:250],
             tags={"runner.sweep_dir": str(sweep_dir.resolve())},
         )
+        for override in fixed or []:
+            key, _, value = override.partition("=")
+            client.log_param(run.info.run_id, key.lstrip("+~"), value[:6000])
         data = {"run_id": run.info.run_id, "tracking_uri": tracking_uri}
         if swept is not None:
             data["swept"] = swept
@@ -287,14 +315,15 @@ def open_point_run(
     cfg: DictConfig | Mapping[str, Any] | None = None,
     *,
     tracking_uri: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
 ) -> PointRun | None:
     """From inside a Hydra task: the job's MLflow run, opened on global rank 0 (None on
     the other ranks), or continued if the job dir keeps one; nested under the sweep's
     parent run in a multirun. ``cfg``: logged flattened as params.
-    ``tracking_uri``: see :func:`store_uri`."""
+    ``tracking_uri``: see :func:`store_uri`; ``experiment``: see :func:`experiment_name`."""
     if int(os.environ.get("RANK", "0")) != 0:
         return None
+    experiment = experiment_name(experiment)
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -383,7 +412,7 @@ class MlflowCallback(Callback):
     ``tracking_uri`` (runner's app passes ``logger.tracking_uri``, set by
     ``logger=mlflow``)."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT):
+    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None):
         self.tracking_uri = store_uri(tracking_uri) if tracking_uri else None
         self.experiment = experiment
 
@@ -395,9 +424,16 @@ class MlflowCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracking_uri:
             sweep_dir = Path(str(config.hydra.sweep.dir))
+            swept = swept_keys(config)
+            fixed = [
+                o
+                for o in filter_overrides(list(config.hydra.overrides.task))
+                if o.partition("=")[0].lstrip("+~") not in swept
+            ]
+            experiment = self.experiment or str(config.hydra.job.name)
             with _stops_the_run():
                 check_tracking_uri(self.tracking_uri)
-                sweep_run(sweep_dir, self.tracking_uri, self.experiment, swept_keys(config))
+                sweep_run(sweep_dir, self.tracking_uri, experiment, swept, fixed)
             # A sweep that fails (or is stopped) never reaches on_multirun_end.
             atexit.register(self._end_sweep, sweep_dir, Outcome.FAILED.mlflow_status)
 
@@ -447,7 +483,28 @@ class MlflowCallback(Callback):
         for name in ("summary.md", "summary.csv"):
             if (sweep_dir / name).is_file():
                 client.log_artifact(kept["run_id"], str(sweep_dir / name))
+        from runner.sweep.summary import best_row, objective_name
+
+        best = best_row(sweep_dir)
+        if best is not None:
+            row, rows = best
+            value = float(row.objective or 0.0)  # a completed row's: never None
+            client.log_metric(kept["run_id"], f"best_{objective_name(rows)}", value)
+            client.set_tag(kept["run_id"], "runner.best_job", str(row.job))
+            client.set_tag(kept["run_id"], "runner.best_job_dir", str(row.job_dir))
         client.set_terminated(kept["run_id"], status=status)
+        run = client.get_run(kept["run_id"])
+        print(f"MLflow: {ui_link(kept['tracking_uri'], run.info.experiment_id)}", flush=True)
+
+
+def ui_link(tracking_uri: str, experiment_id: str) -> str:
+    """Where MLflow's UI shows an experiment's runs, in its model-training view (the
+    UI opens on its GenAI view unless the link says otherwise): the server's page, or
+    for a store without one the command that serves it and the page."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 @contextlib.contextmanager

@@ -228,4 +228,58 @@ def search_study(sweep_dir: Path):
     """The study of a ``hydra/sweeper=search`` run into ``sweep_dir`` (default storage)."""
     import optuna
 
-    return optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    # The sweep dir's own database holds one study, whatever its name.
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+def in_terminal(
+    args: list[str],
+    *,
+    columns: int = 100,
+    timeout: float = 120,
+    interrupt_when=None,
+) -> tuple[int, str]:
+    """Run ``args`` in a pseudo-terminal of ``columns`` columns, as a user's shell
+    would (its own process group); with ``interrupt_when``, press Ctrl-C (SIGINT to
+    the group) once that predicate holds. Returns the exit code and the screen's bytes
+    as text."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = dict(os.environ, COLUMNS=str(columns))
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    interrupted = interrupt_when is None
+    while time.monotonic() < deadline:
+        if not interrupted and interrupt_when():
+            os.killpg(proc.pid, signal.SIGINT)
+            interrupted = True
+        if not select.select([leader], [], [], 0.2)[0]:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the program ended and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    os.close(leader)
+    return code, b"".join(chunks).decode(errors="replace")

@@ -251,7 +251,7 @@ def test_a_task_may_start_spawned_processes(tmp_path, entry_base, warm, caplog):
     """The entry script runs the worker only as ``__main__``, so a spawned child does
     not start the task again inside itself."""
     config = OmegaConf.create({"x": 7})
-    with caplog.at_level(logging.INFO, logger="runner.launch.job"):
+    with caplog.at_level(logging.INFO, logger="runner.launch.app"):
         value = launch(
             config, start_a_spawned_process, two_ranks(), tmp_path, console=False, warm=warm
         )

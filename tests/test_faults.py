@@ -90,14 +90,15 @@ KILLED_WHILE_SAVING = """
 import os, sys, time
 from pathlib import Path
 import torch
-from runner.trainer.train import atomic_save
+from runner.launch.procs import atomic_file
 
 path = Path(sys.argv[1])
 def stalled_fsync(fd):  # the new checkpoint is written, not yet renamed: killed here
     (path.parent / "writing").touch()
     time.sleep(600)
 os.fsync = stalled_fsync
-atomic_save({"weights": torch.ones(1000)}, path)
+with atomic_file(path) as f:
+    torch.save({"weights": torch.ones(1000)}, f)
 """
 
 
@@ -399,6 +400,12 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         by = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
         stopped = [read_json(sweep / str(n) / "launch.json") for n in (1, 2)]
         assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2
+        # No traceback; the exit code of the signal; the command that goes on.
+        out = parent.communicate()[0]
+        assert parent.returncode == (130 if sig == signal.SIGINT else 143)
+        assert "Traceback" not in out, out[-3000:]
+        assert f"The sweep was stopped by {by}. To go on where it stopped:" in out
+        assert f"hydra.sweep.dir={sweep} hydra.launcher.resume=true" in out
 
 
 @pytest.mark.parametrize(

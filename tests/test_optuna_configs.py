@@ -73,7 +73,8 @@ def test_a_config_written_for_hydra_optuna_sweeper_runs_under_search(tmp_path):
     assert [launch_status(sweep_dir / str(n)) for n in range(4)] == ["COMPLETED"] * 4
     assert not (sweep_dir / "4").exists()
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["study_name"] == "search"  # study_name: null is the default name
+    # study_name: null: named by the app and what it searches (optuna-dashboard's list)
+    assert results["study_name"] == "search_app over x, y"
     assert "hydra.sweeper.n_jobs=2 (hydra-optuna-sweeper's key): trials at once" in out
 
 

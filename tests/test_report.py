@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from runner.sweep.summary import collect
 from tests.conftest import (
     FAST,
     PROBE_APP,
+    in_terminal,
     interrupt_and_expect_nothing_left,
     launch_status,
     read_json,
@@ -96,8 +96,64 @@ def test_report_draws_the_plots(sweep, capsys):
         assert image.std() > 0.01  # not a blank canvas
 
 
+def test_plots_read_at_a_glance(sweep, monkeypatch):
+    """A decade of lr on a log axis, the other swept key as colours with a legend; the
+    heat map says which way is better and every label contrasts with its cell."""
+    from matplotlib.colors import to_rgb
+
+    from runner.sweep import plots
+
+    sweep_dir, _ = sweep
+    figures = {}
+    save = plots._save
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot(sweep_dir, collect(sweep_dir))
+    lr = figures["objective_vs_optim_lr.png"].axes[0]
+    assert lr.get_xscale() == "log"
+    assert sorted(t.get_text() for t in lr.get_legend().get_texts()) == [
+        "model.hidden=32",
+        "model.hidden=8",
+    ]
+    hidden = figures["objective_vs_model_hidden.png"].axes[0]
+    assert hidden.get_xscale() == "linear"  # 8 to 32: less than a decade
+    assert {t.get_text() for t in hidden.get_legend().get_texts()} == {
+        "optim.lr=0.003",
+        "optim.lr=0.03",
+    }
+    heat = figures["heatmap.png"].axes[0]
+    assert "(lower is better)" in heat.get_title()
+    image = heat.get_images()[0]
+
+    def luminance(rgb):
+        return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+
+    assert len(heat.texts) == 4
+    for text in heat.texts:
+        cell = image.cmap(image.norm(float(text.get_text())))
+        assert abs(luminance(cell[:3]) - luminance(to_rgb(text.get_color()))) > 0.4, text
+
+
+def test_a_searched_log_scale_is_read_from_the_sweeps_own_config(tmp_path):
+    from runner.sweep.plots import log_axis, searched_on_log_scale
+
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['optim.lr=tag(log, interval(0.001, 0.1))', 'x=1,2']\n"
+        "  sweeper:\n    params:\n      model.hidden: tag(log, int(interval(8, 64)))\n"
+    )
+    assert searched_on_log_scale(tmp_path) == {"optim.lr", "model.hidden"}
+    assert log_axis([0.002, 0.004], searched_on_log=True)
+    assert not log_axis([0.002, 0.004]) and log_axis([0.002, 0.02])
+    assert not log_axis([0.0, 0.02], searched_on_log=True)  # a log axis has no zero
+
+
 def test_tensorboard_event_files_per_job(sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     sweep_dir, _ = sweep
     for job in range(4):
@@ -109,6 +165,15 @@ def test_tensorboard_event_files_per_job(sweep):
         val_loss = [e.value for e in acc.Scalars("val_loss")]
         history = [json.loads(x)["val_loss"] for x in (job_dir / "metrics.jsonl").open()]
         assert val_loss == pytest.approx(history, rel=1e-6)
+        # HParams: the columns are what the point chose, the sweep's keys among them,
+        # not the whole config (which is the run's config text).
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        chosen = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert {"optim.lr", "model.hidden"} <= set(chosen.hparams)
+        assert "model.dropout" not in chosen.hparams and len(chosen.hparams) <= 8
+        overrides = (job_dir / ".hydra" / "overrides.yaml").read_text()
+        assert f"optim.lr={chosen.hparams['optim.lr'].number_value:g}" in overrides
+        assert "model.dropout" in str(acc.Tensors("config/text_summary")[0])
 
 
 def test_failed_points_appear_with_their_error(tmp_path):
@@ -162,14 +227,9 @@ def test_report_says_how_to_get_matplotlib(tmp_path, monkeypatch, sweep):
 
 
 def test_live_status_line_on_a_terminal(tmp_path):
-    import os
-    import pty
-    import select
-
     gate = tmp_path / "gate"
     gate.mkdir()
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
+    code, screen = in_terminal(
         [
             sys.executable,
             str(PROBE_APP),
@@ -180,30 +240,11 @@ def test_live_status_line_on_a_terminal(tmp_path):
             "gate_points=2",
             "hydra.launcher.nproc_per_node=1",
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
+        ]
     )
-    os.close(follower)
-    chunks = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if not select.select([leader], [], [], deadline - time.monotonic())[0]:
-            break
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the sweep ended and closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    os.close(leader)
-    screen = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    assert code == 0, screen
     assert "\r\x1b[K[0/2 ended: 0 done, 2 running, 0 failed]" in screen
-    # Both return 1: the best is whichever ended first.
+    # Both return 1: the best is whichever ended first; the last count has its own line.
     assert re.search(r"\[2/2 ended: 2 done, 0 running, 0 failed\] best 1 \(#[01]\)", screen)
 
 

@@ -26,6 +26,7 @@ def test_a_completed_point_run_again_gives_the_same_metrics(tmp_path):
     record = read_json(sweep / "0" / "launch.json")
     into = tmp_path / "again"
     proc = run([*record["rerun"], "--into", str(into)])  # the command launch.json keeps
+    assert f"running {sweep / '0'} again in {into}" in proc.stdout
     assert "ran again -> " in proc.stdout
     first, again = (read_json(d / "metrics.json") for d in (sweep / "0", into))
     assert again["world_size"] == 2

@@ -178,8 +178,9 @@ def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(
 ):
     FakeJobs.interrupt_after = 0.6
     FakeJobs.sleeps = {0: 0.0, 1: 600.0, 2: 600.0, 3: 600.0}
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # no KeyboardInterrupt traceback
         fake_sweep(hydra_sweep_runner, tmp_path, "value=0,1,2,3", "hydra.launcher.max_parallel=3")
+    assert stopped.value.code == 130
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
     for num in (1, 2, 3):  # running when Ctrl-C came: point 3 took point 0's slot
         record = read_json(tmp_path / str(num) / "launch.json")
@@ -191,7 +192,10 @@ def test_ctrl_c_stops_every_running_point_and_keeps_finished_ones(
         "COMPLETED",
         *["STOPPED (Ctrl-C)"] * 3,
     ]
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "The sweep was stopped by Ctrl-C. To go on where it stopped:" in captured.err
+    assert f"hydra.sweep.dir={tmp_path} hydra.launcher.resume=true" in captured.err
     assert "#1 stopped value=1" in out and "(by Ctrl-C)" in out
     assert "0 failed, 3 stopped]" in out
     assert all(job.cleaned for job in FakeJobs.jobs)
@@ -267,7 +271,9 @@ def test_a_point_larger_than_the_pool_fails_naming_key_value_and_fix(hydra_sweep
     assert "needs 8 devices" in message
     assert "Fix: hydra.launcher.nproc_per_node=4 or fewer" in message
     assert {e.point for e in FakeJobs.events} == {0}  # nothing of point 1 started
-    assert not (tmp_path / "1" / "launch.json").exists()
+    refused = read_json(tmp_path / "1" / "launch.json")  # a job that failed at once
+    assert refused["status"] == "FAILED" and "needs 8 devices" in refused["error"]
+    assert "command" not in refused and (tmp_path / "1" / ".hydra").is_dir()
     assert read_json(tmp_path / "0" / "launch.json")["status"] == "COMPLETED"
 
 

@@ -45,8 +45,14 @@ def test_two_rank_trials_of_the_trainer(tmp_path, warm):
         f"hydra.sweep.dir={tmp_path}",
         *FAST,
     )
-    trials = search_study(tmp_path).trials
+    study = search_study(tmp_path)
+    trials = study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # As optuna-dashboard shows it: the objective by name, the space readable.
+    assert study.metric_names == ["val_loss"]
+    assert study.user_attrs["runner_space"] == {
+        "optim.lr": "FloatDistribution(high=0.1, log=True, low=0.001, step=None)"
+    }
     for t in trials:
         final = read_json(tmp_path / str(t.number) / "metrics.json")
         assert final["world_size"] == 2

@@ -450,7 +450,7 @@ def test_an_interrupted_point_saves_its_agreed_step_is_requeued_and_resumes(tmp_
     assert point.info.status == "FINISHED" and point.data.tags["runner.slurm_job_id"] == job_id
     lines = jsonl(sweep / "0" / "metrics.jsonl")
     assert history(client_of(tmp_path / "mlflow.db"), point.info.run_id, "val_loss") == [
-        (line["step"], line["val_loss"]) for line in lines
+        (line["epoch"], line["val_loss"]) for line in lines
     ]
     nothing_left_of([job_id])
 
@@ -617,7 +617,7 @@ def test_a_search_runs_trials_as_slurm_jobs_and_prunes_them(tmp_path, slurm):
             "hydra.sweeper.enqueue=[{x: 0.3},{x: 0.31},{x: 0.9}]",
         ]
     )
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     records = [read_json(tmp_path / str(n) / "launch.json") for n in range(3)]
     assert [r["status"] for r in records] == ["COMPLETED", "COMPLETED", "PRUNED"]

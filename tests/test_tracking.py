@@ -26,6 +26,8 @@ from tests.conftest import (
 )
 
 EXPERIMENT = "runner"
+# A foreign app's runs are filed under its own name (its Hydra job name).
+PROBE_EXPERIMENT = "probe_app"
 
 
 def client_of(db: Path):
@@ -101,6 +103,22 @@ def test_a_sweep_has_one_run_per_point_under_one_parent_run(tracked_sweep):
     assert len(parents) == 1 and len(children) == 2, [r.info.run_name for r in runs]
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    # Named by what the sweep varies, its fixed overrides as params, its best point.
+    assert parent.info.run_name == "sweep over optim.lr (sweep)"
+    assert parent.data.params["trainer.epochs"] == "3" and "optim.lr" not in parent.data.params
+    best = min(read_json(sweep / str(n) / "metrics.json")["val_loss"] for n in range(2))
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best)
+    best_job = parent.data.tags["runner.best_job"]
+    assert read_json(sweep / best_job / "metrics.json")["val_loss"] == pytest.approx(best)
+    # Training runs, not GenAI traces, in MLflow's UI; its own INFO lines not on ours.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == "runner"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    output = tracked_sweep[2].stdout + tracked_sweep[2].stderr
+    assert "Creating initial MLflow database tables" not in output
+    page = f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{db}, then" in output
+    assert page in output  # opens on the runs table, not the GenAI view
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.md"}
     assert read_json(sweep / "mlflow_sweep.json")["run_id"] == parent.info.run_id
     for num in range(2):
@@ -126,7 +144,7 @@ def test_a_sweep_has_one_run_per_point_under_one_parent_run(tracked_sweep):
         assert params["trainer.nproc_per_node"] == "2" and params["model.hidden"]
         lines = jsonl(job_dir / "metrics.jsonl")
         for key in ("train_loss", "val_loss", "val_acc", "lr"):
-            assert history(client, run_id, key) == [(line["step"], line[key]) for line in lines]
+            assert history(client, run_id, key) == [(line["epoch"], line[key]) for line in lines]
         artifacts = {a.path for a in client.list_artifacts(run_id, "hydra")}
         assert artifacts == {"hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"}
         assert "MlflowCallback" not in (job_dir / "runner.log").read_text()  # runner's has it
@@ -153,7 +171,7 @@ def test_a_run_killed_mid_training_and_resumed_keeps_one_run(tmp_path):
     assert [line["step"] for line in lines] == [5, 10, 15, 20]
     client = client_of(db)
     assert history(client, run_id, "val_loss") == [
-        (line["step"], line["val_loss"]) for line in lines
+        (line["epoch"], line["val_loss"]) for line in lines
     ]
 
 
@@ -179,7 +197,7 @@ def test_an_elastic_restart_continues_the_points_run(tmp_path):
     lines = jsonl(run_dir / "metrics.jsonl")
     assert [line["step"] for line in lines] == [5, 10, 15, 20]
     assert history(client_of(db), point.info.run_id, "val_loss") == [
-        (line["step"], line["val_loss"]) for line in lines
+        (line["epoch"], line["val_loss"]) for line in lines
     ]
 
 
@@ -263,7 +281,7 @@ def test_a_tracking_server_url_works_the_same_way(tmp_path, tracking_server):
     assert point.data.tags["runner.world_size"] == "2"
     lines = jsonl(sweep / "0" / "metrics.jsonl")
     assert history(client, point.info.run_id, "val_loss") == [
-        (line["step"], line["val_loss"]) for line in lines
+        (line["epoch"], line["val_loss"]) for line in lines
     ]
     artifacts = {a.path for a in client.list_artifacts(point.info.run_id, "hydra")}
     assert "hydra/config.yaml" in artifacts
@@ -383,7 +401,7 @@ def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
         ],
         cwd=tmp_path,
     )
-    runs = runs_of(db)
+    runs = runs_of(db, PROBE_EXPERIMENT)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_id: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(children) == 2 and parent.info.status == "FINISHED"
@@ -395,6 +413,8 @@ def test_a_foreign_apps_call_lands_in_its_points_run_under_the_sweeps(tmp_path):
         assert point.info.status == "FINISHED"
         assert point.data.metrics["value"] == num + 1.0
         assert point.info.run_name == f"#{num} value={num + 1}"
+    # Filed under the app's own name, not runner's.
+    assert client_of(db).get_experiment(parent.info.experiment_id).name == PROBE_EXPERIMENT
 
 
 @pytest.mark.slow
@@ -414,7 +434,7 @@ def test_a_foreign_app_without_the_callback_is_told_its_runs_stay_running(tmp_pa
         ],
         cwd=tmp_path,
     )
-    statuses = sorted(r.info.status for r in runs_of(db))
+    statuses = sorted(r.info.status for r in runs_of(db, PROBE_EXPERIMENT))
     assert statuses == ["RUNNING", "RUNNING"]  # the point's and the sweep's
     log = (sweep / "0" / "probe_app.log").read_text()
     assert "hydra.callbacks has no runner.tracking.MlflowCallback" in log
@@ -461,10 +481,11 @@ def test_a_jobs_status_ends_its_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorboard_hparams_hold_every_points_config_and_result(tmp_path):
-    """``logger=tensorboard``: each point's event files carry its hyperparameters and
+def test_tensorboard_hparams_hold_every_points_choices_and_result(tmp_path):
+    """``logger=tensorboard``: each point's event files carry what it chose (the swept
+    key first among them, not the whole config, which is its ``config`` text) and its
     final metrics in TensorBoard's HParams format (read back with TensorBoard's own
-    reader), so ``tensorboard --logdir SWEEP_DIR`` tables the sweep."""
+    reader), so ``tensorboard --logdir SWEEP_DIR`` tables the sweep by what varies."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -478,7 +499,8 @@ def test_tensorboard_hparams_hold_every_points_config_and_result(tmp_path):
             content["_hparams_/session_start_info"]
         ).session_start_info
         assert start.hparams["optim.lr"].number_value == pytest.approx(lr)
-        assert start.hparams["model._target_"].string_value.endswith("MLP")
+        assert "model._target_" not in start.hparams  # chosen by no one: config text
+        assert "model._target_" in str(events.Tensors("config/text_summary")[0])
         experiment = plugin_data_pb2.HParamsPluginData.FromString(
             content["_hparams_/experiment"]
         ).experiment
@@ -521,7 +543,7 @@ def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
     HydraConfig.instance().set_config(cfg)
     client = client_of(db)
     run_id = client.create_run(client.create_experiment(EXPERIMENT)).info.run_id
-    client.log_metric(run_id, "val_loss", 0.5, step=5)  # epoch 1 reached the store
+    client.log_metric(run_id, "val_loss", 0.5, step=1)  # epoch 1 reached the store
     (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
     lines = [
         {"epoch": 1, "step": 5, "val_loss": 0.5, "objective": 0.5},
@@ -532,9 +554,9 @@ def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
     with open_dict(task_cfg):
         del task_cfg["hydra"]
     logger = MlflowLogger(task_cfg, run_dir, run_dir / "checkpoint.pt")
-    logger.log({"epoch": 3, "step": 15, "val_loss": 0.3}, 15)
+    logger.log({"epoch": 3, "step": 15, "val_loss": 0.3}, 3)
     logger.run.flush()
-    assert history(client, run_id, "val_loss") == [(5, 0.5), (10, 0.4), (15, 0.3)]
+    assert history(client, run_id, "val_loss") == [(1, 0.5), (2, 0.4), (3, 0.3)]
     assert "objective" not in client.get_run(run_id).data.metrics
 
 

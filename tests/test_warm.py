@@ -180,7 +180,7 @@ def test_warm_workers_take_their_own_thread_count(tmp_path, caplog):
     from runner.launch.options import LaunchConfig
 
     launch_config = LaunchConfig(nproc_per_node=2, env={"OMP_NUM_THREADS": "1"})
-    with caplog.at_level(logging.INFO, logger="runner.launch.job"):
+    with caplog.at_level(logging.INFO, logger="runner.launch.app"):
         value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
     assert value == ("1", 1)
     assert "its ranks fork from a warm process" in caplog.text  # warm, not cold

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,63 @@ from runner.launch.starters import warm_starter
 from runner.record import lone_ranks
 
 log = logging.getLogger(__name__)
+
+
+# Where a task keeps its config check (see :func:`checked_by`).
+CHECK_ATTR = "__runner_check__"
+
+
+def checked_by(check: Callable[[DictConfig], Any]) -> Callable[[Callable], Callable]:
+    """Decorate a task with the check of its config: ``check(cfg)`` raises (a
+    ``runner.errors.ConfigError`` naming the key, the value and the fix) for a config
+    that cannot work. runner's launcher calls it in the sweep's parent on every point's
+    resolved config before the point starts, so a bad value fails that point in
+    milliseconds and no torchrun starts for it::
+
+        @runner.main(config_path="conf", config_name="config")
+        @runner.checked_by(check_config)
+        def train(cfg): ...
+
+    With ``@runner.main`` a single run is checked too, before it starts (a run it
+    refuses leaves no run dir).
+    """
+
+    def mark(task: Callable) -> Callable:
+        setattr(task, CHECK_ATTR, check)
+        return task
+
+    return mark
+
+
+def config_check(task_function: Callable) -> Callable[[DictConfig], Any] | None:
+    """The check a task offers (:func:`checked_by`), looked up through its decorators."""
+    obj: Any = task_function
+    for _ in range(8):
+        if obj is None:
+            return None
+        if (check := getattr(obj, CHECK_ATTR, None)) is not None:
+            return check
+        obj = getattr(obj, "__wrapped__", None)
+    return None
+
+
+def discard_unstarted_run() -> None:
+    """A single run that fails before it starts (its config check) leaves no run dir:
+    the one Hydra made for it is removed while it holds nothing but Hydra's files
+    (``.hydra/`` and the job's log)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if inside_torchrun() or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return
+    run_dir = Path(str(hydra_cfg.runtime.output_dir))
+    hydra_files = {str(hydra_cfg.output_subdir or ".hydra"), f"{hydra_cfg.job.name}.log"}
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= hydra_files:
+            shutil.rmtree(run_dir)
 
 
 def inside_torchrun() -> bool:
@@ -67,16 +125,22 @@ def run_task(task_function: Callable[[DictConfig], Any], cfg: DictConfig, nproc:
     (``hydra.launcher``'s nproc_per_node x nnodes; ``nproc`` where it has none): one
     torchrun whose ranks call the task, and rank 0's return value."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     if inside_torchrun():  # a rank: its launcher gave it its devices
         return task_function(cfg)
     check_not_slurm_single_run()
-    if wanted_world_size(default=nproc) > 1:
-        return launch_current_job(task_function, cfg)
-    if HydraConfig.initialized() and "devices" in HydraConfig.get().launcher:
-        with run_devices(1, in_process=True):
-            return task_function(cfg)
-    return task_function(cfg)
+    single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+    try:
+        if wanted_world_size(default=nproc) > 1:
+            return launch_current_job(task_function, cfg)
+        if HydraConfig.initialized() and "devices" in HydraConfig.get().launcher:
+            with run_devices(1, in_process=True):
+                return task_function(cfg)
+        return task_function(cfg)
+    finally:
+        if single:  # where it went, however it ended
+            log.info("Run dir: %s", HydraConfig.get().runtime.output_dir)
 
 
 def main(*args: Any, **kwargs: Any) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
@@ -91,6 +155,13 @@ def main(*args: Any, **kwargs: Any) -> Callable[[Callable[[DictConfig], Any]], C
         # Hydra finds the app's file, config dir and job name through __wrapped__.
         @functools.wraps(task_function)
         def ranks_as_configured(cfg: DictConfig) -> Any:
+            check = config_check(task_function)
+            if check is not None and not inside_torchrun():  # ranks: checked already
+                try:
+                    check(cfg)
+                except Exception:
+                    discard_unstarted_run()
+                    raise
             value = run_task(task_function, cfg)
             returned[:] = [value]
             return value
@@ -115,8 +186,10 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     """The current Hydra run's devices, one per local rank, leased like a sweep's
     (``hydra.launcher.devices``, ``points_per_device``, ``leases``): while other runs
     hold them it waits, and says who holds them. Yields the environment its ranks
-    get (``CUDA_VISIBLE_DEVICES``; nothing without devices); ``in_process``: also set
-    in this process's environment while the block runs (a run without torchrun)."""
+    get (``CUDA_VISIBLE_DEVICES``; on CPU, ranks' share of the cores as
+    ``OMP_NUM_THREADS`` unless it is set, so torchrun need not guess it and say so);
+    ``in_process``: also set in this process's environment while the block runs (a
+    run without torchrun, whose threads are torch's own)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import env_override
     from omegaconf import DictConfig, OmegaConf
@@ -125,7 +198,7 @@ def run_devices(nproc: int, *, in_process: bool = False) -> Iterator[dict[str, s
     state = root if isinstance(root, DictConfig) else OmegaConf.create()
     options = DeviceOptions.from_params(OmegaConf.select(state, "hydra.launcher", default={}))
     problems = options.device_problems()
-    pool = options.pool(split_threads=False)
+    pool = options.pool(split_threads=not in_process)
     if too_small := pool.too_small_for(nproc, "this run"):
         problems.add(too_small)
     problems.raise_any()

@@ -39,8 +39,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from runner.errors import first_line
 from runner.launch.codec import job_config_data
 from runner.launch.entry import (
     AGENT_LOG,
@@ -57,8 +59,10 @@ from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter
 log = logging.getLogger(__name__)
 
 
-class LaunchError(RuntimeError):
-    """A job failed: which rank, how, and the end of its log."""
+class LaunchError(CompactHydraException, RuntimeError):
+    """A job failed: which rank, how, the error's own first line and where its log is.
+    Its message is what a console shows (Hydra prints it alone, no traceback); its
+    ``details`` add the end of that log (what ``launch.json`` keeps)."""
 
     def __init__(
         self,
@@ -68,12 +72,21 @@ class LaunchError(RuntimeError):
         rank: int | None = None,
         failures: list[dict] | None = None,
         log_tail: str = "",
+        log_file: Path | None = None,
     ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
         self.rank = rank
         self.failures = failures or []
         self.log_tail = log_tail
+        self.log_file = log_file
+
+    @property
+    def details(self) -> str:
+        """The message, then the last lines of the failed rank's (or agent's) log."""
+        if not self.log_tail:
+            return str(self)
+        return f"{self}\n--- {self.log_file or 'its log'} (last lines) ---\n{self.log_tail}"
 
 
 class LaunchTimeout(LaunchError):
@@ -303,44 +316,45 @@ class TorchrunJob:
         report_file = self.entry_dir / FAILURE_FILE
         report = json.loads(report_file.read_text()) if report_file.is_file() else {}
         failures = report.get("failures", [])
-        where = f"job dir {self.job_dir}"
+        first = failures[0] if failures else {}
+        log_path: Path | None = Path(first["log_file"]) if first.get("log_file") else None
+        if log_path is None and self.agent_log.is_file():  # (a single run's agent
+            log_path = self.agent_log  # writes to the console instead)
+        # Where to look: the log of the rank that failed (or the agent's), else the dir.
+        where = f"its log: {log_path}" if log_path else f"job dir {self.job_dir}"
+        tail = log_tail(log_path)
         if self.timed_out:
             return LaunchTimeout(
                 f"torchrun job timed out after {self.launch.timeout:g} s and was stopped "
-                f"(raise hydra.launcher.timeout if it needs longer); {where}",
+                f"(raise hydra.launcher.timeout if it needs longer); job dir {self.job_dir}",
                 exitcode=self.returncode,
                 failures=failures,
-                log_tail=log_tail(self.agent_log),
+                log_tail=tail,
+                log_file=log_path,
             )
         if not failures:
-            tail = log_tail(self.agent_log)
             detail = report.get("error") or "the agent failed before any worker reported"
             return LaunchError(
-                f"torchrun exited with code {self.returncode}: {detail}; {where}"
-                + (f"\n--- {AGENT_LOG} (last lines) ---\n{tail}" if tail else ""),
+                f"torchrun exited with code {self.returncode}: "
+                f"{first_line(detail, 'its log')}; {where}",
                 exitcode=self.returncode,
                 log_tail=tail,
+                log_file=log_path,
             )
-        first = failures[0]
-        log_path = Path(first["log_file"]) if first.get("log_file") else None
-        tail = log_tail(log_path)
         how = (
             f"was killed by {first['signal']}"
             if first.get("signal")
             else f"exited with code {first['exitcode']}"
         )
-        message = (
-            f"rank {first['rank']} (local rank {first['local_rank']}) {how}: "
-            f"{first.get('exception') or 'no exception recorded'}; {where}"
-        )
-        if tail:
-            message += f"\n--- {log_path} (last lines) ---\n{tail}"
+        exception = first.get("exception") or "no exception recorded"
         return LaunchError(
-            message,
+            f"rank {first['rank']} (local rank {first['local_rank']}) {how}: "
+            f"{first_line(exception, 'its log')}; {where}",
             exitcode=first["exitcode"],
             rank=first["rank"],
             failures=failures,
             log_tail=tail,
+            log_file=log_path,
         )
 
     def launch_record(self) -> dict:

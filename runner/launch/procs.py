@@ -54,7 +54,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file to write ``path``'s new content into: on leaving the block it is synced
     and renamed into place (the rename synced too), so a reader sees the old file or
     the new one, never half of one, even after a crash. On an error nothing changes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # one name: a crash's leftover is replaced
     try:
         with open(tmp, "wb") as f:
             yield f

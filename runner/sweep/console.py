@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hydra.core.utils import filter_overrides
+
+from runner.errors import first_line
 from runner.record import JobRecord, Outcome
 
 log = logging.getLogger(__name__)
@@ -26,9 +30,28 @@ def clip(text: str) -> str:
     return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 3] + "..."
 
 
+def compact_number(text: str) -> str:
+    """A value as written on the command line, a fraction in 6 significant digits
+    (``0.0018662266976517971`` -> ``0.00186623``); anything else as it is."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.strip().lstrip("+-").isdigit() or not math.isfinite(number):
+        return text
+    return f"{number:.6g}"
+
+
+def compact_override(override: str) -> str:
+    """``key=value`` with its value in :func:`compact_number`'s form."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{compact_number(value)}" if sep else override
+
+
 def short_label(overrides: Sequence[str]) -> str:
-    """A point's overrides in at most LABEL_WIDTH characters: whole ones while they
-    fit, then how many more."""
+    """A point's overrides in at most LABEL_WIDTH characters, numbers compact: whole
+    ones while they fit, then how many more."""
+    overrides = [compact_override(o) for o in overrides]
     shown: list[str] = []
     for n, override in enumerate(overrides):
         rest = len(overrides) - n
@@ -77,8 +100,13 @@ class Best:
 
 
 class SweepConsole:
-    def __init__(self, maximise: bool) -> None:
+    """The sweep's lines. ``varying``: the keys its points differ in (the command
+    line's sweeps, the search's space), which lead each point's label; the overrides
+    every point shares are said once, in the sweep's first line (:meth:`fixed`)."""
+
+    def __init__(self, maximise: bool, varying: Sequence[str] = ()) -> None:
         self.maximise = maximise
+        self.varying = list(varying)
         self.live = sys.stderr.isatty()
         self.started = time.monotonic()
         self.drawn_at = 0.0
@@ -104,8 +132,16 @@ class SweepConsole:
         now = time.monotonic()
         if self.live and now - self.drawn_at >= 0.5:
             self.drawn_at = now
-            sys.stderr.write(f"\r\x1b[K{progress()} {now - self.started:.0f}s")
+            line = f"{progress()} {now - self.started:.0f}s"
+            width = shutil.get_terminal_size().columns - 1  # never wrap: \r redraws one row
+            sys.stderr.write(f"\r\x1b[K{line[:width]}")
             sys.stderr.flush()
+
+    def finished(self, progress: str) -> None:
+        """On a terminal, the sweep's last count as a line of its own (its points' lines
+        leave the count to the live line, which is gone now)."""
+        if self.live:
+            self.log(logging.INFO, "%s", progress)
 
     def clear(self) -> None:
         """Remove the live status line (a log line replaces it, or the sweep ended)."""
@@ -114,35 +150,66 @@ class SweepConsole:
             sys.stderr.flush()
             self.drawn_at = 0.0
 
-    def ended(self, idx: int, label: str, record: JobRecord, value: Any, progress: str) -> None:
-        """The line of a point that ended (``record``: its launch.json; ``value``: its
-        return value or error), and a failed one's error, or what was wrong with a
-        completed one."""
+    def ended(
+        self, idx: int, overrides: Sequence[str], record: JobRecord, value: Any, progress: str
+    ) -> None:
+        """The one line of a point that ended (``record``: its launch.json; ``value``: its
+        return value or error): a failed one's error in one line, whose full text stays
+        in its log and launch.json; then what was wrong with a completed one."""
         status = record.status
         outcome = {
             Outcome.COMPLETED: f"-> {compact(value)}",
             Outcome.PRUNED: "",
             Outcome.STOPPED: f"(by {record.stopped_by})",
-        }.get(status, str(Outcome.FAILED))
-        self.log(
-            logging.INFO,
-            "#%d %-6s %s  in %.1fs %s  %s",
-            idx,
-            status.word,
-            label,
-            record.duration_s or 0.0,
-            outcome,
-            progress,
-        )
-        if status is Outcome.FAILED:
-            self.log(logging.ERROR, "#%d %s", idx, value)
+        }.get(status, first_line(value))
+        level = logging.ERROR if status is Outcome.FAILED else logging.INFO
+        duration = f"in {record.duration_s or 0.0:.1f}s"
+        self.point(level, idx, status.word, overrides, f"{duration} {outcome}", progress)
         if record.warning:
             self.log(logging.WARNING, "#%d %s", idx, record.warning)
 
-    def point(self, level: int, idx: int, verb: str, label: str, text: str) -> None:
-        """A point's line: ``#3 start  lr=0.1  (2 ranks per node, port 29512)``."""
-        self.log(level, "#%d %-6s %s  %s", idx, verb, label, text)
+    def _varies(self, override: str) -> bool:
+        return override.partition("=")[0].lstrip("+~") in self.varying
+
+    def label(self, overrides: Sequence[str]) -> str:
+        """A point as its lines name it: what varies first, numbers compact, in at most
+        LABEL_WIDTH characters; the fixed overrides only where nothing is known to vary."""
+        shown = [o for o in filter_overrides(overrides) if self._varies(o)] or list(
+            filter_overrides(overrides)
+        )
+        return short_label(shown) or "(no overrides)"
+
+    def fixed(self, overrides: Sequence[str]) -> str:
+        """The overrides every point shares (said once, in the sweep's first line)."""
+        if not self.varying:
+            return ""
+        return " ".join(o for o in filter_overrides(overrides) if not self._varies(o))
+
+    def point(
+        self,
+        level: int,
+        idx: int,
+        verb: str,
+        overrides: Sequence[str],
+        text: str,
+        progress: str = "",
+    ) -> None:
+        """A point's line: ``#3 start  lr=0.1  (2 ranks per node, port 29512)``, then the
+        sweep's ``progress`` (off a terminal: there the live line shows it)."""
+        line = f"#{idx} {verb:<6} {self.label(overrides)}  {text}"
+        if progress and not self.live:
+            line += f"  {progress}"
+        self.log(level, "%s", line)
 
     def log(self, level: int, message: str, *args: Any) -> None:
+        """A line of the sweep: through logging (Hydra's format, whole lines) off a
+        terminal; on one, printed with a short time prefix and cut to its width, so no
+        line wraps (launch.json and the summary keep everything)."""
         self.clear()
-        log.log(level, message, *args)
+        if not self.live:
+            log.log(level, message, *args)
+            return
+        width = shutil.get_terminal_size().columns
+        for line in (message % args if args else message).splitlines():
+            text = f"{time.strftime('%H:%M:%S')} {line}"
+            print(text if len(text) <= width else text[: width - 3] + "...", flush=True)

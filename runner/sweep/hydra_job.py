@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.launch.app import config_check
 from runner.launch.codec import task_config
-from runner.sweep.console import short_label
 
 
 @contextlib.contextmanager
@@ -57,11 +57,6 @@ def cancelled(idx: int, overrides: list[str], error: Exception, task_name: str) 
     return ret
 
 
-def label_of(overrides: list[str]) -> str:
-    """A point's overrides as logs and errors name it (Hydra's own ones left out)."""
-    return " ".join(filter_overrides(overrides)) or "(no overrides)"
-
-
 @dataclass
 class HydraJob:
     """One point composed: its config is final (job num and id, output dir)."""
@@ -92,12 +87,7 @@ class HydraJob:
 
     @property
     def label(self) -> str:
-        return label_of(self.overrides)
-
-    @property
-    def short_label(self) -> str:
-        """The label as console lines show it (:func:`short_label`)."""
-        return short_label(filter_overrides(self.overrides)) or "(no overrides)"
+        return " ".join(filter_overrides(self.overrides)) or "(no overrides)"
 
     @property
     def task_name(self) -> str:
@@ -139,6 +129,14 @@ class HydraJob:
         """After the job ended: the callbacks' ``on_job_end``, as this job."""
         with self.current():
             hydra_context.callbacks.on_job_end(config=self.config, job_return=ret)
+
+    def check(self, task_function: Any) -> None:
+        """The task's own check of this point's config (:func:`runner.launch.app.checked_by`),
+        as this job: raises what the check raises."""
+        check = config_check(task_function)
+        if check is not None:
+            with self.current():
+                check(self.task_config())
 
     def job_return(self, status: JobStatus, value: Any) -> JobReturn:
         """What Hydra's sweeper gets for this point."""

@@ -223,8 +223,9 @@ class SearchOptions:
     pruner: Any = "none"
     # The sampler's seed, where it takes one and does not name its own.
     seed: int | None = 0
-    # null: "search" (hydra-optuna-sweeper's configs say null for a default name).
-    study_name: str | None = "search"
+    # null: named by the app and what it searches ("runner over optim.lr, model"), so
+    # parents that run the same command on one storage share one study.
+    study_name: str | None = None
     # Any storage URL Optuna accepts; null: sqlite:///<hydra.sweep.dir>/study.db.
     storage: str | None = None
     # The search space beside the command line: {optim.lr: "tag(log, interval(1e-4, 1e-1))"}.
@@ -328,7 +329,5 @@ def check_search_options(params: dict[str, Any]) -> SearchOptions:
     """The sweeper's keys as SearchOptions (Hydra's structured config has already
     refused unknown keys), or SearchConfigError naming each problem."""
     options = SearchOptions(**{k: v for k, v in params.items() if k != "_target_"})
-    if options.study_name is None:
-        options.study_name = "search"
     options.search_problems().raise_any()
     return options

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE
-from runner.launch.job import Job
+from runner.launch.job import Job, LaunchError
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import write_atomic
 from runner.launch.trust import read_trusted
@@ -68,7 +68,7 @@ class Point:
             overrides=self.hydra.overrides,
             devices=self.devices,
             stopped_by=self.stopped_by,
-            error=None if error is None else str(error),
+            error=error.details if isinstance(error, LaunchError) else error and str(error),
             run=self.job.launch_record(),
         )
         write_record(self.job_dir, record)

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, configure_log, setup_globals
+from omegaconf import DictConfig
 
 from runner.launch import gates
 from runner.launch.entry import remove_stale_entry_dirs
+from runner.launch.procs import interruption
 from runner.sweep.console import SweepConsole
 from runner.sweep.points import PointSource, SweepLauncher
 from runner.sweep.scheduler import SweepScheduler
-from runner.sweep.summary import seed_key_of, sweep_maximises, write_summary
+from runner.sweep.summary import at_end, seed_key_of, sweep_maximises, write_summary
+from runner.tracking import swept_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +38,43 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
             log.warning(note)
         launcher.jobs = launcher.job_factory()(launcher)
     if launcher.console is None:
-        launcher.console = SweepConsole(sweep_maximises(config))
+        launcher.console = SweepConsole(sweep_maximises(config), swept_keys(config))
     jobs = launcher.jobs
     scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
+    fixed = launcher.console.fixed(list(config.hydra.overrides.task))
     log.info(
-        "Launching %s with torchrun%s, up to %d at a time%s",
+        "Launching %s with torchrun%s, up to %d at a time%s%s",
         source.what,
         jobs.where,
         scheduler.max_parallel,
         jobs.pool.describe(),
+        f"; every point with {fixed}" if fixed else "",
     )
     try:
         return scheduler.run()
+    except (KeyboardInterrupt, SystemExit) as stop:
+        by = interruption()
+        if by is None:
+            raise
+        # Its running points were stopped and recorded: no traceback, the command that
+        # goes on instead (after the summary, where the sweep prints one).
+        at_end(
+            f"The sweep was stopped by {by}. To go on where it stopped:\n  {resume_command(config)}"
+        )
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
     finally:
         # After every batch, so an interrupted sweep and every optimising sweeper's
         # batches leave an up-to-date summary too.
         with contextlib.suppress(OSError):
             write_summary(Path(str(config.hydra.sweep.dir)), seed_key_of(config))
+
+
+def resume_command(config: DictConfig) -> str:
+    """The command line that continues this sweep: the one that started it, with its
+    sweep dir fixed and ``hydra.launcher.resume=true`` (completed points are kept)."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    argv[0] = Path(argv[0]).name if Path(argv[0]).name.startswith("python") else argv[0]
+    keys = ("hydra.sweep.dir=", "hydra.launcher.resume=")
+    argv = [a for a in argv if not a.startswith(keys)]
+    argv += [f"hydra.sweep.dir={config.hydra.sweep.dir}", "hydra.launcher.resume=true"]
+    return shlex.join(argv)

@@ -21,13 +21,13 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from runner.errors import LauncherConfigError
+from runner.errors import LauncherConfigError, first_line
 from runner.launch.job import LaunchError, LaunchTimeout, stop_jobs
 from runner.launch.options import LaunchConfig
 from runner.launch.procs import interruption, sigterm_as_exit
-from runner.record import Outcome
+from runner.record import JobRecord, Outcome, write_record
 from runner.sweep.console import SweepConsole, compact
-from runner.sweep.hydra_job import HydraJob, cancelled, label_of, value_of
+from runner.sweep.hydra_job import HydraJob, cancelled, value_of
 from runner.sweep.points import (
     JobFactory,
     Pending,
@@ -111,6 +111,11 @@ class SweepScheduler:
         if problem := self.pool.too_small_for(launch.nproc_per_node, what):
             self._refuse(hydra, LauncherConfigError(problem))
             return False
+        try:  # the task's own check, here and now: a bad value starts no torchrun
+            hydra.check(self.launcher.task_function)
+        except Exception as error:
+            self._refuse(hydra, error)
+            return False
         return True
 
     def _keep(self, hydra: HydraJob, value: Any) -> None:
@@ -120,15 +125,21 @@ class SweepScheduler:
         self._ended(hydra.idx, ret, Outcome.COMPLETED, hydra.job_dir, Outcome.COMPLETED)
         self.console.scored(hydra.idx, value)
         hydra.end(self.hydra_context, ret)
-        text = f"completed in an earlier run -> {compact(value)}  {self.progress()}"
-        self.console.point(logging.INFO, hydra.idx, "kept", hydra.short_label, text)
+        text = f"completed in an earlier run -> {compact(value)}"
+        self.console.point(logging.INFO, hydra.idx, "kept", hydra.overrides, text, self.progress())
 
     def _refuse(self, hydra: HydraJob, error: Exception) -> None:
-        """A point that cannot run: it fails before anything of it starts."""
+        """A point that cannot run (a bad value, too few devices): it fails before any
+        process of it starts, as a job that failed at once (its dir, .hydra/ and
+        launch.json, the callbacks told)."""
+        hydra.begin(self.hydra_context, self.launcher.task_function)
+        write_record(hydra.job_dir, JobRecord(Outcome.FAILED, hydra.overrides, error=str(error)))
         ret = hydra.job_return(JobStatus.FAILED, error)
-        self._ended(hydra.idx, ret, Outcome.FAILED, None, Outcome.FAILED)
-        text = f"{error}  {self.progress()}"
-        self.console.point(logging.ERROR, hydra.idx, "failed", hydra.short_label, text)
+        self._ended(hydra.idx, ret, Outcome.FAILED, hydra.job_dir, Outcome.FAILED)
+        hydra.end(self.hydra_context, ret)
+        self.console.point(
+            logging.ERROR, hydra.idx, "failed", hydra.overrides, first_line(error), self.progress()
+        )
 
     def _ended(
         self, idx: int, ret: JobReturn, outcome: Outcome, job_dir: Path | None, told: Outcome
@@ -163,7 +174,7 @@ class SweepScheduler:
         point.write_record(Outcome.RUNNING)
         nproc, on = launch.nproc_per_node, f", devices {','.join(devices)}" if devices else ""
         text = f"({nproc} rank{'s' if nproc > 1 else ''} per node, {job.describe()}{on})"
-        self.console.point(logging.INFO, point.idx, "start", hydra.short_label, text)
+        self.console.point(logging.INFO, point.idx, "start", hydra.overrides, text)
 
     def _release(self, point: Point) -> None:
         """An ended point's slot and devices go back."""
@@ -177,7 +188,7 @@ class SweepScheduler:
         hydra, job = point.hydra, point.job
         try:
             if point.stop_reason is not None:
-                raise LaunchError(f"sweep point #{point.idx} ({hydra.label}) {point.stop_reason}")
+                raise LaunchError(f"point #{point.idx} {point.stop_reason}")
             if error is not None:
                 raise error
             value, outcome = job.result(), Outcome.COMPLETED
@@ -201,7 +212,7 @@ class SweepScheduler:
         told = Outcome.INTERRUPTED if point.interrupted else outcome
         self._ended(point.idx, ret, outcome, point.job_dir, told)
         hydra.end(self.hydra_context, ret)
-        self.console.ended(point.idx, hydra.short_label, record, value, self.progress())
+        self.console.ended(point.idx, hydra.overrides, record, value, self.progress())
         return outcome
 
     def progress(self) -> str:
@@ -211,8 +222,7 @@ class SweepScheduler:
 
     def _withdraw(self, pending: Pending, reason: str) -> None:
         """A taken point that will not start."""
-        label = pending.hydra.label if pending.hydra else label_of(pending.overrides)
-        error = LaunchError(f"sweep point #{pending.idx} ({label}) {reason}")
+        error = LaunchError(f"point #{pending.idx} {reason}")
         ret = cancelled(pending.idx, pending.overrides, error, str(self.config.hydra.job.name))
         job_dir = pending.hydra.job_dir if pending.hydra else None
         self._ended(pending.idx, ret, Outcome.INTERRUPTED, job_dir, Outcome.INTERRUPTED)
@@ -258,10 +268,11 @@ class SweepScheduler:
         head that waits for devices other runs hold says so, once per change."""
         hydra, launch = pending.hydra, pending.launch
         assert hydra is not None and launch is not None
-        what = f"sweep {self.config.hydra.sweep.dir} point #{hydra.idx} ({hydra.short_label})"
+        label = self.console.label(hydra.overrides)
+        what = f"sweep {self.config.hydra.sweep.dir} point #{hydra.idx} ({label})"
         devices = self.pool.take(launch.nproc_per_node, head=head, what=what)
         if head and devices is None and (news := self.pool.waiting_news()):
-            self.console.point(logging.INFO, hydra.idx, "waits", hydra.short_label, f"for {news}")
+            self.console.point(logging.INFO, hydra.idx, "waits", hydra.overrides, f"for {news}")
         return devices
 
     def _backfill(self, pending: deque[Pending]) -> None:
@@ -289,7 +300,7 @@ class SweepScheduler:
                 point.stop_reason = reason
                 point.stop_deadline = time.monotonic() + self.grace
                 point.job.stop()
-                self.console.point(logging.INFO, point.idx, "stop", point.hydra.short_label, reason)
+                self.console.point(logging.INFO, point.idx, "stop", point.hydra.overrides, reason)
         elif time.monotonic() > point.stop_deadline:
             point.job.wait_stopped(point.stop_deadline)
 
@@ -360,6 +371,7 @@ class SweepScheduler:
                 for left in pending:
                     if left.idx not in self.results:
                         self._withdraw(left, "was not started: the sweep stopped")
+                self.console.finished(self.progress())
         return [self.results[idx] for idx in self.taken if idx in self.results]
 
     def _stop_running(self, by: str, why: str) -> None:
@@ -372,5 +384,5 @@ class SweepScheduler:
             point.interrupted = point.stop_reason is None
             if point.interrupted:
                 point.stopped_by = by
-            error = f"sweep point #{point.idx} ({point.hydra.label}) was stopped by {by} {why}"
+            error = f"point #{point.idx} was stopped by {by} {why}"
             self._finish(point, LaunchError(error.rstrip()))

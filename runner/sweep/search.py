@@ -19,9 +19,11 @@ Optuna is imported here, only when a search runs; never torch.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,6 +201,7 @@ class Search:
             if status is Outcome.COMPLETED and len(self.directions) == 1:
                 # Its last values too: the pruner compares later trials with them.
                 self._report(trial, Path(job_dir))
+                self._name_the_objective(Path(job_dir))
         self.readers.pop(number, None)
         values = trial_values(value, len(self.directions)) if status is Outcome.COMPLETED else None
         if status is Outcome.COMPLETED and values is None:
@@ -226,6 +229,20 @@ class Search:
             self.tally["failed"] += 1
         else:
             self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
+
+    def _name_the_objective(self, job_dir: Path) -> None:
+        """Once: the study's objective by its name (``val_loss`` in optuna-dashboard,
+        not ``Objective 0``): what the task's metrics.json calls it, else the metric
+        the search prunes on."""
+        if self.study.metric_names is not None:
+            return
+        try:
+            named = json.loads((job_dir / "metrics.json").read_text()).get("objective")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and kept
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([str(named or self.options.metric)])
 
     def interrupt_all(self) -> None:
         for number in list(self.trials):
@@ -346,6 +363,9 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     """What the sweeper plugin's ``sweep`` does: every check first, then the search."""
     options = check_search_options(sweeper.params)
     space, fixed = parse_space(arguments, options.params)
+    if options.study_name is None:  # says which search it is, in optuna-dashboard too
+        names = ", ".join(p.name for p in space) or "nothing"
+        options.study_name = f"{sweeper.config.hydra.job.name} over {names}"
     if not space:
         raise SearchConfigError(
             "hydra/sweeper=search has no search space: no override on the command line "
@@ -372,6 +392,12 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
             f" ({told} whose job had completed as its sweep died)" if told else "",
             f", {again} interrupted one(s) run again" if again else "",
         )
+        if search.counted >= options.n_trials:
+            log.warning(
+                "The study has all its %d trial(s): none will run. To search further, "
+                "raise hydra.sweeper.n_trials (it counts every run's trials)",
+                options.n_trials,
+            )
     launcher = sweeper.launcher
     if options.n_jobs is not None:
         slots = getattr(launcher, "params", None)

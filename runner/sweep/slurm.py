@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.errors import first_line
 from runner.launch.codec import job_config_data
 from runner.launch.devices import DevicePool
 from runner.launch.job import (
@@ -387,7 +388,7 @@ class SlurmJob:
         if self.cancelled:
             detail = f"was cancelled ({self.state})"
         else:
-            detail = first.get("error") or f"ended {self.state}"
+            detail = first_line(first.get("error") or f"ended {self.state}", "its logs")
         return LaunchError(
             f"Slurm job {self.job_id} (job dir {self.job_dir}): {detail}; logs: {logs}",
             exitcode=first.get("exitcode"),

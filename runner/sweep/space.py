@@ -21,7 +21,6 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
-    distribution_to_json,
 )
 
 from runner.errors import SearchConfigError, invalid_override
@@ -166,5 +165,7 @@ def parse_space(arguments: list[str], params: dict[str, Any]) -> tuple[list[Para
 
 
 def space_record(space: list[Param]) -> dict[str, str]:
-    """The space as the study keeps it, to see whether a later run asks for the same."""
-    return {p.name: distribution_to_json(p.distribution) for p in space}
+    """The space as the study keeps it, readable where the study is shown
+    (``FloatDistribution(high=0.1, log=True, low=0.001, step=None)``), to see whether a
+    later run asks for the same."""
+    return {p.name: repr(p.distribution) for p in space}

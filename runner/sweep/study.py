@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from runner.errors import SearchConfigError, invalid
+from runner.errors import SearchConfigError, first_line, invalid
 from runner.launch.procs import pid_alive
 from runner.launch.trust import check_store
 from runner.record import Outcome
@@ -26,12 +26,6 @@ OWNER = "runner_owner"
 STATUS = "runner_status"
 JOB_DIR = "runner_job_dir"
 SPACE = "runner_space"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def owner() -> str:

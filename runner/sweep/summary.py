@@ -13,12 +13,14 @@ torch.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
 import logging
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from runner.launch.procs import pid_alive, write_atomic
 from runner.launch.trust import UntrustedFileError, read_trusted
 from runner.metrics import METRICS_FILE
 from runner.record import JobRecord, Outcome, read_record
+from runner.sweep.console import compact_number
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ SUMMARY_MD = "summary.md"
 SUMMARY_GROUPS_CSV = "summary_groups.csv"
 # The swept key whose points are repeats of one setting (the summary's groups).
 SEED_KEY = "seed"
-SKIP_METRICS = {"epoch", "step", "elapsed_s", "objective", "objective_value", "world_size"}
+# Final metrics that are no result: where training was, and the learning rate it ended
+# on (the config's optim.lr, or where its schedule took it).
+SKIP_METRICS = {"epoch", "step", "elapsed_s", "objective", "objective_value", "world_size", "lr"}
 
 
 @dataclass
@@ -280,7 +285,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         cells.append(
             [
                 _fmt(r.job),
-                *[r.params.get(p, "") for p in params],
+                *[compact_number(r.params.get(p, "")) for p in params],
                 r.shown_status,
                 *([("yes" if r.pareto else "")] if any(x.pareto for x in rows) else []),
                 _fmt(r.world_size) + (" (no group)" if r.note else ""),
@@ -410,10 +415,25 @@ def _over_seeds(seed_key: str) -> str:
     return f"Over seeds ({seed_key}): each setting's mean ± standard deviation, best first"
 
 
+def rows_maximise(rows: Sequence[Row]) -> bool:
+    """Whether the best of these rows is their highest objective."""
+    return bool(rows) and _maximises(rows[0].job_dir)
+
+
+def best_row(sweep_dir: Path) -> tuple[Row, list[Row]] | None:
+    """The sweep's best completed point (by its objective, in the sweep's direction)
+    and all its rows; None before any point completed."""
+    rows = collect(sweep_dir)
+    done = [r for r in rows if r.status is Outcome.COMPLETED and r.objective is not None]
+    if not done:
+        return None
+    pick = max if rows_maximise(rows) else min
+    return pick(done, key=lambda r: float(r.objective or 0.0)), rows
+
+
 def ranking(rows: Sequence[Row]) -> str:
     """What the summary's order means: ``Best first by val_loss (lower is better).``"""
-    maximises = bool(rows) and _maximises(rows[0].job_dir)
-    return f"Best first by {objective_name(rows)} ({better(maximises)})."
+    return f"Best first by {objective_name(rows)} ({better(rows_maximise(rows))})."
 
 
 def console_table(rows: Sequence[Row], seed_key: str = SEED_KEY) -> str:
@@ -439,20 +459,49 @@ def aligned(header: list[str], cells: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- callback, CLI
 
 
+# What the sweep says after its summary table (how to go on after a stop), while a
+# SummaryCallback will print one; None: no table will come, say it at once.
+_after_table: list[str] | None = None
+
+
+def at_end(text: str) -> None:
+    """Say ``text`` at the very end of the sweep: after its summary table where
+    SummaryCallback prints one, else now."""
+    if _after_table is None:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        _after_table.append(text)
+
+
 class SummaryCallback(Callback):
-    """Hydra callback: at the end of a multirun, write the summary and print the table.
-    Stored in runner's conf as ``hydra.callbacks.summary``; any app can add it.
+    """Hydra callback: however a multirun ends (done, failed points, Ctrl-C, SIGTERM),
+    write the summary and print the table, the sweep dir and what :func:`at_end` was
+    told. Stored in runner's conf as ``hydra.callbacks.summary``; any app can add it.
     ``seed_key``: the swept key whose points repeat one setting (grouped over)."""
 
     def __init__(self, seed_key: str = SEED_KEY) -> None:
         self.seed_key = seed_key
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        global _after_table
+        _after_table = []
+        # A sweep that fails or is stopped never reaches on_multirun_end.
+        atexit.register(self._print, Path(str(config.hydra.sweep.dir)))
+
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        atexit.unregister(self._print)
+        self._print(Path(str(config.hydra.sweep.dir)))
+
+    def _print(self, sweep_dir: Path) -> None:
+        global _after_table
+        notes, _after_table = _after_table or [], None
         rows = write_summary(sweep_dir, self.seed_key)
         if rows:
             table_text = console_table(rows, self.seed_key)
             print(f"\nSweep summary ({sweep_dir / SUMMARY_MD}):\n{table_text}", flush=True)
+            print(f"Sweep dir: {sweep_dir}", flush=True)
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
 
 
 def seed_key_of(config: Any) -> str:

@@ -71,6 +71,50 @@ def malformed_override(argv: Sequence[str]) -> str | None:
     return None
 
 
+def known_keys() -> set[str]:
+    """Every key runner's config schemas define (``optim.lr``, ``trainer.epochs``, ...)."""
+    from dataclasses import fields, is_dataclass
+    from typing import get_type_hints
+
+    from runner.trainer.config import GROUP_SCHEMAS, RunnerConf
+
+    def flat(schema: type, prefix: str) -> set[str]:
+        keys = set()
+        types = get_type_hints(schema)
+        for f in fields(schema):
+            keys.add(prefix + f.name)
+            kind = types.get(f.name)
+            if isinstance(kind, type) and is_dataclass(kind):
+                keys |= flat(kind, f"{prefix}{f.name}.")
+        return keys
+
+    keys = flat(RunnerConf, "")
+    for group, _, schema in GROUP_SCHEMAS:
+        keys |= flat(schema, f"{group}.")
+    return {k for k in keys if not k.rsplit(".", 1)[-1].startswith("_")}
+
+
+def did_you_mean(argv: Sequence[str]) -> str | None:
+    """For a run Hydra refused: the override whose key runner's configs lack but
+    nearly spell (``optim.lrr=0.1``), with the key they have (``optim.lr``)."""
+    import difflib
+
+    known = known_keys()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or "." not in key or key in known:
+            continue
+        if key.startswith("hydra."):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            return (
+                f"Did you mean {close[0]}={value}? ({key} is not a key of runner's "
+                f"configs; +{key}={value} would add it, and nothing would read it)"
+            )
+    return None
+
+
 def config_groups(conf_dir: str = CONF_DIR) -> str:
     """``--help``'s list of config groups and their options, from the config dir alone
     (the schemas in Hydra's ConfigStore are not options to pick)."""

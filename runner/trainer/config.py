@@ -162,22 +162,27 @@ BUILT_IN_SCHEMAS = {
 }
 
 
+# Each group's schemas, stored under schema/<group>/<name> (the group's yaml takes
+# ``- /schema/<group>/<name>@_here_``): not options a user picks in the group itself.
+GROUP_SCHEMAS = [
+    ("data", "spirals", SpiralsConf),
+    ("data", "blobs", BlobsConf),
+    ("data", "regression", RegressionConf),
+    ("model", "mlp", MLPConf),
+    ("model", "resmlp", ResidualMLPConf),
+    ("optim", "sgd", SGDConf),
+    ("optim", "adamw", AdamWConf),
+    ("scheduler", "cosine", CosineConf),
+    ("trainer", "default", TrainerConf),
+]
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="runner_schema", node=RunnerConf)
-    for group, name, node in [
-        ("data", "spirals_schema", SpiralsConf),
-        ("data", "blobs_schema", BlobsConf),
-        ("data", "regression_schema", RegressionConf),
-        ("model", "mlp_schema", MLPConf),
-        ("model", "resmlp_schema", ResidualMLPConf),
-        ("optim", "sgd_schema", SGDConf),
-        ("optim", "adamw_schema", AdamWConf),
-        ("scheduler", "cosine_schema", CosineConf),
-        ("trainer", "trainer_schema", TrainerConf),
-    ]:
-        cs.store(group=group, name=name, node=node)
+    for group, name, node in GROUP_SCHEMAS:
+        cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 register_configs()

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError, Problems
-from runner.launch.app import run_task, wanted_world_size
+from runner.launch.app import checked_by, discard_unstarted_run, run_task, wanted_world_size
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -36,9 +36,14 @@ def check_keys(cfg: DictConfig) -> None:
         known = {f.name for f in fields(schema)}
         unknown = sorted(set(cfg[group].keys()) - known)
         if unknown:
+            import difflib
+
+            shown = sorted(k for k in known if not k.startswith("_"))
+            close = difflib.get_close_matches(unknown[0], shown, n=1, cutoff=0.75)
+            mean = f"Did you mean {group}.{close[0]}? " if close else ""
             raise ConfigError(
                 f"{group}.{unknown[0]} is not a key of {group} ({schema.__name__}); known keys: "
-                f"{sorted(k for k in known if not k.startswith('_'))}. Fix: drop it, or point "
+                f"{shown}. {mean}Fix: drop it, or point "
                 f"{group}._target_ at your own class with a config of its own"
             )
 
@@ -201,9 +206,14 @@ def train_task(cfg: DictConfig) -> float:
     return train(cfg)
 
 
+@checked_by(check_config)
 def main(cfg: DictConfig) -> float:
     """Hydra task: check ``cfg``, then train it here or in ``nproc_per_node`` ranks of
     one torchrun (:func:`runner.launch.app.run_task`); return the objective (a float
     for sweepers)."""
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    except ConfigError:
+        discard_unstarted_run()  # a single run that never started leaves no run dir
+        raise
     return run_task(train_task, cfg, nproc=cfg.trainer.nproc_per_node)

@@ -282,7 +282,7 @@ def train(cfg: DictConfig) -> float:
             with atomic_file(checkpoint_path) as f:
                 torch.save(state, f)
 
-    logger = make_logger(cfg, output_dir, checkpoint_path, step) if is_rank0 else NoLogger()
+    logger = make_logger(cfg, output_dir, checkpoint_path, start_epoch) if is_rank0 else NoLogger()
 
     bar = _progress_bar(cfg, total_steps, is_rank0)
     if bar is not None:
@@ -354,7 +354,7 @@ def train(cfg: DictConfig) -> float:
         if is_rank0:
             # The objective of every epoch too: what a search prunes on.
             append_metrics(output_dir, {**metrics, "objective": metrics[cfg.trainer.objective]})
-        logger.log(metrics, step)
+        logger.log(metrics, epoch + 1)  # by epoch, as the study and the plots count
         stop = epoch + 1 < cfg.trainer.epochs and stop_requested()
         if cfg.trainer.checkpoint or stop:
             save(epoch + 1, 0, torch.zeros((), device=device))
@@ -381,7 +381,7 @@ def train(cfg: DictConfig) -> float:
             "world_size": world_size,
         }
         (output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-        logger.close(final, step)
+        logger.close(final, int(metrics["epoch"]))
         log.info(
             "done: %s=%.4f (%s)",
             objective,
