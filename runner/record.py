@@ -152,9 +152,9 @@ def read_record(job_dir: Path) -> JobRecord | None:
     that never started) or it is not a record."""
     try:
         data = json.loads((job_dir / LAUNCH_RECORD).read_text())
-    except (OSError, ValueError):
+        return JobRecord.from_json(data)
+    except (OSError, ValueError, TypeError):  # not a record (hand-edited, corrupt)
         return None
-    return JobRecord.from_json(data)
 
 
 def write_record(job_dir: Path, record: JobRecord) -> None:

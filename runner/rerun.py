@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runner.rerun: {error}", file=sys.stderr)
         return 2
     except LaunchError as error:
-        print(f"runner.rerun: the job failed again: {error}", file=sys.stderr)
+        print(f"runner.rerun: the job failed again: {error.details}", file=sys.stderr)
         return 1
     print(f"runner.rerun: {args.job_dir} ran again -> {value!r}")
     return 0

@@ -184,7 +184,8 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         if not found.tags.get("mlflow.experimentKind"):
-            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+            with contextlib.suppress(Exception):  # another user's experiment: as it is
+                client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return str(found.experiment_id)
     uri = str(client.tracking_uri)
     location = None
@@ -225,7 +226,10 @@ def sweep_run(
         )
         for override in fixed or []:
             key, _, value = override.partition("=")
-            client.log_param(run.info.run_id, key.lstrip("+~"), value[:6000])
+            try:  # a key MLflow refuses (db@backup) is left out, not the sweep
+                client.log_param(run.info.run_id, key.lstrip("+~"), value[:6000])
+            except Exception as error:
+                log.warning("the sweep's run leaves out the param %s (%s)", key, error)
         data = {"run_id": run.info.run_id, "tracking_uri": tracking_uri}
         if swept is not None:
             data["swept"] = swept

@@ -84,7 +84,8 @@ def prompt_agent(monkeypatch):
     assert reason is None, f"the prompt agent is off: {reason}"
 
 
-# What this run of the suite must have (comma-separated: slurm, netns, other_user).
+# What this run of the suite must have (comma-separated: slurm, netns, other_user,
+# postgres).
 # .ci/run sets it, so a cluster, namespaces or a second user that CI asked for and
 # did not get fail the tests that need them instead of skipping them; locally they
 # skip, saying why.
@@ -283,3 +284,62 @@ def in_terminal(
     code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     os.close(leader)
     return code, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for this test session, from Debian's package: a private data
+    dir, a free port, loopback only; yields its URL without a database name."""
+    import shutil
+    import socket
+    import tempfile
+
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdbs:
+        unavailable("postgres", "no PostgreSQL server here (apt-get install postgresql-15)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("postgres", "no PostgreSQL driver: pip install 'runner[search]'")
+    bindir = initdbs[-1].parent
+    data = Path(tempfile.mkdtemp(prefix="runner-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # initdb will not run as root: as Debian's postgres user
+        if not shutil.which("runuser"):
+            unavailable("postgres", "as root, PostgreSQL needs runuser to run as postgres")
+        shutil.chown(data, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [*as_owner, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        [*pg_ctl, "-l", str(data / "server.log"), "-w", "-o", options, "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server) -> str:
+    """A fresh database on the session's PostgreSQL server: its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"

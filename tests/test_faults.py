@@ -321,21 +321,24 @@ def cmdline(pid: int) -> str:
 
 
 def gated_probe_sweep(sweep: Path, gate: Path, *overrides: str) -> subprocess.Popen:
-    """A probe sweep in the background, its output discarded: each point's rank 0
-    marks its task's start in ``gate`` (``started_N``), then it runs its ``sleep``."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(PROBE_APP),
-            "-m",
-            *overrides,
-            f"gate={gate}",
-            "gate_points=1",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A probe sweep in the background, its output in ``parent.out`` beside the sweep
+    dir: each point's rank 0 marks its task's start in ``gate`` (``started_N``), then
+    it runs its ``sleep``."""
+    sweep.parent.mkdir(parents=True, exist_ok=True)
+    with open(sweep.parent / "parent.out", "w") as out:  # the child keeps its own copy
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(PROBE_APP),
+                "-m",
+                *overrides,
+                f"gate={gate}",
+                "gate_points=1",
+                f"hydra.sweep.dir={sweep}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def test_workers_die_with_their_agent(tmp_path, entry_base):
@@ -401,7 +404,7 @@ def test_parent_signal_mid_sweep_leaves_nothing(tmp_path, entry_base, sig):
         stopped = [read_json(sweep / str(n) / "launch.json") for n in (1, 2)]
         assert [(r["status"], r["stopped_by"]) for r in stopped] == [("STOPPED", by)] * 2
         # No traceback; the exit code of the signal; the command that goes on.
-        out = parent.communicate()[0]
+        out = (sweep.parent / "parent.out").read_text()
         assert parent.returncode == (130 if sig == signal.SIGINT else 143)
         assert "Traceback" not in out, out[-3000:]
         assert f"The sweep was stopped by {by}. To go on where it stopped:" in out

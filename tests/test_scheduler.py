@@ -405,3 +405,25 @@ def test_the_launchers_direction_orders_the_best_and_the_summary(
 def test_a_direction_that_is_neither_way_is_refused(hydra_sweep_runner, tmp_path):
     with pytest.raises(LauncherConfigError, match="hydra.launcher.direction=maximize"):
         fake_sweep(hydra_sweep_runner, tmp_path, "value=1", "hydra.launcher.direction=up")
+
+
+def test_fail_fast_stops_the_sweep_on_a_point_refused_before_it_starts(
+    hydra_sweep_runner, tmp_path
+):
+    """A point refused in the parent (here: more ranks than devices) is a failed point:
+    fail_fast stops the one running and starts nothing more, and every point taken
+    still has its result (the sweeper gets one per point)."""
+    FakeJobs.sleeps = {0: 30.0}
+    with pytest.raises(LaunchError, match="was stopped by fail_fast"):
+        fake_sweep(
+            hydra_sweep_runner,
+            tmp_path,
+            "ranks=1,8,1",
+            DEVICES,
+            "hydra.launcher.fail_fast=true",
+            "hydra.launcher.max_parallel=2",
+        )
+    stopped = read_json(tmp_path / "0" / "launch.json")
+    assert (stopped["status"], stopped["stopped_by"]) == ("STOPPED", "fail_fast")
+    assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
+    assert {e.point for e in FakeJobs.events} == {0}  # point 2 never started

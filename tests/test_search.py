@@ -191,8 +191,9 @@ def test_an_interrupted_search_gives_its_trials_back(hydra_sweep_runner, tmp_pat
     run again when the search continues."""
     FakeJobs.sleeps = {0: 5.0, 1: 5.0}
     FakeJobs.interrupt_after = 0.5
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # as Ctrl-C ends a sweep: no traceback
         search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=4")
+    assert stopped.value.code == 130
     trials = search_study(tmp_path).trials
     assert TrialState.RUNNING not in [t.state for t in trials]
     waiting = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]

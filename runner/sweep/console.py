@@ -107,7 +107,9 @@ class SweepConsole:
     def __init__(self, maximise: bool, varying: Sequence[str] = ()) -> None:
         self.maximise = maximise
         self.varying = list(varying)
-        self.live = sys.stderr.isatty()
+        # A terminal: the live line (stderr) and short, width-cut lines (stdout); a pipe
+        # or a file on either gets whole lines through logging.
+        self.live = sys.stderr.isatty() and sys.stdout.isatty()
         self.started = time.monotonic()
         self.drawn_at = 0.0
         self.best = Best(maximise)  # of the whole sweep (every batch)

@@ -21,8 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.errors import LauncherConfigError
 from runner.launch.app import config_check
 from runner.launch.codec import task_config
+from runner.launch.options import LaunchConfig
 
 
 @contextlib.contextmanager
@@ -98,6 +100,17 @@ class HydraJob:
         params = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
         assert isinstance(params, dict)
         return {str(k): v for k, v in params.items()}
+
+    def launch_config(self, **overrides: Any) -> LaunchConfig:
+        """The point's torchrun options (its ``hydra.launcher``, resolved as this job),
+        for its number; ``overrides``: what the sweep's job factory sets."""
+        with self.current():
+            params = self.launcher_params()
+        try:
+            launch = LaunchConfig.from_config(params, **overrides)
+        except ValueError as error:
+            raise LauncherConfigError(f"sweep point #{self.idx} ({self.label}): {error}") from None
+        return launch.for_point(self.idx)
 
     def task_config(self) -> DictConfig:
         """The config the task sees (made once: it is a deep copy)."""

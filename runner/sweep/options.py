@@ -238,6 +238,12 @@ class SearchOptions:
     # hydra-optuna-sweeper's trials at once: taken as hydra.launcher.max_parallel when
     # that is not set (said on the console).
     n_jobs: int | None = None
+    # Seconds between a running trial's heartbeats in the study; a trial whose beats
+    # stop for grace_period (its parent died, on any machine) is failed and its
+    # parameters run again, once, by a live parent. 0: no heartbeats.
+    heartbeat_interval: int = 10
+    # null: twice heartbeat_interval.
+    grace_period: int | None = None
 
     def directions(self) -> list[str]:
         value = self.direction
@@ -291,6 +297,20 @@ class SearchOptions:
                 "a mapping names its class with _target_",
                 f"{key}._target_={next(iter(names.values()))}",
             )
+        found.check(
+            self.heartbeat_interval >= 0,
+            "heartbeat_interval",
+            self.heartbeat_interval,
+            "must be >= 0 seconds (0: no heartbeats)",
+            "heartbeat_interval=10",
+        )
+        found.check(
+            self.grace_period is None or self.grace_period > self.heartbeat_interval,
+            "grace_period",
+            self.grace_period,
+            f"must be longer than heartbeat_interval={self.heartbeat_interval} s, or null",
+            "grace_period=null",
+        )
         found.check(
             len(directions) <= 1 or self.pruner in (None, "none"),
             "pruner",

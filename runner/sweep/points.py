@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from runner.errors import LauncherConfigError, invalid
 from runner.launch.devices import DevicePool
 from runner.launch.entry import RETURN_VALUE
 from runner.launch.job import Job, LaunchError
@@ -84,6 +85,34 @@ class Point:
             write_atomic(self.job_dir / RETURN_VALUE, cloudpickle.dumps(value))
             return self.write_record(outcome)
         return self.write_record(outcome, value)
+
+
+def why_not(
+    hydra: HydraJob, launch: LaunchConfig, pool: DevicePool, task_function: Any
+) -> tuple[Exception, bool] | None:
+    """Why a prepared point cannot start, found before anything of it does, or None:
+    (the error, whether its job dir is its own to record the failure in)."""
+    kept = read_record(hydra.job_dir)
+    if kept is not None and kept.overrides != hydra.overrides:
+        # Another point's job is there (a study started over, a sweep dir used twice):
+        # running this one into it would resume from that job's checkpoint.
+        return LauncherConfigError(
+            invalid(
+                "hydra.sweep.dir",
+                str(hydra.config.hydra.sweep.dir),
+                f"its job dir {hydra.job_dir} holds another point's job "
+                f"({' '.join(kept.overrides) or 'no overrides'})",
+                "a fresh hydra.sweep.dir (or the same command again, to go on where it was)",
+            )
+        ), False
+    what = f"sweep point #{hydra.idx} ({hydra.label})"
+    if problem := pool.too_small_for(launch.nproc_per_node, what):
+        return LauncherConfigError(problem), True
+    try:  # the task's own check, here and now: a bad value starts no torchrun
+        hydra.check(task_function)
+    except Exception as error:
+        return error, True
+    return None
 
 
 def stored_result(job_dir: Path, overrides: list[str] | None = None) -> tuple[bool, Any]:

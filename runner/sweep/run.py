@@ -19,7 +19,7 @@ from runner.launch.procs import interruption
 from runner.sweep.console import SweepConsole
 from runner.sweep.points import PointSource, SweepLauncher
 from runner.sweep.scheduler import SweepScheduler
-from runner.sweep.summary import at_end, seed_key_of, sweep_maximises, write_summary
+from runner.sweep.summary import seed_key_of, sweep_maximises, write_summary
 from runner.tracking import swept_keys
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,11 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
             log.warning(note)
         launcher.jobs = launcher.job_factory()(launcher)
     if launcher.console is None:
-        launcher.console = SweepConsole(sweep_maximises(config), swept_keys(config))
+        try:
+            varying = swept_keys(config)
+        except Exception:  # a sweeper's params runner cannot read: every override shown
+            varying = []
+        launcher.console = SweepConsole(sweep_maximises(config), varying)
     jobs = launcher.jobs
     scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
     fixed = launcher.console.fixed(list(config.hydra.overrides.task))
@@ -57,9 +61,12 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
         if by is None:
             raise
         # Its running points were stopped and recorded: no traceback, the command that
-        # goes on instead (after the summary, where the sweep prints one).
-        at_end(
-            f"The sweep was stopped by {by}. To go on where it stopped:\n  {resume_command(config)}"
+        # goes on instead.
+        again = resume_command(config)
+        print(
+            f"The sweep was stopped by {by}. To go on where it stopped:\n  {again}",
+            file=sys.stderr,
+            flush=True,
         )
         raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
     finally:

@@ -21,9 +21,8 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from runner.errors import LauncherConfigError, first_line
+from runner.errors import first_line
 from runner.launch.job import LaunchError, LaunchTimeout, stop_jobs
-from runner.launch.options import LaunchConfig
 from runner.launch.procs import interruption, sigterm_as_exit
 from runner.record import JobRecord, Outcome, write_record
 from runner.sweep.console import SweepConsole, compact
@@ -35,6 +34,7 @@ from runner.sweep.points import (
     PointSource,
     SweepLauncher,
     stored_result,
+    why_not,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 BACKFILL_WINDOW = 8
 # How long the loop sleeps when nothing ended, unless the factory hears of an end sooner.
 IDLE_WAIT_S = 0.02
+# How long it sleeps with nothing to run while its source has more to come.
+IDLE_SOURCE_WAIT_S = 0.2
 
 
 class SweepScheduler:
@@ -68,7 +70,7 @@ class SweepScheduler:
         self.fail_fast = bool(params.get("fail_fast", False))
         self.grace = float(params.get("stop_grace", 10.0))
         self.resume = bool(params.get("resume", False))
-        self.taken: list[int] = []  # point numbers, in the order taken
+        self.taken: dict[int, Pending] = {}  # by point number, in the order taken
         self.results: dict[int, JobReturn] = {}
         self.running: list[Point] = []
         self.counts: Counter[Outcome] = Counter()  # ended points by outcome
@@ -89,8 +91,8 @@ class SweepScheduler:
 
     def _prepare(self, pending: Pending) -> bool:
         """Make the point ready to start: composed, its launch options read. False if it
-        will not run: completed in an earlier run (``resume``), or asking for more
-        devices than the pool has (then it fails, and nothing of it starts)."""
+        will not run: completed in an earlier run (``resume``), or refused before
+        anything of it starts (:func:`~runner.sweep.points.why_not`: it fails)."""
         if pending.hydra is None:
             self._compose(pending)
         hydra = pending.hydra
@@ -100,21 +102,10 @@ class SweepScheduler:
         if self.resume and (earlier := stored_result(hydra.job_dir, hydra.overrides))[0]:
             self._keep(hydra, earlier[1])
             return False
-        try:
-            launch = LaunchConfig.from_config(hydra.launcher_params(), **self.jobs.launch_overrides)
-        except ValueError as error:
-            raise LauncherConfigError(
-                f"sweep point #{hydra.idx} ({hydra.label}): {error}"
-            ) from None
-        pending.launch = launch.for_point(hydra.idx)
-        what = f"sweep point #{hydra.idx} ({hydra.label})"
-        if problem := self.pool.too_small_for(launch.nproc_per_node, what):
-            self._refuse(hydra, LauncherConfigError(problem))
-            return False
-        try:  # the task's own check, here and now: a bad value starts no torchrun
-            hydra.check(self.launcher.task_function)
-        except Exception as error:
-            self._refuse(hydra, error)
+        pending.launch = hydra.launch_config(**self.jobs.launch_overrides)
+        refused = why_not(hydra, pending.launch, self.pool, self.launcher.task_function)
+        if refused is not None:
+            self._refuse(hydra, *refused)
             return False
         return True
 
@@ -128,15 +119,21 @@ class SweepScheduler:
         text = f"completed in an earlier run -> {compact(value)}"
         self.console.point(logging.INFO, hydra.idx, "kept", hydra.overrides, text, self.progress())
 
-    def _refuse(self, hydra: HydraJob, error: Exception) -> None:
+    def _refuse(self, hydra: HydraJob, error: Exception, write: bool = True) -> None:
         """A point that cannot run (a bad value, too few devices): it fails before any
         process of it starts, as a job that failed at once (its dir, .hydra/ and
-        launch.json, the callbacks told)."""
-        hydra.begin(self.hydra_context, self.launcher.task_function)
-        write_record(hydra.job_dir, JobRecord(Outcome.FAILED, hydra.overrides, error=str(error)))
+        launch.json, the callbacks told); ``write=False``: its job dir is another's,
+        left as it is."""
+        if write:
+            hydra.begin(self.hydra_context, self.launcher.task_function)
+            record = JobRecord(Outcome.FAILED, hydra.overrides, error=str(error))
+            write_record(hydra.job_dir, record)
         ret = hydra.job_return(JobStatus.FAILED, error)
-        self._ended(hydra.idx, ret, Outcome.FAILED, hydra.job_dir, Outcome.FAILED)
-        hydra.end(self.hydra_context, ret)
+        self._ended(
+            hydra.idx, ret, Outcome.FAILED, hydra.job_dir if write else None, Outcome.FAILED
+        )
+        if write:
+            hydra.end(self.hydra_context, ret)
         self.console.point(
             logging.ERROR, hydra.idx, "failed", hydra.overrides, first_line(error), self.progress()
         )
@@ -235,14 +232,16 @@ class SweepScheduler:
         room = self.max_parallel - len(self.running) + 1 - len(pending)
         if room > 0 and not self.source.exhausted():
             for idx, overrides in self.source.take(room):
-                self.taken.append(idx)
-                pending.append(Pending(idx, overrides))
+                self.taken[idx] = Pending(idx, overrides)
+                pending.append(self.taken[idx])
 
     def _start_what_fits(self, pending: deque[Pending], ready_only: bool = False) -> None:
         """Start pending points while slots and devices allow: the head first; while it
         waits for devices, later points that fit in the free ones (backfill).
         ``ready_only``: start only a head composed already, and take no new point."""
         while len(self.running) < self.max_parallel:
+            if self.fail_fast and self.counts[Outcome.FAILED]:
+                return  # a point failed (or was refused): nothing more starts
             if not ready_only:
                 self._take(pending)
             if not pending or (ready_only and pending[0].hydra is None):
@@ -321,9 +320,7 @@ class SweepScheduler:
                 self._release(point)
                 succeeded.append(point)
                 continue
-            if self._finish(point) is Outcome.FAILED and self.fail_fast and not stopping:
-                stopping = True
-                self._stop_running("fail_fast", "after a failed point")
+            self._finish(point)
         return ended, succeeded, stopping
 
     def run(self) -> list[JobReturn]:
@@ -346,18 +343,26 @@ class SweepScheduler:
                             # Compose the next point while the running ones work, so it
                             # starts the moment a slot frees (composing takes ~0.25 s).
                             self._compose(pending[0], ahead=True)
-                    if not (pending or self.running):
+                    stopping = self._fail_fast(stopping)
+                    idle = not (pending or self.running)
+                    if idle and (stopping or self.source.exhausted()):
                         break
                     ended, succeeded, stopping = self._poll(stopping)
                     if succeeded:
-                        if not stopping:
-                            self._start_what_fits(pending, ready_only=True)
-                        for point in succeeded:
-                            self._finish(point)
+                        try:
+                            if not stopping:
+                                self._start_what_fits(pending, ready_only=True)
+                        finally:
+                            for point in succeeded:
+                                self._finish(point)
+                    stopping = self._fail_fast(stopping)
                     if stopping:
                         pending.clear()
                     self.console.status(self.progress)
-                    if not ended:  # else a slot is free now: start the next point at once
+                    if idle:  # nothing to run now; the source has more to come (a search
+                        # waits for another parent's trials, which may come back to it)
+                        self.jobs.wait_for_news(IDLE_SOURCE_WAIT_S)
+                    elif not ended:  # else a slot is free now: start the next one at once
                         self.jobs.wait_for_news(IDLE_WAIT_S)
             finally:
                 self.console.clear()
@@ -368,11 +373,19 @@ class SweepScheduler:
                     by = interruption()  # else an error of the sweep's own
                     self._stop_running(by or "the sweep", "" if by else "as it ended early")
                 self.pool.new_head()  # leases kept for a head that will not start now
-                for left in pending:
-                    if left.idx not in self.results:
+                for idx, left in self.taken.items():  # every taken point has a result
+                    if idx not in self.results:
                         self._withdraw(left, "was not started: the sweep stopped")
                 self.console.finished(self.progress())
         return [self.results[idx] for idx in self.taken if idx in self.results]
+
+    def _fail_fast(self, stopping: bool) -> bool:
+        """With ``fail_fast``: once a point failed (in its job, or refused before it
+        started), stop every running one; whether the sweep is stopping now."""
+        if self.fail_fast and self.counts[Outcome.FAILED] and not stopping:
+            self._stop_running("fail_fast", "after a failed point")
+            return True
+        return stopping
 
     def _stop_running(self, by: str, why: str) -> None:
         """Stop every running point: STOPPED by ``by`` (Ctrl-C, SIGTERM, fail_fast),

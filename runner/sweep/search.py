@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from runner.errors import SearchConfigError, invalid
 from runner.metrics import MetricsReader
@@ -47,6 +47,12 @@ from runner.sweep.summary import write_summary
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
+# How often the study's trials are read again for the shared count (seconds).
+STUDY_READ_S = 0.5
+# The status of a trial asked for beyond n_trials (another parent took the last).
+OVER_BUDGET = "NOT RUN: n_trials reached"
+# A trial whose parent beats for it: its heartbeat interval (seconds).
+HEARTBEAT = "runner_heartbeat_s"
 # How often a running trial's metrics.jsonl is read (seconds).
 WATCH_INTERVAL_S = 0.2
 
@@ -82,9 +88,15 @@ class Search:
     """The search as the scheduler's source of points (see the module docstring)."""
 
     def __init__(
-        self, study: optuna.Study, space: list[Param], fixed: list[str], options: SearchOptions
+        self,
+        study: optuna.Study,
+        space: list[Param],
+        fixed: list[str],
+        options: SearchOptions,
+        storage: optuna.storages.RDBStorage | None = None,
     ) -> None:
         self.study = study
+        self.storage = storage  # where heartbeats go (None: no heartbeats)
         self.space = space
         self.distributions = {p.name: p.distribution for p in space}
         self.fixed = fixed
@@ -97,42 +109,132 @@ class Search:
         self.trials: dict[int, Trial] = {}
         self.readers: dict[int, MetricsReader] = {}
         self.watched_at: dict[int, float] = {}
-        finished = study.get_trials(deepcopy=False)
-        # Trials that count towards n_trials, earlier runs' included, by how they ended.
-        self.tally = {"done": 0, "failed": 0, "pruned": 0}
-        for t in finished:
-            if counts(t):
-                key = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}
-                self.tally[key.get(t.state, "failed")] += 1
+        self.beaten_at: dict[int, float] = {}
+        # When the study was last asked for a trial, and whether none was left then.
+        self.asked_at = float("-inf")
+        self.full = False
+        self.failed_stale_at = float("-inf")
+        # The study as last read (every parent's trials): see _seen.
+        self.seen: list[FrozenTrial] = []
+        self.seen_at = float("-inf")
         self.best = Best(self.directions[0] == "maximize")
         if len(self.directions) == 1:
-            for t in finished:
+            for t in self._seen(fresh=True):
                 if t.state == TrialState.COMPLETE and t.values:
                     self.best.offer(t.number, t.values[0])
 
     # ------------------------------------------------------------- PointSource
 
+    def _seen(self, fresh: bool = False) -> list[FrozenTrial]:
+        """Every trial of the study, every parent's, read at most every
+        STUDY_READ_S (``fresh``: now): the study is the one ledger parents share."""
+        now = time.monotonic()
+        if fresh or now - self.seen_at >= STUDY_READ_S:
+            self.seen = self.study.get_trials(deepcopy=False)
+            self.seen_at = now
+        return self.seen
+
+    @property
+    def tally(self) -> dict[str, int]:
+        """The study's trials that count towards n_trials, by how they ended."""
+        found = {"done": 0, "failed": 0, "pruned": 0}
+        for t in self._seen():
+            if counts(t):
+                key = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}
+                found[key.get(t.state, "failed")] += 1
+        return found
+
     @property
     def counted(self) -> int:
         return sum(self.tally.values())
+
+    def _tracked(self, trial: FrozenTrial) -> bool:
+        """A running trial that will end or be failed: this parent's, or one whose
+        parent beats for it (another parent's without heartbeats may be lost for good,
+        and is not waited for)."""
+        return trial.state == TrialState.RUNNING and (
+            trial.number in self.trials or HEARTBEAT in trial.user_attrs
+        )
+
+    def _used(self, trials: Sequence[FrozenTrial], before: int | None = None) -> int:
+        """Trials that use up n_trials: those that count, and the tracked running ones
+        (any parent's); ``before``: only those numbered lower."""
+        return sum(
+            1
+            for t in trials
+            if (before is None or t.number < before) and (counts(t) or self._tracked(t))
+        )
 
     def timed_out(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
     def exhausted(self) -> bool:
-        return self.timed_out() or self.counted + len(self.trials) >= self.size
+        """No trial will come any more: past the timeout, or every trial of n_trials
+        taken, and none of another parent's still running (it may yet fail, and its
+        parameters come back to be run again)."""
+        self._beat_all()
+        if self.timed_out():
+            return True
+        trials = self._seen()
+        others = [t for t in trials if self._tracked(t) and t.number not in self.trials]
+        return self._used(trials) >= self.size and not others
 
     def take(self, room: int) -> list[tuple[int, list[str]]]:
+        """Up to ``room`` trials of what is left of n_trials, counted in the study at
+        ask time: parents that ask at once cannot run more than n_trials together."""
+        if self.timed_out() or room <= 0:
+            return []
+        now = time.monotonic()
+        if self.full and now - self.asked_at < STUDY_READ_S:
+            return []  # nothing was left a moment ago: the study is not read 50 times a second
+        self.asked_at = now
+        self._fail_stale()
+        left = self.size - self._used(self._seen(fresh=True))
+        self.full = left <= 0
         taken = []
-        for _ in range(max(0, min(room, self.size - self.counted - len(self.trials)))):
-            if self.timed_out():
+        for _ in range(max(0, min(room, left))):
+            with warnings.catch_warnings():  # heartbeats "meant for optimize": runner's beat
+                warnings.simplefilter("ignore")
+                trial = self.study.ask(fixed_distributions=self.distributions)
+            if self._used(self._seen(fresh=True), before=trial.number) >= self.size:
+                # Another parent asked at the same moment and took the last one.
+                trial.set_user_attr(STATUS, OVER_BUDGET)
+                self.study.tell(trial, state=TrialState.FAIL)
                 break
-            trial = self.study.ask(fixed_distributions=self.distributions)
             trial.set_user_attr(OWNER, self.owner)
+            if self.options.heartbeat_interval:
+                trial.set_user_attr(HEARTBEAT, self.options.heartbeat_interval)
             self.trials[trial.number] = trial
+            self._beat(trial, force=True)
             overrides = self.fixed + [p.override(trial.params[p.name]) for p in self.space]
             taken.append((trial.number, overrides))
         return taken
+
+    def _fail_stale(self) -> None:
+        """Fail the trials whose parent stopped beating (on any machine) for the grace
+        period; Optuna's retry callback queues their parameters again, once."""
+        now = time.monotonic()
+        if not self.options.heartbeat_interval or now - self.failed_stale_at < 1.0:
+            return
+        self.failed_stale_at = now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _beat_all(self) -> None:
+        """Heartbeats for every trial this parent holds, running or waiting for a slot."""
+        for trial in list(self.trials.values()):
+            self._beat(trial)
+
+    def _beat(self, trial: Trial, force: bool = False) -> None:
+        """A running trial's heartbeat, every heartbeat_interval."""
+        every = self.options.heartbeat_interval
+        now = time.monotonic()
+        if not every or (not force and now - self.beaten_at.get(trial.number, 0.0) < every):
+            return
+        self.beaten_at[trial.number] = now
+        if self.storage is not None:  # Optuna's ask-and-tell beats for no trial itself
+            self.storage.record_heartbeat(trial._trial_id)
 
     def wanted(self) -> bool:
         return not self.timed_out()
@@ -144,8 +246,10 @@ class Search:
             trial.set_user_attr(JOB_DIR, str(job_dir))
 
     def watch(self, idx: int, job_dir: Path) -> str | None:
-        """Report the running trial's new intermediate values; whether to prune it."""
+        """Beat for the running trial; report its new intermediate values; whether to
+        prune it."""
         trial = self.trials.get(idx)
+        self._beat_all()
         if trial is None or len(self.directions) > 1:
             return None
         now = time.monotonic()
@@ -175,7 +279,8 @@ class Search:
 
     def progress(self, running: int) -> str:
         t = self.tally
-        text = f"[{self.counted + running}/{self.size} trials: {t['done']} done, {running} running"
+        taken = sum(t.values()) + running
+        text = f"[{taken}/{self.size} trials: {t['done']} done, {running} running"
         if t["pruned"]:
             text += f", {t['pruned']} pruned"
         if t["failed"]:
@@ -195,6 +300,18 @@ class Search:
         search continues)."""
         trial = self.trials.pop(number, None)
         if trial is None:
+            return
+        now = {t.number: t.state for t in self._seen(fresh=bool(self.options.heartbeat_interval))}
+        if now.get(number, TrialState.RUNNING).is_finished():
+            # Failed as stale by a parent that saw its heartbeats stop (this one was
+            # paused past grace_period): its parameters run again there; this result
+            # stays in its job dir.
+            log.warning(
+                "trial #%d was failed by another parent while it ran (its heartbeats "
+                "stopped for hydra.sweeper.grace_period); its result stays in %s",
+                number,
+                job_dir,
+            )
             return
         if job_dir:
             trial.set_user_attr(JOB_DIR, job_dir)
@@ -218,16 +335,10 @@ class Search:
             trial.set_user_attr(STATUS, status.value)
         state = TrialState[status.trial_state]
         self.study.tell(trial, values, state=state)
-        if status is Outcome.COMPLETED:
-            assert values is not None
-            self.tally["done"] += 1
-            if len(values) == 1:
-                self.best.offer(number, values[0])
-        elif status is Outcome.PRUNED:
-            self.tally["pruned"] += 1
-        elif status is Outcome.FAILED:
-            self.tally["failed"] += 1
-        else:
+        self.seen_at = float("-inf")  # the count changed: read the study again
+        if status is Outcome.COMPLETED and values is not None and len(values) == 1:
+            self.best.offer(number, values[0])
+        elif status is Outcome.INTERRUPTED:
             self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
 
     def _name_the_objective(self, job_dir: Path) -> None:
@@ -363,9 +474,9 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     """What the sweeper plugin's ``sweep`` does: every check first, then the search."""
     options = check_search_options(sweeper.params)
     space, fixed = parse_space(arguments, options.params)
-    if options.study_name is None:  # says which search it is, in optuna-dashboard too
-        names = ", ".join(p.name for p in space) or "nothing"
-        options.study_name = f"{sweeper.config.hydra.job.name} over {names}"
+    # Unnamed, a study says which search it is, in optuna-dashboard too.
+    searched = ", ".join(sorted(p.name for p in space)) or "nothing"
+    default_name = f"{sweeper.config.hydra.job.name} over {searched}"
     if not space:
         raise SearchConfigError(
             "hydra/sweeper=search has no search space: no override on the command line "
@@ -376,13 +487,13 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     check_space_applies(sweeper, space, fixed)
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(options, sweep_dir, space)
+    study, storage = open_study(options, sweep_dir, space, default_name)
     n_values = len(options.directions())
     told, again = continue_study(study, lambda job_dir: stored_values(job_dir, n_values))
     if not study.trials:
         for point in options.enqueue:
             study.enqueue_trial(dict(point))
-    search = Search(study, space, fixed, options)
+    search = Search(study, space, fixed, options, storage)
     if search.counted or again:
         log.info(
             "Continuing study %r: %d trial(s) of %d done earlier%s%s",

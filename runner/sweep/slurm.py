@@ -389,11 +389,14 @@ class SlurmJob:
             detail = f"was cancelled ({self.state})"
         else:
             detail = first_line(first.get("error") or f"ended {self.state}", "its logs")
+        log_file = first.get("log_file")
         return LaunchError(
             f"Slurm job {self.job_id} (job dir {self.job_dir}): {detail}; logs: {logs}",
             exitcode=first.get("exitcode"),
             rank=first.get("rank"),
             failures=first.get("failures") or [],
+            log_tail=str(first.get("log_tail") or ""),
+            log_file=Path(log_file) if log_file else None,
         )
 
     def log_paths(self) -> list[str]:

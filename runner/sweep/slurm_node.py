@@ -157,12 +157,20 @@ class NodeTask:
                 **where,
                 "ok": False,
                 "error": str(error),
+                "log_tail": error.log_tail,
+                "log_file": str(error.log_file) if error.log_file else None,
                 "exitcode": error.exitcode,
                 "rank": error.rank,
                 "failures": error.failures,
             }
         except LaunchError as error:
-            return {**where, "ok": False, "error": str(error), "exitcode": error.exitcode}
+            return {
+                **where,
+                "ok": False,
+                "error": str(error),
+                "log_tail": error.log_tail,
+                "exitcode": error.exitcode,
+            }
         finally:
             stop_jobs([job])
             job.cleanup()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import socket
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,9 +82,15 @@ def make_pruner(options: SearchOptions) -> optuna.pruners.BasePruner:
     return _build("pruner", options.pruner or "none", PRUNERS, None, {})
 
 
-def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> optuna.Study:
+def open_study(
+    options: SearchOptions, sweep_dir: Path, space: list[Param], default_name: str = "search"
+) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """The search's study: made, or loaded when it exists and asks for the same
-    directions and space (else an error, and the study is left as it was)."""
+    directions and space (else an error, and the study is left as it was); with its
+    database (where a running trial's heartbeats go). Unnamed
+    (``study_name: null``): in the sweep dir's own database, the study there whatever
+    its name (continued, never a second study numbering its trials, and so its job
+    dirs, from 0 again); else ``default_name``."""
     url = options.storage or f"sqlite:///{sweep_dir.absolute() / 'study.db'}"
     if url.startswith("sqlite:///"):
         check_store(
@@ -92,19 +101,11 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
         )
     sampler, pruner = make_sampler(options), make_pruner(options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except Exception as error:
-        raise SearchConfigError(
-            invalid(
-                "hydra.sweeper.storage",
-                url,
-                f"the study's database cannot be opened ({first_line(error)})",
-                "a URL Optuna accepts, e.g. sqlite:///path/study.db or "
-                "postgresql://user:password@host/db (its driver installed), or storage=null "
-                "for SQLite in the sweep dir",
-            )
-        ) from None
+    storage = _storage(url, options)
+    if options.study_name is None:
+        # The sweep dir's own database holds this sweep's study, whatever its name.
+        names = optuna.study.get_all_study_names(storage) if options.storage is None else []
+        options.study_name = names[0] if len(names) == 1 else default_name
     directions = options.directions()
     try:
         study = optuna.load_study(
@@ -114,15 +115,18 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
             # A continued search must not replay the seeded draws of its first run.
             study.sampler = make_sampler(options, offset=len(study.trials))
     except KeyError:
-        study = optuna.create_study(
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            study_name=options.study_name,
-            directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
-        )
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                study_name=options.study_name,
+                directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
+            )
+        except optuna.exceptions.DuplicatedStudyError:  # another parent made it first
+            return open_study(options, sweep_dir, space)
         study.set_user_attr(SPACE, space_record(space))
-        return study
+        return study, storage
     where = f"study {options.study_name!r} in {url}"
     fix = (
         "run the same search again, or start a new one with another hydra.sweep.dir "
@@ -146,7 +150,64 @@ def open_study(options: SearchOptions, sweep_dir: Path, space: list[Param]) -> o
             f"the search space is invalid for {where}: it searched other parameters or "
             f"ranges ({', '.join(differ)} differ). Fix: {fix}"
         )
-    return study
+    return study, storage
+
+
+# How often, and for how long, a parent retries opening a database whose tables
+# another parent is making at that moment.
+SCHEMA_RETRIES = 20
+SCHEMA_RETRY_S = 0.25
+
+
+def _storage(url: str, options: SearchOptions) -> optuna.storages.RDBStorage:
+    """The study's database, its tables made if new. Parents that start at the same
+    moment on a fresh database race to make them: the loser sees the winner's tables
+    (a duplicate key or table) and tries again; any other error is the URL's."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    heartbeat: dict[str, Any] = {}
+    if options.heartbeat_interval:
+        heartbeat = {
+            "heartbeat_interval": options.heartbeat_interval,
+            "grace_period": options.grace_period,
+        }
+        # Optuna's callback that queues a stale trial's parameters again (renamed in 4.9).
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        with warnings.catch_warnings():  # "experimental" since 2.8, and kept
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if retry is not None:
+                heartbeat["heartbeat_stale_trial_callback"] = retry(max_retry=1)
+            else:
+                heartbeat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(1)
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **heartbeat)
+        except SQLAlchemyError as error:
+            racing = any(
+                words in str(error).lower()
+                for words in ("already exists", "duplicate key", "unique constraint")
+            )
+            if not racing or attempt == SCHEMA_RETRIES - 1:
+                raise _unopenable(url, error) from None
+            time.sleep(SCHEMA_RETRY_S * (1 + random.random()))
+        except Exception as error:
+            raise _unopenable(url, error) from None
+    raise AssertionError("unreachable")
+
+
+def _unopenable(url: str, error: Exception) -> SearchConfigError:
+    return SearchConfigError(
+        invalid(
+            "hydra.sweeper.storage",
+            url,
+            f"the study's database cannot be opened ({first_line(error)})",
+            "a URL Optuna accepts, e.g. sqlite:///path/study.db or "
+            "postgresql+psycopg://user:password@host/db (pip install 'runner[search]'), "
+            "or storage=null for SQLite in the sweep dir",
+        )
+    )
 
 
 def continue_study(

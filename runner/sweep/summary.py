@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -459,32 +458,16 @@ def aligned(header: list[str], cells: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- callback, CLI
 
 
-# What the sweep says after its summary table (how to go on after a stop), while a
-# SummaryCallback will print one; None: no table will come, say it at once.
-_after_table: list[str] | None = None
-
-
-def at_end(text: str) -> None:
-    """Say ``text`` at the very end of the sweep: after its summary table where
-    SummaryCallback prints one, else now."""
-    if _after_table is None:
-        print(text, file=sys.stderr, flush=True)
-    else:
-        _after_table.append(text)
-
-
 class SummaryCallback(Callback):
     """Hydra callback: however a multirun ends (done, failed points, Ctrl-C, SIGTERM),
-    write the summary and print the table, the sweep dir and what :func:`at_end` was
-    told. Stored in runner's conf as ``hydra.callbacks.summary``; any app can add it.
-    ``seed_key``: the swept key whose points repeat one setting (grouped over)."""
+    write the summary and print the table and the sweep dir. Stored in runner's conf
+    as ``hydra.callbacks.summary``; any app can add it. ``seed_key``: the swept key
+    whose points repeat one setting (grouped over)."""
 
     def __init__(self, seed_key: str = SEED_KEY) -> None:
         self.seed_key = seed_key
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        global _after_table
-        _after_table = []
         # A sweep that fails or is stopped never reaches on_multirun_end.
         atexit.register(self._print, Path(str(config.hydra.sweep.dir)))
 
@@ -493,15 +476,11 @@ class SummaryCallback(Callback):
         self._print(Path(str(config.hydra.sweep.dir)))
 
     def _print(self, sweep_dir: Path) -> None:
-        global _after_table
-        notes, _after_table = _after_table or [], None
         rows = write_summary(sweep_dir, self.seed_key)
         if rows:
             table_text = console_table(rows, self.seed_key)
             print(f"\nSweep summary ({sweep_dir / SUMMARY_MD}):\n{table_text}", flush=True)
-            print(f"Sweep dir: {sweep_dir}", flush=True)
-        for note in notes:
-            print(note, file=sys.stderr, flush=True)
+        print(f"Sweep dir: {sweep_dir}", flush=True)
 
 
 def seed_key_of(config: Any) -> str:
