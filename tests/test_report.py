@@ -66,6 +66,7 @@ def test_summary_rows_match_each_points_metrics(sweep):
     losses = [float(r["val_loss"]) for r in rows]
     assert losses == sorted(losses)  # best (lowest val_loss) first
     assert "trainer.epochs" not in rows[0]  # not swept: not a column
+    assert "lr" not in rows[0]  # the final lr is no result (optim.lr is the column)
     md = (sweep_dir / "summary.md").read_text()
     assert md.startswith("Best first by val_loss (lower is better).\n\n| job | optim.lr |")
     assert "Sweep summary" in proc.stdout and "val_loss" in proc.stdout
@@ -281,10 +282,26 @@ def test_settings_over_seeds_are_the_mean_and_spread_of_their_points(seeded_swee
     assert "Over seeds (seed)" in proc.stdout  # printed as the sweep ends
 
 
-def test_report_plots_each_setting_over_seeds(seeded_sweep, capsys):
+def test_report_plots_each_setting_over_seeds(seeded_sweep, capsys, monkeypatch):
+    from runner.sweep import plots
+
     sweep_dir, _ = seeded_sweep
+    figures = {}
+    save = plots._save
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
     assert main([str(sweep_dir)]) == 0
     out = capsys.readouterr().out
+    assert "summary_groups.csv" in out  # every file it wrote is named
+    # Bands that stay apart: light, each edged in its own line's colour.
+    curves = figures["learning_curves_by_setting.png"].axes[0]
+    assert all(band.get_alpha() <= 0.15 for band in curves.collections)
+    colours = [line.get_color() for line in curves.get_lines()]
+    assert all(colours.count(c) == 3 for c in set(colours))  # mean, low and high edges
     for name in ("objective_by_setting.png", "learning_curves_by_setting.png"):
         path = sweep_dir / name
         assert path.is_file() and path.stat().st_size > 10_000, name

@@ -360,6 +360,16 @@ def test_short_labels_and_compact_values():
     assert len(label) <= LABEL_WIDTH and label.endswith("...(+8)")
     assert label.startswith("key_number_0=value_0 key_number_1=value_1")
     assert len(short_label(["x=" + "9" * 200])) == LABEL_WIDTH
+    # Numbers in labels as the console, the summary and the legends write them.
+    from runner.sweep.console import compact_number, compact_override
+
+    assert compact_number("0.0018662266976517971") == "0.00186623"
+    assert compact_number("64") == "64" and compact_number("resmlp") == "resmlp"
+    assert compact_number("1e-4") == "0.0001" and compact_number("nan") == "nan"
+    assert compact_override("optim.lr=0.0018662266976517971") == "optim.lr=0.00186623"
+    assert short_label(["optim.lr=0.0018662266976517971", "model=res"]) == (
+        "optim.lr=0.00186623 model=res"
+    )
 
 
 def test_the_summary_groups_over_the_seed_key_its_callback_names(hydra_sweep_runner, tmp_path):

@@ -86,7 +86,10 @@ def test_a_losing_trial_is_pruned_and_its_slot_reused(hydra_sweep_runner, tmp_pa
         TrialState.COMPLETE
     ]
     assert read_json(tmp_path / "2" / "launch.json")["status"] == "PRUNED"
-    assert "PRUNED" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    (pruned_row,) = [line for line in summary.splitlines() if "PRUNED" in line]
+    # Its error says why it was stopped, not every override again.
+    assert "pruned at step" in pruned_row and "sweep point" not in pruned_row
     # Trial 3 ran in the slot trial 2 would have held for 3 s.
     assert spans(3)[0] < spans(2)[0] + 1.0
     pruned_at = search_study(tmp_path).trials[2].intermediate_values
@@ -361,3 +364,14 @@ def test_the_metrics_reader_takes_whole_new_lines_of_its_key(tmp_path):
     assert read_metrics(tmp_path) == [{"epoch": 0, "val": 1.0}]
     keep_epochs(tmp_path, 0)
     assert path.read_text() == '{"epoch": 0, "val": 1.0}\n'
+
+
+def test_a_search_with_all_its_trials_says_how_to_search_further(
+    hydra_sweep_runner, tmp_path, capsys
+):
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    assert FakeJobs.events == []  # nothing left to run
+    said = capsys.readouterr().out
+    assert "none will run. To search further, raise hydra.sweeper.n_trials" in said
