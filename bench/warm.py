@@ -30,6 +30,7 @@ ALL_AT_ONCE = "hydra-submitit-launcher (local)"
 
 
 def contenders(workload: str, points: int, out: str) -> dict[str, list[str]]:
+    out = f"{out}/{workload}"  # a sweep dir per workload: runner refuses another's job dir
     sweep = [f"+p=range(0,{points})", f"+workload={workload}"]
     torchrun = (
         f"{PY} -m torch.distributed.run --standalone --nproc_per_node 2 "

@@ -387,8 +387,11 @@ def serve(control: socket.socket, task: dict | None) -> int:
         try:
             _preload(task)
             check_cuda_untouched()
+        except SystemExit:  # the parent let go while this one was still importing
+            return 0
         except BaseException as error:
-            send({"error": f"{type(error).__name__}: {error}"})
+            with contextlib.suppress(OSError):  # and if the parent is gone, no one asks
+                send({"error": f"{type(error).__name__}: {error}"})
             return 1
         send({"ready": True})
         buffer = b""
