@@ -97,15 +97,12 @@ def test_report_draws_the_plots(sweep, capsys):
         assert image.std() > 0.01  # not a blank canvas
 
 
-def test_plots_read_at_a_glance(sweep, monkeypatch):
-    """A decade of lr on a log axis, the other swept key as colours with a legend; the
-    heat map says which way is better and every label contrasts with its cell."""
-    from matplotlib.colors import to_rgb
-
+@pytest.fixture
+def drawn(monkeypatch) -> dict:
+    """The figures the report draws, by file name, kept to read their axes."""
     from runner.sweep import plots
 
-    sweep_dir, _ = sweep
-    figures = {}
+    figures: dict = {}
     save = plots._save
 
     def keep(fig, path):
@@ -113,20 +110,31 @@ def test_plots_read_at_a_glance(sweep, monkeypatch):
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_plots_read_at_a_glance(sweep, drawn):
+    """A decade of lr on a log axis, the other swept key as colours with a legend; the
+    heat map says which way is better and every label contrasts with its cell."""
+    from matplotlib.colors import to_rgb
+
+    from runner.sweep import plots
+
+    sweep_dir, _ = sweep
     plots.plot(sweep_dir, collect(sweep_dir))
-    lr = figures["objective_vs_optim_lr.png"].axes[0]
+    lr = drawn["objective_vs_optim_lr.png"].axes[0]
     assert lr.get_xscale() == "log"
     assert sorted(t.get_text() for t in lr.get_legend().get_texts()) == [
         "model.hidden=32",
         "model.hidden=8",
     ]
-    hidden = figures["objective_vs_model_hidden.png"].axes[0]
+    hidden = drawn["objective_vs_model_hidden.png"].axes[0]
     assert hidden.get_xscale() == "linear"  # 8 to 32: less than a decade
     assert {t.get_text() for t in hidden.get_legend().get_texts()} == {
         "optim.lr=0.003",
         "optim.lr=0.03",
     }
-    heat = figures["heatmap.png"].axes[0]
+    heat = drawn["heatmap.png"].axes[0]
     assert "(lower is better)" in heat.get_title()
     image = heat.get_images()[0]
 
@@ -282,23 +290,13 @@ def test_settings_over_seeds_are_the_mean_and_spread_of_their_points(seeded_swee
     assert "Over seeds (seed)" in proc.stdout  # printed as the sweep ends
 
 
-def test_report_plots_each_setting_over_seeds(seeded_sweep, capsys, monkeypatch):
-    from runner.sweep import plots
-
+def test_report_plots_each_setting_over_seeds(seeded_sweep, capsys, drawn):
     sweep_dir, _ = seeded_sweep
-    figures = {}
-    save = plots._save
-
-    def keep(fig, path):
-        figures[path.name] = fig
-        return save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
     assert main([str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert "summary_groups.csv" in out  # every file it wrote is named
     # Bands that stay apart: light, each edged in its own line's colour.
-    curves = figures["learning_curves_by_setting.png"].axes[0]
+    curves = drawn["learning_curves_by_setting.png"].axes[0]
     assert all(band.get_alpha() <= 0.15 for band in curves.collections)
     colours = [line.get_color() for line in curves.get_lines()]
     assert all(colours.count(c) == 3 for c in set(colours))  # mean, low and high edges
