@@ -72,7 +72,9 @@ class Outcome(str, Enum):
 
 # The fields of launch.json that JobRecord names; every other one says how the job ran
 # (the Job's ``launch_record()``: its command, port, times, agent pid or Slurm job).
-_NAMED = ("status", "overrides", "devices", "stopped_by", "error", "warning")
+_NAMED = ("status", "overrides", "devices", "stopped_by", "error", "warning", "rerun_as")
+# Who stopped a job whose sweep parent died while it ran (found when a search continues).
+PARENT_LOST = "parent lost"
 
 
 @dataclass
@@ -88,6 +90,9 @@ class JobRecord:
     error: str | None = None
     # What to fix in a job that ran (ranks that never formed a process group).
     warning: str | None = None
+    # A search's trial whose job was stopped: the number of the trial that ran its
+    # parameters again.
+    rerun_as: int | None = None
     # How it ran, from its Job's ``launch_record()``: command, cwd, port, world size,
     # start/end times, exit code, agent pid or Slurm job id, ...
     run: dict[str, Any] = field(default_factory=dict)
@@ -138,11 +143,15 @@ class JobRecord:
             return None
         run = {k: v for k, v in data.items() if k not in _NAMED}
         texts = {k: data.get(k) for k in ("stopped_by", "error", "warning")}
+        rerun_as = data.get("rerun_as")
         return cls(
             status=status,
             overrides=[str(o) for o in data.get("overrides") or []],
             devices=[str(d) for d in data.get("devices") or []],
             **{k: str(v) if v is not None else None for k, v in texts.items()},
+            rerun_as=rerun_as
+            if isinstance(rerun_as, int) and not isinstance(rerun_as, bool) and rerun_as >= 0
+            else None,
             run=run,
         )
 
@@ -161,6 +170,18 @@ def write_record(job_dir: Path, record: JobRecord) -> None:
     """Write the job dir's ``launch.json`` at once (a reader sees the old or the new)."""
     text = json.dumps(record.to_json(), indent=2) + "\n"
     write_atomic(job_dir / LAUNCH_RECORD, text.encode())
+
+
+def record_lost(job_dir: Path, rerun_as: int | None = None) -> None:
+    """A search's trial whose sweep parent was lost: a job that still says RUNNING
+    now says STOPPED (parent lost); ``rerun_as``: the trial that runs it again."""
+    record = read_record(job_dir)
+    if record is None or record.status not in (Outcome.RUNNING, Outcome.STOPPED):
+        return
+    if record.status is Outcome.RUNNING:
+        record.status, record.stopped_by = Outcome.STOPPED, PARENT_LOST
+    record.rerun_as = rerun_as if rerun_as is not None else record.rerun_as
+    write_record(job_dir, record)
 
 
 def lone_ranks(run: dict[str, Any]) -> str | None:

@@ -4,6 +4,7 @@ a real SQLite study. tests/test_search_real.py runs the same rules with torchrun
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from optuna.trial import TrialState
 
 from runner.errors import SearchConfigError
 from runner.metrics import MetricsReader, keep_epochs, read_metrics
+from runner.record import Outcome
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import parse_space
 from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
+from runner.sweep.summary import collect
 from tests.conftest import PROBE_APP, read_json, search_study
 from tests.fakes import FakeJobs, fake_sweep, spans
 
@@ -117,11 +120,21 @@ def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
 
 
 def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
+    """The orphan's job was running as its parent died: its launch.json says STOPPED
+    (parent lost) and names the trial that ran it again; its summary row says so, and
+    the summary has one COMPLETED row per trial."""
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
     study = search_study(tmp_path)
     space = study.trials[0].distributions
     orphan = study.ask(fixed_distributions=space)
     orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
+    lost_dir = tmp_path / str(orphan.number)
+    orphan.set_user_attr(JOB_DIR, str(lost_dir))  # as the trial's start recorded it
+    (lost_dir / ".hydra").mkdir(parents=True)
+    (lost_dir / ".hydra" / "overrides.yaml").write_text("- value=0.5\n")
+    (lost_dir / "launch.json").write_text(
+        json.dumps({"status": "RUNNING", "overrides": ["value=0.5"], "agent_pid": dead_pid()})
+    )
     elsewhere = study.ask(fixed_distributions=space)  # another machine's: left alone
     elsewhere.set_user_attr(OWNER, "some-other-host:1")
     FakeJobs.reset()
@@ -133,6 +146,31 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
     assert rerun[0].params == orphan.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    record = read_json(lost_dir / "launch.json")
+    assert record["status"] == "STOPPED" and record["stopped_by"] == "parent lost"
+    assert record["rerun_as"] == rerun[0].number
+    rows = {r.job_dir: r for r in collect(tmp_path)}
+    assert rows[lost_dir].shown_status == "STOPPED (parent lost)"
+    assert rows[lost_dir].error == f"run again as #{rerun[0].number}"
+    assert [r.status for r in rows.values()].count(Outcome.COMPLETED) == 3
+
+
+def test_a_trial_whose_job_was_pruned_as_its_sweep_died_is_told_pruned(
+    hydra_sweep_runner, tmp_path
+):
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
+    study = search_study(tmp_path)
+    orphan = study.ask(fixed_distributions=study.trials[0].distributions)
+    orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
+    job_dir = tmp_path / str(orphan.number)
+    orphan.set_user_attr(JOB_DIR, str(job_dir))
+    job_dir.mkdir()
+    (job_dir / "launch.json").write_text('{"status": "PRUNED", "overrides": []}')
+    FakeJobs.reset()
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=3")
+    trials = search_study(tmp_path).trials
+    assert trials[orphan.number].state == TrialState.PRUNED
+    assert len(trials) == 3 and FakeJobs.events == []  # it counts; nothing ran again
 
 
 def test_a_trial_whose_job_completed_as_its_sweep_died_is_told_not_run_again(

@@ -6,6 +6,7 @@ in tests/test_search.py."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from runner.sweep.study import JOB_DIR
+from runner.record import Outcome
+from runner.sweep.study import JOB_DIR, OWNER, RERUN_OF
 from tests.conftest import (
     APPS,
     FAST,
+    REPO,
     processes_of,
     read_json,
     run,
@@ -151,6 +154,80 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
         again = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
         assert len(again) == 1 and again[0].state == TrialState.COMPLETE
         assert again[0].params == orphan.params
+
+
+# The sweep parent, killed by SIGKILL the moment trial DIE_AT's job has completed
+# (its launch.json and value written) and before the study hears of it.
+DIES_BEFORE_TELLING = """
+import os, runpy, signal, sys
+from runner.record import Outcome
+from runner.sweep import search
+
+tell = search.Search.tell
+
+def dies(self, number, status, value, job_dir):
+    if number == int(os.environ["DIE_AT"]) and status is Outcome.COMPLETED:
+        os.kill(os.getpid(), signal.SIGKILL)
+    tell(self, number, status, value, job_dir)
+
+search.Search.tell = dies
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_parent_killed_between_a_result_and_the_study_hearing_it(tmp_path):
+    """The window the issue found: trial 2 has completed (launch.json COMPLETED, its
+    value stored) but the study still has it RUNNING. The same command again tells the
+    study its value and never runs it twice; an attempt the kill stopped says STOPPED
+    (parent lost) and names its rerun; 6 trials in the study, one job dir each plus one
+    per stopped attempt, and one COMPLETED summary row per trial."""
+    from runner.sweep.summary import collect
+
+    command = search_app(tmp_path, "hydra.sweeper.n_trials=6", "hydra.launcher.warm=true")
+    command += ["epochs=2", "epoch_s=0.3"]
+    env = {**os.environ, "DIE_AT": "2"}
+    killed = subprocess.run(
+        [sys.executable, "-c", DIES_BEFORE_TELLING, *command[1:]],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    before = {t.number: t for t in search_study(tmp_path).trials}
+    assert before[2].state == TrialState.RUNNING  # the window: its job is done
+    assert read_json(tmp_path / "2" / "launch.json")["status"] == "COMPLETED"
+    wait_until(lambda: not processes_of(killed_pid(tmp_path)), 30, "the killed sweep's ranks")
+    run(command)
+    trials = search_study(tmp_path).trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 6, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert trials[2].state == TrialState.COMPLETE  # told from its job, not run again
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 6
+    # Each attempt the kill caught (asked, maybe started) ran again once.
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped, [(t.number, t.state) for t in trials]
+    dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    rows = {r.job_dir: r for r in collect(tmp_path)}
+    started = [t for t in stopped if tmp_path / str(t.number) in dirs]
+    assert len(dirs) == len(rows) == 6 + len(started)
+    assert [r.status for r in rows.values()].count(Outcome.COMPLETED) == 6
+    for trial in stopped:
+        again = [t for t in done if t.user_attrs.get(RERUN_OF) == trial.number]
+        assert len(again) == 1 and again[0].params == trial.params
+        if trial in started:
+            row = rows[tmp_path / str(trial.number)]
+            assert row.shown_status == "STOPPED (parent lost)"
+            assert row.error == f"run again as #{again[0].number}"
+    assert Outcome.NOT_FINISHED not in [r.status for r in rows.values()]
+
+
+def killed_pid(sweep_dir: Path) -> int:
+    """The parent pid a killed sweep's jobs recorded (their ranks' RUNNER_PARENT_PID)."""
+    owners = {t.user_attrs.get(OWNER) for t in search_study(sweep_dir).trials}
+    return int(next(o for o in owners if o).rpartition(":")[2])
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path):

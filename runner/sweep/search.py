@@ -35,13 +35,23 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from runner.errors import SearchConfigError, invalid
 from runner.metrics import MetricsReader
-from runner.record import Outcome
+from runner.record import Outcome, read_record, record_lost
 from runner.sweep.console import Best
 from runner.sweep.hydra_job import value_of
 from runner.sweep.options import SearchOptions, check_search_options
 from runner.sweep.points import stored_result
 from runner.sweep.space import Param, parse_space
-from runner.sweep.study import JOB_DIR, OWNER, STATUS, continue_study, counts, open_study, owner
+from runner.sweep.study import (
+    JOB_DIR,
+    OWNER,
+    RERUN_OF,
+    STATUS,
+    continue_study,
+    counts,
+    open_study,
+    owner,
+    rerun_of,
+)
 from runner.sweep.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -66,11 +76,23 @@ class SearchSweeperLike(Protocol):
     launcher: Any
 
 
-def stored_values(job_dir: str, n: int) -> list[float] | None:
-    """The values of a trial whose job completed (its launch.json and return value in
-    ``job_dir``) though its parent died before telling the study; else None."""
+def stored_end(job_dir: str, n: int) -> tuple[TrialState, list[float] | None] | None:
+    """How a trial ended whose parent died before telling the study, as its job dir
+    says: COMPLETE with the values its job stored, or PRUNED; else None (it runs
+    again)."""
+    record = read_record(Path(job_dir))
+    if record is not None and record.status is Outcome.PRUNED:
+        return TrialState.PRUNED, None
     found, value = stored_result(Path(job_dir))
-    return trial_values(value, n) if found else None
+    values = trial_values(value, n) if found else None
+    return (TrialState.COMPLETE, values) if values is not None else None
+
+
+def within(job_dir: str, sweep_dir: Path) -> Path | None:
+    """``job_dir`` (a path the study holds, maybe another parent's) if it lies in this
+    parent's sweep dir, else None: runner writes only into its own sweep's job dirs."""
+    path = Path(job_dir)
+    return path if path.resolve().is_relative_to(sweep_dir.resolve()) else None
 
 
 def trial_values(value: Any, n: int) -> list[float] | None:
@@ -93,9 +115,11 @@ class Search:
         space: list[Param],
         fixed: list[str],
         options: SearchOptions,
+        sweep_dir: Path,
         storage: optuna.storages.RDBStorage | None = None,
     ) -> None:
         self.study = study
+        self.sweep_dir = sweep_dir
         self.storage = storage  # where heartbeats go (None: no heartbeats)
         self.space = space
         self.distributions = {p.name: p.distribution for p in space}
@@ -110,6 +134,8 @@ class Search:
         self.readers: dict[int, MetricsReader] = {}
         self.watched_at: dict[int, float] = {}
         self.beaten_at: dict[int, float] = {}
+        # Trials taken that run an earlier trial's parameters again: that one's number.
+        self.reruns: dict[int, int] = {}
         # When the study was last asked for a trial, and whether none was left then.
         self.asked_at = float("-inf")
         self.full = False
@@ -205,6 +231,9 @@ class Search:
             if self.options.heartbeat_interval:
                 trial.set_user_attr(HEARTBEAT, self.options.heartbeat_interval)
             self.trials[trial.number] = trial
+            asked = {t.number: t for t in self.seen}.get(trial.number)
+            if asked is not None and (prior := rerun_of(asked)) is not None:
+                self.reruns[trial.number] = prior
             self._beat(trial, force=True)
             overrides = self.fixed + [p.override(trial.params[p.name]) for p in self.space]
             taken.append((trial.number, overrides))
@@ -244,6 +273,14 @@ class Search:
         after its parent died finds there a result the study was never told."""
         if (trial := self.trials.get(idx)) is not None:
             trial.set_user_attr(JOB_DIR, str(job_dir))
+        prior = self.reruns.pop(idx, None)
+        if prior is None:
+            return
+        # The attempt it runs again says so in its launch.json (and its summary row).
+        earlier = {t.number: t for t in self._seen(fresh=True)}.get(prior)
+        job = earlier.user_attrs.get(JOB_DIR) if earlier is not None else None
+        if job and (own := within(str(job), self.sweep_dir)) is not None:
+            record_lost(own, rerun_as=idx)
 
     def watch(self, idx: int, job_dir: Path) -> str | None:
         """Beat for the running trial; report its new intermediate values; whether to
@@ -339,7 +376,7 @@ class Search:
         if status is Outcome.COMPLETED and values is not None and len(values) == 1:
             self.best.offer(number, values[0])
         elif status is Outcome.INTERRUPTED:
-            self.study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": number})
+            self.study.enqueue_trial(trial.params, user_attrs={RERUN_OF: number})
 
     def _name_the_objective(self, job_dir: Path) -> None:
         """Once: the study's objective by its name (``val_loss`` in optuna-dashboard,
@@ -489,11 +526,16 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     study, storage = open_study(options, sweep_dir, space, default_name)
     n_values = len(options.directions())
-    told, again = continue_study(study, lambda job_dir: stored_values(job_dir, n_values))
+
+    def lost(job_dir: str) -> None:
+        if (own := within(job_dir, sweep_dir)) is not None:
+            record_lost(own)
+
+    told, again = continue_study(study, lambda job_dir: stored_end(job_dir, n_values), lost)
     if not study.trials:
         for point in options.enqueue:
             study.enqueue_trial(dict(point))
-    search = Search(study, space, fixed, options, storage)
+    search = Search(study, space, fixed, options, sweep_dir, storage)
     if search.counted or again:
         log.info(
             "Continuing study %r: %d trial(s) of %d done earlier%s%s",

@@ -24,11 +24,14 @@ from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import Param, space_record
 
 # Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
-# saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir. Study: the space.
+# saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir (from its start), the
+# trial it runs again (RERUN_OF). Study: the space.
 OWNER = "runner_owner"
 STATUS = "runner_status"
 JOB_DIR = "runner_job_dir"
 SPACE = "runner_space"
+# A trial queued to run again the parameters of one its sweep stopped: that one's number.
+RERUN_OF = "runner_rerun_of"
 
 
 def owner() -> str:
@@ -210,13 +213,26 @@ def _unopenable(url: str, error: Exception) -> SearchConfigError:
     )
 
 
+def rerun_of(trial: FrozenTrial) -> int | None:
+    """The trial whose parameters ``trial`` runs again: one its sweep stopped (queued
+    by runner), or one whose parent's heartbeats stopped (queued by Optuna's retry
+    callback, which copies the stale trial's user attributes: its history wins)."""
+    history = trial.system_attrs.get("retry_history")
+    if isinstance(history, list) and history:
+        return int(history[-1])
+    number = trial.user_attrs.get(RERUN_OF)
+    return number if isinstance(number, int) else None
+
+
 def continue_study(
-    study: optuna.Study, stored_values: Callable[[str], list[float] | None]
+    study: optuna.Study,
+    stored: Callable[[str], tuple[TrialState, list[float] | None] | None],
+    lost: Callable[[str], None],
 ) -> tuple[int, int]:
-    """Trials of this host whose sweep parent is gone: told their values where their
-    job completed (``stored_values`` of their job dir: the parent died before telling
-    the study), else marked failed and their parameters queued to run again. Returns
-    (told, queued again)."""
+    """Trials of this host whose sweep parent is gone: told how their job ended where
+    it ended (``stored`` of their job dir: COMPLETE with its values, or PRUNED; the
+    parent died before telling the study), else failed, their job dir said ``lost``,
+    and their parameters queued to run again. Returns (told, queued again)."""
     host = socket.gethostname()
     told = again = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -224,12 +240,15 @@ def continue_study(
         if who != host or not pid.isdigit() or pid_alive(int(pid)):
             continue  # another machine's, or a live sweep's
         job_dir = trial.user_attrs.get(JOB_DIR)
-        values = stored_values(str(job_dir)) if job_dir else None
-        if values is not None:
-            study.tell(trial.number, values)
+        ended = stored(str(job_dir)) if job_dir else None
+        if ended is not None:
+            state, values = ended
+            study.tell(trial.number, values, state=state)
             told += 1
             continue
+        if job_dir:
+            lost(str(job_dir))
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"runner_rerun_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={RERUN_OF: trial.number})
         again += 1
     return told, again

@@ -218,7 +218,14 @@ def collect(sweep_dir: Path) -> list[Row]:
                     for k, v in final.items()
                     if k not in SKIP_METRICS and _number(v) is not None
                 },
-                error=record.error.splitlines()[0] if record.error else "",
+                error="; ".join(
+                    text
+                    for text in (
+                        f"run again as #{record.rerun_as}" if record.rerun_as is not None else "",
+                        record.error.splitlines()[0] if record.error else "",
+                    )
+                    if text
+                ),
                 values=values,
                 pareto=str(job_dir) in pareto,
                 stopped_by=(record.stopped_by or "") if status is Outcome.STOPPED else "",
