@@ -3,8 +3,10 @@ so expensive runs are session fixtures that several tests read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,9 +290,18 @@ def in_terminal(
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A PostgreSQL server for this test session, from Debian's package: a private data
-    dir, a free port, loopback only; yields its URL without a database name."""
-    import shutil
+    """A PostgreSQL server for this test session (see :func:`serving_postgres`):
+    yields its URL without a database name."""
+    with serving_postgres("127.0.0.1") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving_postgres(address: str, inside: list[str] | None = None):
+    """A PostgreSQL server from Debian's package: a private data dir, a free port,
+    listening on ``address`` only; ``inside``: the command prefix that runs it in
+    a network namespace (``ip netns exec NS``). Yields its URL without a database
+    name; stopped and removed after."""
     import socket
     import tempfile
 
@@ -303,12 +314,12 @@ def postgres_server():
         unavailable("postgres", "no PostgreSQL driver: pip install 'runner[search]'")
     bindir = initdbs[-1].parent
     data = Path(tempfile.mkdtemp(prefix="runner-pg-"))
-    as_owner: list[str] = []
+    as_owner: list[str] = list(inside or [])
     if os.geteuid() == 0:  # initdb will not run as root: as Debian's postgres user
         if not shutil.which("runuser"):
             unavailable("postgres", "as root, PostgreSQL needs runuser to run as postgres")
         shutil.chown(data, "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
+        as_owner += ["runuser", "-u", "postgres", "--"]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -317,7 +328,9 @@ def postgres_server():
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    with open(data / "pg_hba.conf", "a") as hba:  # hosts on the server's own subnet too
+        hba.write("host all all samenet trust\n")
+    options = f"-p {port} -k {data} -c listen_addresses={address} -c fsync=off"
     pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
     subprocess.run(
         [*pg_ctl, "-l", str(data / "server.log"), "-w", "-o", options, "start"],
@@ -325,7 +338,7 @@ def postgres_server():
         capture_output=True,
     )
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+        yield f"postgresql+psycopg://postgres@{address}:{port}"
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -343,3 +356,73 @@ def postgres(postgres_server) -> str:
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
     return f"{postgres_server}/{name}"
+
+
+class TwoNodes:
+    """Two network namespaces joined by a veth pair, hostnames rnode0 and rnode1."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.ns = [f"rn{tag}n{k}" for k in range(2)]
+        self.hosts = ["rnode0", "rnode1"]
+        self.addrs = [f"10.{tag % 200 + 20}.{tag % 250}.{k + 1}" for k in range(2)]
+        veth = [f"rv{tag}x{k}" for k in range(2)]
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            # `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts.
+            Path(f"/etc/netns/{ns}").mkdir(parents=True, exist_ok=True)
+            Path(f"/etc/netns/{ns}/hosts").write_text(
+                "127.0.0.1 localhost\n"
+                + "".join(f"{a} {h}\n" for a, h in zip(self.addrs, self.hosts, strict=True))
+            )
+        ip = ["ip"]
+        steps = [
+            ["link", "add", veth[0], "type", "veth", "peer", "name", veth[1]],
+            *[["link", "set", veth[k], "netns", self.ns[k]] for k in range(2)],
+            *[
+                ["-n", self.ns[k], "addr", "add", f"{self.addrs[k]}/24", "dev", veth[k]]
+                for k in range(2)
+            ],
+            *[["-n", self.ns[k], "link", "set", veth[k], "up"] for k in range(2)],
+            *[["-n", self.ns[k], "link", "set", "lo", "up"] for k in range(2)],
+        ]
+        for step in steps:
+            subprocess.run(ip + step, check=True, capture_output=True)
+
+    def command(self, k: int, argv: list[str]) -> list[str]:
+        """``argv`` run on node ``k``: its namespace, its own hostname."""
+        script = f'hostname {self.hosts[k]} && exec "$@"'
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns[k],
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ] + argv
+
+    def close(self) -> None:
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
+    if os.geteuid() != 0 or missing:
+        unavailable(
+            "netns",
+            "two network namespaces need root and iproute2/util-linux "
+            f"(missing: {missing or 'root'}); the loopback tests cover the rest",
+        )
+    try:
+        nodes = TwoNodes()
+    except subprocess.CalledProcessError as error:
+        unavailable("netns", f"cannot create network namespaces here: {error.stderr!r}")
+    yield nodes
+    nodes.close()

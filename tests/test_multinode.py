@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from runner.launch.options import LaunchConfig
 from runner.sweep.console import compact
-from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json, unavailable
+from tests.conftest import FAST, PROBE_APP, REPO, entry_dirs, probe_records, read_json
 
 NODE_ARGS = ["hydra.launcher.nproc_per_node=1", "hydra.launcher.nnodes=2"]
 
@@ -41,76 +40,6 @@ def loopback_port(count: int = 1) -> int:
                 continue
             return base
     raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
-
-
-class TwoNodes:
-    """Two network namespaces joined by a veth pair, hostnames rnode0 and rnode1."""
-
-    def __init__(self) -> None:
-        tag = os.getpid() % 100000
-        self.ns = [f"rn{tag}n{k}" for k in range(2)]
-        self.hosts = ["rnode0", "rnode1"]
-        self.addrs = [f"10.{tag % 200 + 20}.{tag % 250}.{k + 1}" for k in range(2)]
-        veth = [f"rv{tag}x{k}" for k in range(2)]
-        for ns in self.ns:
-            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-            # `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts.
-            Path(f"/etc/netns/{ns}").mkdir(parents=True, exist_ok=True)
-            Path(f"/etc/netns/{ns}/hosts").write_text(
-                "127.0.0.1 localhost\n"
-                + "".join(f"{a} {h}\n" for a, h in zip(self.addrs, self.hosts, strict=True))
-            )
-        ip = ["ip"]
-        steps = [
-            ["link", "add", veth[0], "type", "veth", "peer", "name", veth[1]],
-            *[["link", "set", veth[k], "netns", self.ns[k]] for k in range(2)],
-            *[
-                ["-n", self.ns[k], "addr", "add", f"{self.addrs[k]}/24", "dev", veth[k]]
-                for k in range(2)
-            ],
-            *[["-n", self.ns[k], "link", "set", veth[k], "up"] for k in range(2)],
-            *[["-n", self.ns[k], "link", "set", "lo", "up"] for k in range(2)],
-        ]
-        for step in steps:
-            subprocess.run(ip + step, check=True, capture_output=True)
-
-    def command(self, k: int, argv: list[str]) -> list[str]:
-        """``argv`` run on node ``k``: its namespace, its own hostname."""
-        script = f'hostname {self.hosts[k]} && exec "$@"'
-        return [
-            "ip",
-            "netns",
-            "exec",
-            self.ns[k],
-            "unshare",
-            "--uts",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ] + argv
-
-    def close(self) -> None:
-        for ns in self.ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        unavailable(
-            "netns",
-            "two network namespaces need root and iproute2/util-linux "
-            f"(missing: {missing or 'root'}); the loopback tests cover the rest",
-        )
-    try:
-        nodes = TwoNodes()
-    except subprocess.CalledProcessError as error:
-        unavailable("netns", f"cannot create network namespaces here: {error.stderr!r}")
-    yield nodes
-    nodes.close()
 
 
 def start_nodes(

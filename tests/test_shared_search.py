@@ -11,28 +11,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, started
+from tests.conftest import APPS, serving_postgres, started
 
 pytestmark = pytest.mark.slow
 
 SEARCH_APP = APPS / "search_app.py"
 
 
-def parent(sweep_dir: Path, storage: str, *overrides: str) -> subprocess.Popen:
-    return started(
-        [
-            sys.executable,
-            str(SEARCH_APP),
-            "-m",
-            "x=interval(-1,1)",
-            "hydra.launcher.max_parallel=2",
-            "hydra.launcher.warm=true",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweeper.storage={storage}",
-            "hydra.sweeper.study_name=shared",
-            *overrides,
-        ]
-    )
+def parent(sweep_dir: Path, storage: str, *overrides: str) -> list[str]:
+    """A sweep parent's command: a search of the search app, 2 warm slots, on
+    ``storage``'s study "shared"."""
+    return [
+        sys.executable,
+        str(SEARCH_APP),
+        "-m",
+        "x=interval(-1,1)",
+        "hydra.launcher.max_parallel=2",
+        "hydra.launcher.warm=true",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=shared",
+        *overrides,
+    ]
 
 
 def shared_study(storage: str):
@@ -42,7 +42,9 @@ def shared_study(storage: str):
 
 
 def test_two_parents_started_at_once_on_a_fresh_database_share_one_search(tmp_path, postgres):
-    parents = [parent(tmp_path / name, postgres, "hydra.sweeper.n_trials=8") for name in "ab"]
+    parents = [
+        started(parent(tmp_path / name, postgres, "hydra.sweeper.n_trials=8")) for name in "ab"
+    ]
     outs = [p.communicate(timeout=300)[0] for p in parents]
     for p, out in zip(parents, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -85,41 +87,89 @@ def test_parents_opening_a_fresh_database_at_the_same_moment_all_open_it(postgre
         assert p.returncode == 0 and "opened" in out, out[-3000:]
 
 
-def test_a_parent_killed_mid_trial_has_its_trial_run_again_by_the_other(tmp_path, postgres):
-    """Heartbeats, not pids: parent a is SIGKILLed while its trials run; parent b,
+# The study's trials as JSON, read where the database can be reached (a namespace).
+TRIALS = """
+import json, sys
+import optuna
+study = optuna.load_study(study_name="shared", storage=sys.argv[1])
+print(json.dumps([
+    {"number": t.number, "state": t.state.name, "params": t.params,
+     "user_attrs": t.user_attrs, "start": t.datetime_start.timestamp()}
+    for t in study.trials
+]))
+"""
+
+
+def check_failover(sweep_dir: Path, storage: str, on=lambda k, argv: argv) -> list[dict]:
+    """Parent a (``on`` node 1) is SIGKILLed while its trials run; parent b (node 0),
     still searching, sees their beats stop for the grace period, fails them and runs
-    their parameters again, once. Together: exactly n_trials completed."""
+    their parameters again, once. Together: exactly n_trials completed, nothing else
+    run twice."""
+    import json
     import signal
     import time
-
-    from optuna.trial import TrialState
 
     from tests.conftest import launch_status, wait_until
 
     beats = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
     slow = ("epochs=4", "epoch_s=1.0", "hydra.sweeper.n_trials=6", *beats)
-    a = parent(tmp_path / "a", postgres, *slow)
-    wait_until(lambda: launch_status(tmp_path / "a" / "0") == "RUNNING", 120, "a's first trial")
-    b = parent(tmp_path / "b", postgres, *slow)
-    wait_until(
-        lambda: any(launch_status(d) == "RUNNING" for d in (tmp_path / "b").glob("[0-9]*")),
-        120,
-        "b's first trial",
+    a = b = None
+    try:
+        a = started(on(1, parent(sweep_dir / "a", storage, *slow)))
+        wait_until(
+            lambda: launch_status(sweep_dir / "a" / "0") == "RUNNING", 120, "a's first trial"
+        )
+        b = started(on(0, parent(sweep_dir / "b", storage, *slow)))
+        wait_until(
+            lambda: any(launch_status(d) == "RUNNING" for d in (sweep_dir / "b").glob("[0-9]*")),
+            120,
+            "b's first trial",
+        )
+        a.send_signal(signal.SIGKILL)
+        a.communicate(timeout=60)
+        killed_at = time.time()
+        out = b.communicate(timeout=300)[0]
+        assert b.returncode == 0, out[-3000:]
+    finally:  # a failed wait leaves no parent running
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    read = subprocess.run(
+        on(0, [sys.executable, "-c", TRIALS, storage]), capture_output=True, text=True, check=True
     )
-    a.send_signal(signal.SIGKILL)
-    a.communicate(timeout=60)
-    killed_at = time.time()
-    out = b.communicate(timeout=300)[0]
-    assert b.returncode == 0, out[-3000:]
-    trials = shared_study(postgres).trials
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 6, [(t.number, t.state, t.user_attrs) for t in trials]
-    lost = [t for t in trials if t.state == TrialState.FAIL]
-    assert lost, [(t.number, t.state, t.user_attrs, t.system_attrs) for t in trials]
+    trials = json.loads(read.stdout)
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    assert len(done) == 6, trials
+    lost = [t for t in trials if t["state"] == "FAIL"]
+    assert lost, trials
     for trial in lost:  # each lost trial's parameters ran again, once, by b
-        again = [t for t in done if t.params == trial.params]
-        assert len(again) == 1, (trial.number, trial.params)
-        assert again[0].user_attrs["runner_owner"] != trial.user_attrs["runner_owner"]
-        assert again[0].datetime_start.timestamp() >= killed_at
+        again = [t for t in done if t["params"] == trial["params"]]
+        assert len(again) == 1, (trial, trials)
+        assert again[0]["user_attrs"]["runner_owner"] != trial["user_attrs"]["runner_owner"]
+        assert again[0]["start"] >= killed_at
     # Nothing else ran twice: every completed trial's parameters are its own.
-    assert len({tuple(sorted(t.params.items())) for t in done}) == 6
+    assert len({tuple(sorted(t["params"].items())) for t in done}) == 6
+    return trials
+
+
+def test_a_parent_killed_mid_trial_has_its_trial_run_again_by_the_other(tmp_path, postgres):
+    """Heartbeats, not pids (both parents on this host)."""
+    check_failover(tmp_path, postgres)
+
+
+def test_parents_on_two_hosts_share_one_search_and_fail_over(tmp_path, two_nodes):
+    """Two hosts for real: each parent in its own network namespace with its own
+    hostname; the study's PostgreSQL on host 0's address, reached by host 1 across
+    the veth. Host 1's parent is SIGKILLed mid-trial; host 0's finishes the search."""
+    inside = ["ip", "netns", "exec", two_nodes.ns[0]]
+    with serving_postgres(two_nodes.addrs[0], inside) as server:
+        trials = check_failover(tmp_path, f"{server}/postgres", two_nodes.command)
+    hosts = {t["user_attrs"]["runner_owner"].rpartition(":")[0] for t in trials}
+    assert hosts == set(two_nodes.hosts)
+    for t in trials:  # each host's trials ran in its own sweep dir (a's last, asked
+        if "runner_job_dir" not in t["user_attrs"]:  # ahead, may never have started)
+            continue
+        host = t["user_attrs"]["runner_owner"].rpartition(":")[0]
+        name = "b" if host == two_nodes.hosts[0] else "a"
+        assert Path(t["user_attrs"]["runner_job_dir"]).parent == tmp_path / name
