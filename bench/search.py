@@ -18,17 +18,26 @@ settings). Measured at two trial lengths: 20000 samples (a trial of ~6 s, a quar
 of it start-up, which a pruned trial pays in full) and 80000 (~20 s, start-up under a
 tenth, nearer the GPU trials of minutes that pruning is for). Target, judged at the
 longer: the same best within noise, >= 40% less trial time.
+
+Parents: one search of 24 trials that each sleep 4 s (no CPU between parents to
+contend for), on a PostgreSQL study (Debian's server, started here), by one parent
+with 2 slots and by two parents with 2 slots each started at once on one study.
+Targets: the two parents' wall <= 0.55x the one parent's; each parent's slot use (its
+trials' time over its span x 2) >= 90%.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH, PY, failed_runs_note, markdown_table, publish, timed
+from _common import BENCH, PY, REPO, failed_runs_note, markdown_table, publish, timed
 
 TRIALS = 24
 # Samples per trial in the pruning part: short trials, then the length the target is
@@ -155,9 +164,81 @@ def pruning_note(rows: list[list[str]], judged: bool) -> str:
     )
 
 
+# The parents part's trial: seconds asleep (a searched key the task never reads).
+PARENT_TRIAL_S = 4.0
+
+
+def parents_table(tmp: Path, runs: int) -> tuple[list[list[str]], list[str]]:
+    """One parent against two on one PostgreSQL study, each with 2 slots, ``runs``
+    times each (which parent takes the odd trial varies: the median is judged)."""
+    sys.path.insert(0, str(REPO))
+    from tests.postgres import serving
+
+    rows = []
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    with serving("127.0.0.1") as server:
+        for run in range(runs):
+            for parents in (1, 2):
+                study = f"parents{parents}-{run}"
+                commands = [
+                    [
+                        PY,
+                        str(BENCH / "search_app.py"),
+                        "-m",
+                        "hydra/launcher=torchrun",
+                        "hydra/sweeper=search",
+                        "hydra.launcher.warm=true",
+                        "hydra.launcher.max_parallel=2",
+                        f"hydra.sweeper.n_trials={TRIALS}",
+                        f"hydra.sweeper.storage={server}/postgres",
+                        f"hydra.sweeper.study_name={study}",
+                        f"+sleep_s={PARENT_TRIAL_S}",
+                        "+x=interval(0, 1)",
+                        f"hydra.sweep.dir={tmp / study / str(k)}",
+                    ]
+                    for k in range(parents)
+                ]
+                started = time.perf_counter()
+                procs = [
+                    subprocess.Popen(
+                        c, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                    )
+                    for c in commands
+                ]
+                errors = [p.communicate(timeout=600)[1] for p in procs]
+                wall = time.perf_counter() - started
+                walls[parents].append(wall)
+                for proc, error in zip(procs, errors, strict=True):
+                    if proc.returncode:
+                        raise SystemExit(f"a parent failed ({proc.returncode}):\n{error[-3000:]}")
+                for k in range(parents):
+                    use, busy, gap = slot_use(tmp / study / str(k), 2)
+                    rows.append(
+                        [
+                            str(run + 1),
+                            f"{parents} (#{k})",
+                            str(len(records(tmp / study / str(k)))),
+                            f"{wall:.1f}",
+                            f"{busy:.1f}",
+                            f"{use:.1%}",
+                            f"{gap:.3f}",
+                            f"{wall / walls[1][-1]:.2f}x",
+                        ]
+                    )
+    ratio = statistics.median(walls[2]) / statistics.median(walls[1])
+    lowest = min(float(r[5].rstrip("%")) / 100 for r in rows)
+    notes = [
+        f"median wall of two parents {ratio:.2f}x one parent's (target <= 0.55: "
+        f"{'met' if ratio <= 0.55 else 'not met'})",
+        f"lowest slot use {lowest:.1%} (target >= 90%: {'met' if lowest >= 0.90 else 'not met'})",
+    ]
+    return rows, notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["slots", "pruning", "all"], default="all")
+    parser.add_argument("--part", choices=["slots", "pruning", "parents", "all"], default="all")
+    parser.add_argument("--runs", type=int, default=3, help="runs of the parents part")
     args = parser.parse_args()
     started = time.time()
     sections = []
@@ -196,11 +277,26 @@ def main() -> None:
                 "learning rates in both arms (seeded random sampler)."
                 f"\n\n{table}\n\n{' '.join(notes)}"
             )
-    publish(
-        "Search (hydra/sweeper=search)",
-        "\n\n".join(sections) + failed_runs_note(),
-        f"bench/search.py --part {args.part}, {time.time() - started:.0f} s",
-    )
+        parents = None
+        if args.part in ("parents", "all"):
+            rows, notes = parents_table(Path(tmp), args.runs)
+            table = markdown_table(
+                ["run", "parents", "trials", "wall s", "trial s", "slot use", "gap s", "vs one"],
+                rows,
+            )
+            parents = (
+                f"{TRIALS} trials sleeping {PARENT_TRIAL_S:g} s, warm, 2 slots a parent, one "
+                f"PostgreSQL study.\n\n{table}\n\n{'; '.join(notes)}."
+            )
+    command = f"bench/search.py --part {args.part}, {time.time() - started:.0f} s"
+    if sections:
+        publish(
+            "Search (hydra/sweeper=search)",
+            "\n\n".join(sections) + failed_runs_note(),
+            command,
+        )
+    if parents is not None:  # its own section: a run of this part keeps the others
+        publish("Search: several parents on one study", parents, command)
 
 
 if __name__ == "__main__":

@@ -298,50 +298,16 @@ def postgres_server():
 
 @contextlib.contextmanager
 def serving_postgres(address: str, inside: list[str] | None = None):
-    """A PostgreSQL server from Debian's package: a private data dir, a free port,
-    listening on ``address`` only; ``inside``: the command prefix that runs it in
-    a network namespace (``ip netns exec NS``). Yields its URL without a database
-    name; stopped and removed after."""
-    import socket
-    import tempfile
+    """:func:`tests.postgres.serving`; where this machine cannot, the test skips (or
+    fails, where RUNNER_TESTS_REQUIRE names postgres)."""
+    from tests.postgres import Unavailable, serving
 
-    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not initdbs:
-        unavailable("postgres", "no PostgreSQL server here (apt-get install postgresql-15)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        unavailable("postgres", "no PostgreSQL driver: pip install 'runner[search]'")
-    bindir = initdbs[-1].parent
-    data = Path(tempfile.mkdtemp(prefix="runner-pg-"))
-    as_owner: list[str] = list(inside or [])
-    if os.geteuid() == 0:  # initdb will not run as root: as Debian's postgres user
-        if not shutil.which("runuser"):
-            unavailable("postgres", "as root, PostgreSQL needs runuser to run as postgres")
-        shutil.chown(data, "postgres")
-        as_owner += ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run(
-        [*as_owner, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    with open(data / "pg_hba.conf", "a") as hba:  # hosts on the server's own subnet too
-        hba.write("host all all samenet trust\n")
-    options = f"-p {port} -k {data} -c listen_addresses={address} -c fsync=off"
-    pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [*pg_ctl, "-l", str(data / "server.log"), "-w", "-o", options, "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@{address}:{port}"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(serving(address, inside))
+        except Unavailable as why:
+            unavailable("postgres", str(why))
+        yield url
 
 
 @pytest.fixture
