@@ -15,6 +15,7 @@ from runner.sweep.summary import (
     SUMMARY_CSV,
     SUMMARY_GROUPS_CSV,
     SUMMARY_MD,
+    collect,
     console_table,
     write_summary,
 )
@@ -27,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir (hydra.sweep.dir)")
     parser.add_argument("--no-plots", action="store_true", help="write the summary only")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="a search's whole study: the other sweep parents' trials of a shared "
+        "search (one hydra.sweeper.storage and study_name) too",
+    )
     parser.add_argument(
         "--seed-key",
         default=SEED_KEY,
@@ -46,7 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "SWEEP_DIR/0, SWEEP_DIR/1, ...",
             )
         )
-    rows = write_summary(args.sweep_dir, args.seed_key)
+    more = []
+    if args.study:
+        from runner.errors import ConfigError
+        from runner.sweep.study import other_rows
+
+        try:
+            more = other_rows(args.sweep_dir, collect(args.sweep_dir))
+        except ConfigError as error:
+            parser.error(str(error))
+    rows = write_summary(args.sweep_dir, args.seed_key, more)
     if not rows:
         print(f"no job dirs (with .hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         return 1

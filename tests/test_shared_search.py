@@ -5,13 +5,14 @@ trial twice, each keeping its own trials' job dirs."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, serving_postgres, started
+from tests.conftest import APPS, run, serving_postgres, started
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +60,21 @@ def test_two_parents_started_at_once_on_a_fresh_database_share_one_search(tmp_pa
         own = [d for d in dirs if Path(d).parent == tmp_path / name]
         assert own and all(Path(d, "launch.json").is_file() for d in own)
     assert {Path(d).parent for d in dirs} == {tmp_path / "a", tmp_path / "b"}
+    # The report of either parent's sweep dir shows the whole study with --study: the
+    # other's trials read from their job dirs, or from the study where this machine
+    # cannot see them.
+    for hidden in (False, True):
+        if hidden:
+            (tmp_path / "b").rename(tmp_path / "b-elsewhere")
+        report = run([sys.executable, "-m", "runner.report", str(tmp_path / "a"), "--study"])
+        table = (tmp_path / "a" / "summary.md").read_text()
+        assert table.count("| COMPLETED |") == 8, report.stdout
+        others = len([d for d in dirs if Path(d).parent == tmp_path / "b"])
+        assert table.count(f"| {socket.gethostname()}:") == others, table  # their parent
+    alone = run([sys.executable, "-m", "runner.report", str(tmp_path / "a"), "--no-plots"])
+    assert (tmp_path / "a" / "summary.md").read_text().count("| COMPLETED |") == len(
+        [d for d in dirs if Path(d).parent == tmp_path / "a"]
+    ), alone.stdout
 
 
 OPEN_AT_ONCE = """

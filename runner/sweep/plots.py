@@ -37,6 +37,23 @@ def _as_float(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def curve_key(history: list[dict]) -> str:
+    """The metric a learning curve draws: the first line's first that is a result
+    (runner's trainer: val_loss), else the objective ``runner.metrics.report`` wrote."""
+    return next((k for k in history[0] if k not in SKIP_METRICS), "objective")
+
+
+def curve(history: list[dict], key: str | None) -> list[tuple[int, float]]:
+    """(epoch, value of ``key``) of every line that has it: a line's epoch is its
+    ``epoch``, else its ``step`` (``runner.metrics.report``), else its line number."""
+    key = key or curve_key(history)
+    return [
+        (int(e.get("epoch", e.get("step", n))), float(e[key]))
+        for n, e in enumerate(history)
+        if isinstance(e.get(key), (int, float)) and not isinstance(e.get(key), bool)
+    ]
+
+
 def plot(sweep_dir: Path, rows: Sequence[Row], seed_key: str = SEED_KEY) -> list[Path]:
     """Draw the sweep's PNGs into the sweep dir; return their paths."""
     try:
@@ -88,15 +105,14 @@ def plot(sweep_dir: Path, rows: Sequence[Row], seed_key: str = SEED_KEY) -> list
         written.append(_save(fig, sweep_dir / f"objective_vs_{_slug(param)}.png"))
         plt.close(fig)
 
-    curves = [(r, read_metrics(r.job_dir)) for r in rows]
-    curves = [(r, h) for r, h in curves if h]
+    histories = [(r, h) for r in rows if (h := read_metrics(r.job_dir))]
+    metric = "val_loss" if any("val_loss" in e for _, h in histories for e in h) else None
+    curves = [(r, c) for r, h in histories if (c := curve(h, metric))]
     if curves:
-        metric = "val_loss" if any("val_loss" in e for _, h in curves for e in h) else None
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-        for r, history in curves:
-            key = metric or next(k for k in history[0] if k not in SKIP_METRICS)
+        for r, points in curves:
             label = f"#{r.job} " + short_label([f"{k}={r.params.get(k)}" for k in swept(rows)])
-            ax.plot([e["epoch"] for e in history], [e[key] for e in history], label=label)
+            ax.plot([x for x, _ in points], [y for _, y in points], label=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric or "metric")
@@ -185,12 +201,11 @@ def _over_seeds(plt, sweep_dir: Path, groups: list[Group], name: str, seed_key: 
         if not histories:
             continue
         metric = "val_loss" if all("val_loss" in h[0] for h in histories) else None
-        key = metric or next(k for k in histories[0][0] if k not in SKIP_METRICS)
+        key = metric or curve_key(histories[0])
         by_epoch: dict[int, list[float]] = {}
         for history in histories:
-            for entry in history:
-                if isinstance(entry.get(key), (int, float)):
-                    by_epoch.setdefault(int(entry["epoch"]), []).append(float(entry[key]))
+            for epoch, value in curve(history, key):
+                by_epoch.setdefault(epoch, []).append(value)
         epochs = sorted(by_epoch)
         means = [statistics.fmean(by_epoch[e]) for e in epochs]
         stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]

@@ -48,6 +48,7 @@ from runner.sweep.study import (
     STATUS,
     continue_study,
     counts,
+    note_study,
     open_study,
     owner,
     rerun_of,
@@ -525,6 +526,7 @@ def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     study, storage = open_study(options, sweep_dir, space, default_name)
+    note_study(sweep_dir, study.study_name, options.storage)
     n_values = len(options.directions())
 
     def lost(job_dir: str) -> None:

@@ -4,24 +4,28 @@ trials a dead sweep left running (:mod:`runner.sweep.search` runs the search).""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import random
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from runner.errors import SearchConfigError, first_line, invalid
-from runner.launch.procs import pid_alive
+from runner.launch.procs import atomic_file, pid_alive
 from runner.launch.trust import check_store
 from runner.record import Outcome
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import Param, space_record
+
+if TYPE_CHECKING:
+    from runner.sweep.summary import Row
 
 # Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
 # saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir (from its start), the
@@ -30,6 +34,9 @@ OWNER = "runner_owner"
 STATUS = "runner_status"
 JOB_DIR = "runner_job_dir"
 SPACE = "runner_space"
+# In a search's sweep dir: its study's name and storage (what `python -m runner.report
+# --study` opens).
+STUDY_FILE = "study.json"
 # A trial queued to run again the parameters of one its sweep stopped: that one's number.
 RERUN_OF = "runner_rerun_of"
 
@@ -252,3 +259,74 @@ def continue_study(
         study.enqueue_trial(trial.params, user_attrs={RERUN_OF: trial.number})
         again += 1
     return told, again
+
+
+def note_study(sweep_dir: Path, study_name: str, storage: str | None) -> None:
+    """Name the sweep dir's study and its storage (:data:`STUDY_FILE`; only its
+    owner may read it: a database URL may hold a password)."""
+    data = json.dumps({"study_name": study_name, "storage": storage}).encode()
+    with atomic_file(sweep_dir / STUDY_FILE) as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(data)
+
+
+_STATES = {
+    TrialState.COMPLETE: Outcome.COMPLETED,
+    TrialState.PRUNED: Outcome.PRUNED,
+    TrialState.FAIL: Outcome.FAILED,
+    TrialState.RUNNING: Outcome.RUNNING,
+}
+
+
+def other_rows(sweep_dir: Path, own: Sequence[Row]) -> list[Row]:
+    """The trials of a search's study (:data:`STUDY_FILE`) that are not among ``own``
+    (this sweep dir's rows): other parents' trials of a shared search. Read from the
+    trial's job dir where this machine sees it (a shared filesystem), else from the
+    study: its parameters, state and value."""
+    from runner.record import read_record
+    from runner.sweep.summary import Row, read_row
+
+    try:
+        noted = json.loads((sweep_dir / STUDY_FILE).read_text())
+        name, storage = str(noted["study_name"]), noted.get("storage")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SearchConfigError(
+            invalid(
+                "SWEEP_DIR",
+                str(sweep_dir),
+                f"it holds no search's study ({first_line(error)})",
+                "--study is for the sweep dir of a hydra/sweeper=search run",
+            )
+        ) from None
+    url = str(storage or f"sqlite:///{sweep_dir.absolute() / 'study.db'}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except Exception as error:
+        raise _unopenable(url, error) from None
+    seen = {str(r.job_dir) for r in own}
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        job_dir = trial.user_attrs.get(JOB_DIR)
+        status = _STATES.get(trial.state)
+        if str(job_dir) in seen or status is None:
+            continue  # this sweep dir's, or waiting to run
+        parent = str(trial.user_attrs.get(OWNER, ""))
+        if job_dir and read_record(Path(job_dir)) is not None:
+            row = read_row(Path(job_dir), trial.number)
+        else:
+            if trial.user_attrs.get(STATUS) == Outcome.INTERRUPTED.value:
+                status = Outcome.STOPPED
+            single = trial.values is not None and len(trial.values) == 1
+            row = Row(
+                job=trial.number,
+                job_dir=Path(job_dir or "?"),
+                params={k: str(v) for k, v in trial.params.items()},
+                status=status,
+                duration_s=trial.duration.total_seconds() if trial.duration else None,
+                objective=trial.values[0] if single and trial.values else None,
+                values=list(trial.values) if trial.values and not single else [],
+            )
+        row.parent = parent
+        rows.append(row)
+    return rows

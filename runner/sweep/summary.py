@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ class Row:
     stopped_by: str = ""
     # What was wrong with a completed point (its ranks never formed a process group).
     note: str = ""
+    # Another sweep parent's trial of a shared search: that parent (host:pid).
+    parent: str = ""
 
     @property
     def shown_status(self) -> str:
@@ -171,68 +173,67 @@ def _agent_alive(record: JobRecord) -> bool:
 
 def collect(sweep_dir: Path) -> list[Row]:
     """The rows of a sweep, read from its job dirs, in job order."""
-    rows: list[Row] = []
     pareto = _pareto_dirs(sweep_dir)
-    for job_dir in job_dirs(sweep_dir):
-        hydra_cfg = {}
-        try:
-            hydra_cfg = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            pass
-        num = (hydra_cfg.get("job") or {}).get("num")
-        record = read_record(job_dir)
-        final = _read_json(job_dir / "metrics.json")
-        params = {}
-        for override in _overrides(job_dir):
-            key, _, value = override.partition("=")
-            params[key.lstrip("+~")] = value
-        if record is None:  # not a job of runner's launcher
-            record = JobRecord(
-                Outcome.COMPLETED
-                if (job_dir / "metrics.json").exists()
-                else Outcome.RUNNING
-                if (job_dir / METRICS_FILE).exists()
-                else Outcome.NOT_FINISHED
-            )
-        status = record.status
-        if status is Outcome.RUNNING and not _agent_alive(record):
-            status = Outcome.NOT_FINISHED  # its sweep was killed before it could say so
-        objective = _number(final.get("objective_value"))
-        values: list[float] = []
-        if objective is None and status is Outcome.COMPLETED:
-            value = _return_value(job_dir)
-            objective = _number(value)
-            if isinstance(value, (list, tuple)):
-                values = [v for v in map(_number, value) if v is not None]
-        rows.append(
-            Row(
-                job=int(num) if isinstance(num, int) else len(rows),
-                job_dir=job_dir,
-                params=params,
-                status=status,
-                world_size=final.get("world_size") or record.run.get("nproc_per_node"),
-                duration_s=record.duration_s,
-                objective=objective,
-                metrics={
-                    k: v
-                    for k, v in final.items()
-                    if k not in SKIP_METRICS and _number(v) is not None
-                },
-                error="; ".join(
-                    text
-                    for text in (
-                        f"run again as #{record.rerun_as}" if record.rerun_as is not None else "",
-                        record.error.splitlines()[0] if record.error else "",
-                    )
-                    if text
-                ),
-                values=values,
-                pareto=str(job_dir) in pareto,
-                stopped_by=(record.stopped_by or "") if status is Outcome.STOPPED else "",
-                note=(record.warning or "").split(". Fix:")[0],
-            )
-        )
+    rows = [read_row(job_dir, k, pareto) for k, job_dir in enumerate(job_dirs(sweep_dir))]
     return sorted(rows, key=lambda r: r.job)
+
+
+def read_row(job_dir: Path, index: int, pareto: Collection[str] = ()) -> Row:
+    """A job dir's row (``index``: its job number where its Hydra config has none)."""
+    hydra_cfg = {}
+    try:
+        hydra_cfg = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        pass
+    num = (hydra_cfg.get("job") or {}).get("num")
+    record = read_record(job_dir)
+    final = _read_json(job_dir / "metrics.json")
+    params = {}
+    for override in _overrides(job_dir):
+        key, _, value = override.partition("=")
+        params[key.lstrip("+~")] = value
+    if record is None:  # not a job of runner's launcher
+        record = JobRecord(
+            Outcome.COMPLETED
+            if (job_dir / "metrics.json").exists()
+            else Outcome.RUNNING
+            if (job_dir / METRICS_FILE).exists()
+            else Outcome.NOT_FINISHED
+        )
+    status = record.status
+    if status is Outcome.RUNNING and not _agent_alive(record):
+        status = Outcome.NOT_FINISHED  # its sweep was killed before it could say so
+    objective = _number(final.get("objective_value"))
+    values: list[float] = []
+    if objective is None and status is Outcome.COMPLETED:
+        value = _return_value(job_dir)
+        objective = _number(value)
+        if isinstance(value, (list, tuple)):
+            values = [v for v in map(_number, value) if v is not None]
+    return Row(
+        job=int(num) if isinstance(num, int) else index,
+        job_dir=job_dir,
+        params=params,
+        status=status,
+        world_size=final.get("world_size") or record.run.get("nproc_per_node"),
+        duration_s=record.duration_s,
+        objective=objective,
+        metrics={
+            k: v for k, v in final.items() if k not in SKIP_METRICS and _number(v) is not None
+        },
+        error="; ".join(
+            text
+            for text in (
+                f"run again as #{record.rerun_as}" if record.rerun_as is not None else "",
+                record.error.splitlines()[0] if record.error else "",
+            )
+            if text
+        ),
+        values=values,
+        pareto=str(job_dir) in pareto,
+        stopped_by=(record.stopped_by or "") if status is Outcome.STOPPED else "",
+        note=(record.warning or "").split(". Fix:")[0],
+    )
 
 
 def objective_name(rows: Sequence[Row]) -> str:
@@ -283,6 +284,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         "duration_s",
         objective_name(rows),
         *[m for m in metrics if m != objective_name(rows)],
+        *(["parent"] if any(r.parent for r in rows) else []),
         "error",
     ]
 
@@ -298,6 +300,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                 _fmt(r.duration_s),
                 _fmt(r.objective) if not r.values else ", ".join(map(_fmt, r.values)),
                 *[_fmt(r.metrics.get(m)) for m in metrics if m != objective_name(rows)],
+                *([r.parent] if any(x.parent for x in rows) else []),
                 r.error or (f"warning: {r.note}" if r.note else ""),
             ]
         )
@@ -397,11 +400,12 @@ def _csv(header: list[str], cells: list[list[str]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def write_summary(sweep_dir: Path, seed_key: str = SEED_KEY) -> list[Row]:
+def write_summary(sweep_dir: Path, seed_key: str = SEED_KEY, more: Sequence[Row] = ()) -> list[Row]:
     """Write summary.csv and summary.md into the sweep dir (and, when it varies
     ``seed_key``, summary_groups.csv and a second table in summary.md: each setting
-    over seeds); return the rows."""
-    rows = collect(sweep_dir)
+    over seeds); return the rows. ``more``: rows from elsewhere (a shared search's
+    other parents' trials)."""
+    rows = sorted([*collect(sweep_dir), *more], key=lambda r: r.job)
     if not rows:
         return rows
     header, cells = table(rows)
