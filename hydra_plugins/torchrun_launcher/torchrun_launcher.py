@@ -84,6 +84,7 @@ class TorchrunLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        from runner.sweep import compose
         from runner.sweep.options import check_sweep_dir
 
         self.job_factory().check(self.params)
@@ -92,6 +93,7 @@ class TorchrunLauncher(Launcher):
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
+        compose.install(hydra_context)  # the sweeper's check composes through it too
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

@@ -59,6 +59,43 @@ def cancelled(idx: int, overrides: list[str], error: Exception, task_name: str) 
     return ret
 
 
+class StoredReturn(JobReturn):
+    """A finished job's ``JobReturn`` that keeps its configs on disk, not in memory:
+    ``cfg`` and ``hydra_cfg`` are read back from the job's ``.hydra/`` files (written
+    from them) when asked for, so a sweep of thousands of points holds no finished
+    point's config."""
+
+    def __init__(self, ret: JobReturn, hydra_dir: Path) -> None:
+        self._dir = hydra_dir
+        super().__init__(
+            overrides=ret.overrides,
+            working_dir=ret.working_dir,
+            task_name=ret.task_name,
+            status=ret.status,
+            _return_value=ret._return_value,
+        )
+
+    @property
+    def cfg(self) -> DictConfig:
+        loaded = OmegaConf.load(self._dir / "config.yaml")
+        assert isinstance(loaded, DictConfig)
+        return loaded
+
+    @cfg.setter
+    def cfg(self, value: Any) -> None:  # JobReturn's __init__ sets None
+        assert value is None, "a StoredReturn's configs are its job's files"
+
+    @property
+    def hydra_cfg(self) -> DictConfig:
+        loaded = OmegaConf.load(self._dir / "hydra.yaml")
+        assert isinstance(loaded, DictConfig)
+        return loaded
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Any) -> None:
+        assert value is None, "a StoredReturn's configs are its job's files"
+
+
 @dataclass
 class HydraJob:
     """One point composed: its config is final (job num and id, output dir)."""
@@ -67,6 +104,8 @@ class HydraJob:
     overrides: list[str]
     config: DictConfig
     _task_config: DictConfig | None = field(default=None, repr=False)
+    # Its HydraConfig state (a masked copy of its config: made once, the config final).
+    _hydra: Any = field(default=None, repr=False)
 
     @classmethod
     def compose(
@@ -120,9 +159,19 @@ class HydraJob:
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:
-        """This job's ``HydraConfig`` while the block runs (see :func:`hydra_config_of`)."""
-        with hydra_config_of(self.config):
+        """This job's ``HydraConfig`` while the block runs (see :func:`hydra_config_of`;
+        Hydra's copy of the config is made once a job, not at every callback)."""
+        state = HydraConfig.instance()
+        before = state.cfg
+        if self._hydra is None:
+            state.set_config(self.config)
+            self._hydra = state.cfg
+        else:
+            state.cfg = self._hydra
+        try:
             yield
+        finally:
+            state.cfg = before
 
     def begin(self, hydra_context: Any, task_function: Any) -> None:
         """Before the job starts: its dir and ``.hydra/`` (config, hydra config,
@@ -150,6 +199,14 @@ class HydraJob:
         if check is not None:
             with self.current():
                 check(self.task_config())
+
+    def stored(self, ret: JobReturn) -> JobReturn:
+        """``ret`` once its callbacks have seen it, kept for the sweeper: its configs
+        read back from this job's ``.hydra/`` (:class:`StoredReturn`) where it has one."""
+        if self.config.hydra.output_subdir is None or not (self.job_dir.is_dir()):
+            return ret
+        hydra_dir = self.job_dir / str(self.config.hydra.output_subdir)
+        return StoredReturn(ret, hydra_dir) if (hydra_dir / "hydra.yaml").is_file() else ret
 
     def job_return(self, status: JobStatus, value: Any) -> JobReturn:
         """What Hydra's sweeper gets for this point."""

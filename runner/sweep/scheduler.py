@@ -70,7 +70,10 @@ class SweepScheduler:
         self.fail_fast = bool(params.get("fail_fast", False))
         self.grace = float(params.get("stop_grace", 10.0))
         self.resume = bool(params.get("resume", False))
-        self.taken: dict[int, Pending] = {}  # by point number, in the order taken
+        # Points taken, in order; those without a result yet (kept no longer: a long
+        # sweep's parent does not hold every point's composed config).
+        self.order: list[int] = []
+        self.taken: dict[int, Pending] = {}
         self.results: dict[int, JobReturn] = {}
         self.running: list[Point] = []
         self.counts: Counter[Outcome] = Counter()  # ended points by outcome
@@ -116,6 +119,7 @@ class SweepScheduler:
         self._ended(hydra.idx, ret, Outcome.COMPLETED, hydra.job_dir, Outcome.COMPLETED)
         self.console.scored(hydra.idx, value)
         hydra.end(self.hydra_context, ret)
+        self.results[hydra.idx] = hydra.stored(ret)
         text = f"completed in an earlier run -> {compact(value)}"
         self.console.point(logging.INFO, hydra.idx, "kept", hydra.overrides, text, self.progress())
 
@@ -134,6 +138,7 @@ class SweepScheduler:
         )
         if write:
             hydra.end(self.hydra_context, ret)
+            self.results[hydra.idx] = hydra.stored(ret)
         self.console.point(
             logging.ERROR, hydra.idx, "failed", hydra.overrides, first_line(error), self.progress()
         )
@@ -144,6 +149,7 @@ class SweepScheduler:
         """Point ``idx`` ended so: its result kept, counted, its source ``told`` (a point
         the sweep stopped or never started: INTERRUPTED, it may run again)."""
         self.results[idx] = ret
+        self.taken.pop(idx, None)
         if outcome is not Outcome.INTERRUPTED:
             self.counts[outcome] += 1
         self.source.ended(idx, told, value_of(ret), job_dir)
@@ -209,12 +215,13 @@ class SweepScheduler:
         told = Outcome.INTERRUPTED if point.interrupted else outcome
         self._ended(point.idx, ret, outcome, point.job_dir, told)
         hydra.end(self.hydra_context, ret)
+        self.results[point.idx] = hydra.stored(ret)  # its configs on disk from now on
         self.console.ended(point.idx, hydra.overrides, record, value, self.progress())
         return outcome
 
     def progress(self) -> str:
         return self.source.progress(len(self.running)) or self.console.progress(
-            max(self.source.size, len(self.taken)), self.counts, len(self.running)
+            max(self.source.size, len(self.order)), self.counts, len(self.running)
         )
 
     def _withdraw(self, pending: Pending, reason: str) -> None:
@@ -233,6 +240,7 @@ class SweepScheduler:
         if room > 0 and not self.source.exhausted():
             for idx, overrides in self.source.take(room):
                 self.taken[idx] = Pending(idx, overrides)
+                self.order.append(idx)
                 pending.append(self.taken[idx])
 
     def _start_what_fits(self, pending: deque[Pending], ready_only: bool = False) -> None:
@@ -373,11 +381,10 @@ class SweepScheduler:
                     by = interruption()  # else an error of the sweep's own
                     self._stop_running(by or "the sweep", "" if by else "as it ended early")
                 self.pool.new_head()  # leases kept for a head that will not start now
-                for idx, left in self.taken.items():  # every taken point has a result
-                    if idx not in self.results:
-                        self._withdraw(left, "was not started: the sweep stopped")
+                for left in list(self.taken.values()):  # every taken point has a result
+                    self._withdraw(left, "was not started: the sweep stopped")
                 self.console.finished(self.progress())
-        return [self.results[idx] for idx in self.taken if idx in self.results]
+        return [self.results[idx] for idx in self.order if idx in self.results]
 
     def _fail_fast(self, stopping: bool) -> bool:
         """With ``fail_fast``: once a point failed (in its job, or refused before it
