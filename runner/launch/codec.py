@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import os
 import re
 import sys
@@ -150,15 +151,21 @@ def started_under_main_guard(main: ModuleType) -> bool:
     path = getattr(main, "__file__", None)
     if frame.f_globals is not vars(main) or not path:
         return False
+    line = frame.f_lineno or 0
+    return any(start <= line <= end for start, end in _main_guards(path))
+
+
+@functools.cache
+def _main_guards(path: str) -> list[tuple[int, int]]:
+    """The lines of the script's ``if __name__ == "__main__":`` blocks (read once: a
+    sweep asks for every point)."""
     try:
         tree = ast.parse(Path(path).read_bytes(), path)
     except (OSError, SyntaxError, ValueError):
-        return False
-    line = frame.f_lineno or 0
-    return any(
-        _is_main_guard(node) and node.lineno <= line <= (node.end_lineno or node.lineno)
-        for node in tree.body
-    )
+        return []
+    return [
+        (node.lineno, node.end_lineno or node.lineno) for node in tree.body if _is_main_guard(node)
+    ]
 
 
 _script_sources: dict[str, str] = {}

@@ -27,21 +27,6 @@ from runner.launch.codec import task_config
 from runner.launch.options import LaunchConfig
 
 
-@contextlib.contextmanager
-def hydra_config_of(config: DictConfig) -> Iterator[None]:
-    """Hydra's ``HydraConfig`` set to one job's config while the block runs (its
-    callbacks, its .hydra/ files, its job), and the one before put back after, as
-    Hydra's own ``run_job`` does: a user's callback that reads ``HydraConfig.get()``
-    sees its own job, whatever order points start and end in."""
-    state = HydraConfig.instance()
-    before = state.cfg
-    state.set_config(config)
-    try:
-        yield
-    finally:
-        state.cfg = before
-
-
 def value_of(ret: JobReturn) -> Any:
     """What a job returned, or the error it failed with (``JobReturn.return_value``
     raises the error instead)."""
@@ -116,11 +101,14 @@ class HydraJob:
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
-        with hydra_config_of(config):  # the sweep's subdir may read ${hydra:job.num}
+        job = cls(idx, list(overrides), config)
+        with job.current():  # the sweep's subdir may read ${hydra:job.num}
             output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = str(output_dir.absolute())
-        return cls(idx, list(overrides), config)
+        # The config is final from here: the job's HydraConfig copy says the same.
+        for runtime in (config.hydra.runtime, job._hydra.hydra.runtime):
+            with read_write(runtime), open_dict(runtime):
+                runtime.output_dir = str(output_dir.absolute())
+        return job
 
     @property
     def job_dir(self) -> Path:
@@ -159,8 +147,10 @@ class HydraJob:
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:
-        """This job's ``HydraConfig`` while the block runs (see :func:`hydra_config_of`;
-        Hydra's copy of the config is made once a job, not at every callback)."""
+        """This job's ``HydraConfig`` while the block runs, and the one before put back
+        after, as Hydra's own ``run_job`` does: a user's callback that reads
+        ``HydraConfig.get()`` sees its own job, whatever order points start and end in.
+        Hydra's copy of the config is made once a job, not at every callback."""
         state = HydraConfig.instance()
         before = state.cfg
         if self._hydra is None:
