@@ -52,6 +52,9 @@ WARM_FD_ENV = "RUNNER_WARM_FD"
 # in the same interpreter.
 WARM_AGENT_FLAGS = ["--start_method", "fork", "--run_path"]
 READY_TIMEOUT_S = 120.0
+# A task module's list of the modules its ranks import when they start (the warm
+# process imports them once, before any point forks).
+RANK_IMPORTS = "RANK_IMPORTS"
 
 
 class WarmStartError(RuntimeError):
@@ -263,11 +266,11 @@ def check_cuda_untouched() -> None:
 
 
 def _preload(task: dict | None) -> None:
-    """Import torch, torchrun and runner's agent and worker, then the task's module or
-    script (a script as ``__mp_main__``, so its ``__main__`` block does not run).
-    Not ``torch._dynamo`` (which an optimizer's first construction imports, ~1 s per
-    rank): imported before the fork, it left half of the 2-rank DDP trials' ranks
-    hanging in the gloo group's destructor at exit."""
+    """Import torch, torchrun and runner's agent and worker, ``torch._dynamo`` (which an
+    optimizer's first construction imports: ~1 s in every rank otherwise), then the
+    task's module or script (a script as ``__mp_main__``, so its ``__main__`` block
+    does not run) and what that module names in ``RANK_IMPORTS`` (what its ranks import
+    when they start: runner's trainer names its training module)."""
     import importlib
 
     base = [
@@ -275,6 +278,7 @@ def _preload(task: dict | None) -> None:
         "torch.distributed",
         "torch.distributed.run",
         "torch.distributed.elastic.multiprocessing",
+        "torch._dynamo",
         "cloudpickle",
         "omegaconf",
         "hydra.conf",
@@ -290,7 +294,9 @@ def _preload(task: dict | None) -> None:
 
     install(quiet_release=True)  # its stderr is the sweep's console, which said it
     if task is not None:
-        load_task(task)
+        module = sys.modules.get(getattr(load_task(task), "__module__", "") or "")
+        for name in getattr(module, RANK_IMPORTS, ()):
+            importlib.import_module(name)
 
 
 def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:

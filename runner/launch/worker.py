@@ -33,6 +33,7 @@ from runner.launch.entry import RANK0_FILE, RESULT_FILE, TASK_FILE
 from runner.launch.procs import die_with_parent, write_atomic
 from runner.stop import install as watch_for_stop
 from runner.stop import terminated as stop_terminated
+from runner.trace import mark
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class ConfigMismatch(RuntimeError):
 
 def run(job: dict, entry_dir: Path) -> Any:
     """Rebuild the job's Hydra state in this rank and call its task."""
+    mark("worker")
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import env_override
 
@@ -147,6 +149,7 @@ def run(job: dict, entry_dir: Path) -> Any:
         # its "spawn" children load it (not the entry script) and find its classes.
         sys.modules["__main__"] = sys.modules[SCRIPT_MODULE]
     many = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    mark("task")
     with gates.watch_process_group() if many else contextlib.nullcontext() as joined:
         if "hydra" not in config:  # launched from plain Python: no Hydra state to rebuild
             os.chdir(job["cwd"])

@@ -19,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from runner.errors import ConfigError, Problems
 from runner.launch.app import checked_by, discard_unstarted_run, run_task, wanted_world_size
 
+# What every rank imports as it starts (a warm sweep imports it once, ahead).
+RANK_IMPORTS = ("runner.trainer.train",)
+
 
 def check_keys(cfg: DictConfig) -> None:
     """Unknown keys in typed nodes. Hydra rejects ``trainer.nope=1`` itself, but a ``+``

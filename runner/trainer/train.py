@@ -37,6 +37,7 @@ from runner.errors import invalid
 from runner.launch.procs import atomic_file
 from runner.metrics import append_metrics, keep_epochs
 from runner.stop import stop_requested
+from runner.trace import mark
 from runner.trainer.loggers import NoLogger, make_logger
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def train(cfg: DictConfig) -> float:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        mark("group")
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     output_dir = Path(cfg.paths.output_dir)
@@ -198,7 +200,20 @@ def train(cfg: DictConfig) -> float:
     ddp_model = (
         DDP(model, device_ids=[local_rank] if use_cuda else None) if world_size > 1 else model
     )
+
+    def leave_group() -> None:
+        """Leave the process group, the DDP wrapper dropped first. Its reducer holds the
+        group: dropped after ``destroy_process_group``, the reducer's destructor (run
+        with the GIL held) would end the group's gloo threads, and one still releasing
+        a finished collective's tensors (``all_gather_object``'s) waits for the GIL:
+        a deadlock (pytorch/pytorch#56297). Dropped first, the group ends in
+        ``destroy_process_group``, whose destructor lets the GIL go."""
+        nonlocal ddp_model
+        ddp_model = model
+        dist.destroy_process_group()
+
     optimizer = instantiate(cfg.optim, params=model.parameters())
+    mark("optimizer")
 
     accum = cfg.trainer.grad_accum_steps
     micro_batch = cfg.trainer.batch_size // (world_size * accum)
@@ -298,10 +313,11 @@ def train(cfg: DictConfig) -> float:
         if is_rank0:
             log.info("stop requested: saved the checkpoint of step %d; ending here", at)
         if world_size > 1:
-            dist.destroy_process_group()
+            leave_group()
         return math.nan
 
     every = cfg.trainer.checkpoint_every if cfg.trainer.checkpoint else 0
+    initial_step = step  # resumed: not 0
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.trainer.epochs):
         sampler.set_epoch(epoch)
@@ -330,6 +346,8 @@ def train(cfg: DictConfig) -> float:
             if scheduler is not None:
                 scheduler.step()
             step += 1
+            if step == initial_step + 1:
+                mark("first_step")
             if fault is not None:
                 inject_fault(fault, step, output_dir)
             if bar is not None:
@@ -389,5 +407,5 @@ def train(cfg: DictConfig) -> float:
             " ".join(f"{k}={metrics[k]:.4f}" for k in metrics if k.startswith("val_")),
         )
     if world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+        leave_group()
     return result
