@@ -241,15 +241,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of the parents part")
     args = parser.parse_args()
     started = time.time()
-    sections = []
+    sections: dict[str, str] = {}  # each part its own section: a run of one keeps the others
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("slots", "all"):
             rows, notes = slots_table(Path(tmp))
             table = markdown_table(
                 ["slots", "search", "wall s", "trial s", "slot use", "gap s", "wall vs async"], rows
             )
-            print(table)
-            sections.append(
+            sections["Search: slot use"] = (
                 f"24 trials sleeping log-uniform 0.5-5 s, warm, runner's launcher.\n\n{table}"
                 f"\n\n{'; '.join(notes)}."
             )
@@ -271,32 +270,24 @@ def main() -> None:
                 ],
                 rows,
             )
-            print(table)
-            sections.append(
+            sections["Search: pruning"] = (
                 "24 trials of the training task (20 epochs), 2 at a time; the same 24 "
                 "learning rates in both arms (seeded random sampler)."
                 f"\n\n{table}\n\n{' '.join(notes)}"
             )
-        parents = None
         if args.part in ("parents", "all"):
             rows, notes = parents_table(Path(tmp), args.runs)
             table = markdown_table(
                 ["run", "parents", "trials", "wall s", "trial s", "slot use", "gap s", "vs one"],
                 rows,
             )
-            parents = (
+            sections["Search: several parents on one study"] = (
                 f"{TRIALS} trials sleeping {PARENT_TRIAL_S:g} s, warm, 2 slots a parent, one "
                 f"PostgreSQL study.\n\n{table}\n\n{'; '.join(notes)}."
             )
     command = f"bench/search.py --part {args.part}, {time.time() - started:.0f} s"
-    if sections:
-        publish(
-            "Search (hydra/sweeper=search)",
-            "\n\n".join(sections) + failed_runs_note(),
-            command,
-        )
-    if parents is not None:  # its own section: a run of this part keeps the others
-        publish("Search: several parents on one study", parents, command)
+    for title, body in sections.items():
+        publish(title, body + failed_runs_note(), command)
 
 
 if __name__ == "__main__":

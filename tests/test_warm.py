@@ -184,3 +184,58 @@ def test_warm_workers_take_their_own_thread_count(tmp_path, caplog):
         value = launch(OmegaConf.create({}), thread_count, launch_config, tmp_path, warm=True)
     assert value == ("1", 1)
     assert "its ranks fork from a warm process" in caplog.text  # warm, not cold
+
+
+@pytest.mark.slow
+def test_warm_trials_of_the_trainer_start_at_once_and_never_hang_at_exit(tmp_path):
+    """Consecutive warm 2-rank trials of the trainer, with torch._dynamo preloaded:
+    every one completes (before the trainer dropped its DDP wrapper ahead of
+    destroy_process_group, 8 of 30 hung in the gloo group's teardown), and every rank
+    of every point reaches its first step (runner.trace marks it)."""
+    trace = tmp_path / "trace"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "-m",
+            "trainer.nproc_per_node=2",
+            "seed=range(0,12)",
+            "data.n_samples=2000",
+            "trainer.epochs=1",
+            "trainer.progress=off",
+            WARM,
+            "hydra.launcher.max_parallel=1",
+            "hydra.launcher.timeout=30",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        env={"RUNNER_START_TRACE": str(trace)},
+    )
+    records = [read_json(tmp_path / "sweep" / str(n) / "launch.json") for n in range(12)]
+    assert [r["status"] for r in records] == ["COMPLETED"] * 12
+    for record in records:
+        ranks = sorted((trace / str(record["agent_pid"])).glob("rank*.jsonl"))
+        assert [r.name for r in ranks] == ["rank0.jsonl", "rank1.jsonl"]
+        for rank in ranks:
+            stages = [
+                line.split('"stage": "')[1].split('"')[0] for line in rank.read_text().splitlines()
+            ]
+            assert stages == ["worker", "task", "group", "optimizer", "first_step"]
+
+
+PRELOADED = """
+import sys
+from runner.launch import codec, warm
+import runner.trainer.task as task
+
+warm._preload(codec.task_reference(task.main))
+print(" ".join(m for m in ("torch._dynamo", "runner.trainer.train") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow  # imports torch
+def test_the_warm_process_imports_what_a_trial_imports():
+    """torch._dynamo (an optimizer's first construction imports it) and the modules the
+    task names in RANK_IMPORTS (runner's trainer: its training module)."""
+    proc = run([sys.executable, "-c", PRELOADED])
+    assert proc.stdout.split() == ["torch._dynamo", "runner.trainer.train"]
