@@ -42,3 +42,6 @@ bench: setup
 	$(PY) bench/warm.py
 	$(PY) bench/warm_script.py
 	$(PY) bench/search.py
+	$(PY) bench/parent.py
+	$(PY) bench/start.py
+	$(PY) bench/stress_warm.py
