@@ -43,6 +43,8 @@ TRIALS = 24
 # Samples per trial in the pruning part: short trials, then the length the target is
 # judged at (epochs most of a trial).
 PRUNING_SAMPLES = (20000, 80000)
+# The slots part's trial: seconds asleep, searched log-uniform over a tenfold spread.
+SLOTS_SLEEP = "tag(log, interval(0.5, 5))"
 
 
 def records(sweep_dir: Path) -> list[dict]:
@@ -64,7 +66,9 @@ def slot_use(sweep_dir: Path, slots: int) -> tuple[float, float, float]:
     return busy / (span * slots), busy, sum(gaps) / max(1, len(gaps))
 
 
-def search_command(sweep_dir: Path, *overrides: str) -> list[str]:
+def search_command(sweep_dir: Path, *overrides: str, sleep: str = SLOTS_SLEEP) -> list[str]:
+    """A warm search of ``TRIALS`` trials of the sleeping task (``sleep``: its seconds,
+    searched or fixed) into ``sweep_dir``."""
     return [
         PY,
         str(BENCH / "search_app.py"),
@@ -73,7 +77,7 @@ def search_command(sweep_dir: Path, *overrides: str) -> list[str]:
         "hydra/sweeper=search",
         "hydra.launcher.warm=true",
         f"hydra.sweeper.n_trials={TRIALS}",
-        "+sleep_s=tag(log, interval(0.5, 5))",
+        f"+sleep_s={sleep}",
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,
     ]
@@ -181,21 +185,14 @@ def parents_table(tmp: Path, runs: int) -> tuple[list[list[str]], list[str]]:
             for parents in (1, 2):
                 study = f"parents{parents}-{run}"
                 commands = [
-                    [
-                        PY,
-                        str(BENCH / "search_app.py"),
-                        "-m",
-                        "hydra/launcher=torchrun",
-                        "hydra/sweeper=search",
-                        "hydra.launcher.warm=true",
+                    search_command(
+                        tmp / study / str(k),
                         "hydra.launcher.max_parallel=2",
-                        f"hydra.sweeper.n_trials={TRIALS}",
                         f"hydra.sweeper.storage={server}/postgres",
                         f"hydra.sweeper.study_name={study}",
-                        f"+sleep_s={PARENT_TRIAL_S}",
-                        "+x=interval(0, 1)",
-                        f"hydra.sweep.dir={tmp / study / str(k)}",
-                    ]
+                        "+x=interval(0, 1)",  # searched; the task never reads it
+                        sleep=str(PARENT_TRIAL_S),
+                    )
                     for k in range(parents)
                 ]
                 started = time.perf_counter()

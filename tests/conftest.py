@@ -227,6 +227,20 @@ def fake_jobs(monkeypatch):
     FakeJobs.reset()
 
 
+def search_app(sweep_dir: Path, *overrides: str) -> list[str]:
+    """A search of the search app (tests/apps/search_app.py, a Hydra app that is not
+    runner's) over x, 2 trials at a time, into ``sweep_dir``."""
+    return [
+        sys.executable,
+        str(APPS / "search_app.py"),
+        "-m",
+        "x=interval(-1,1)",
+        "hydra.launcher.max_parallel=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+
+
 def search_study(sweep_dir: Path):
     """The study of a ``hydra/sweeper=search`` run into ``sweep_dir`` (default storage)."""
     import optuna

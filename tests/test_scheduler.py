@@ -437,3 +437,19 @@ def test_fail_fast_stops_the_sweep_on_a_point_refused_before_it_starts(
     assert (stopped["status"], stopped["stopped_by"]) == ("STOPPED", "fail_fast")
     assert read_json(tmp_path / "1" / "launch.json")["status"] == "FAILED"
     assert {e.point for e in FakeJobs.events} == {0}  # point 2 never started
+
+
+def test_finished_points_hand_hydra_their_configs_from_their_job_dirs(hydra_sweep_runner, tmp_path):
+    """A long sweep's parent keeps no finished point's config in memory: the sweeper
+    gets each point's JobReturn with ``cfg`` and ``hydra_cfg`` read back from its
+    ``.hydra/`` files, the same configs Hydra would hand it."""
+    from runner.sweep.hydra_job import StoredReturn
+
+    returns = fake_sweep(hydra_sweep_runner, tmp_path, "value=1,2,3")
+    assert all(isinstance(r, StoredReturn) for r in returns)
+    assert [r.cfg.value for r in returns] == [1, 2, 3]
+    assert [r.hydra_cfg.hydra.job.num for r in returns] == [0, 1, 2]
+    assert [r.hydra_cfg.hydra.runtime.output_dir for r in returns] == [
+        str(tmp_path / str(n)) for n in range(3)
+    ]
+    assert [r.return_value for r in returns] == [1.0, 2.0, 3.0]

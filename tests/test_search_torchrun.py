@@ -19,20 +19,18 @@ from optuna.trial import TrialState
 from runner.record import Outcome
 from runner.sweep.study import JOB_DIR, OWNER, RERUN_OF
 from tests.conftest import (
-    APPS,
     FAST,
     REPO,
     processes_of,
     read_json,
     run,
     runner_cli,
+    search_app,
     search_study,
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-SEARCH_APP = APPS / "search_app.py"
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
@@ -66,18 +64,6 @@ def test_two_rank_trials_of_the_trainer(tmp_path, warm):
             read_json(tmp_path / str(t.number) / "metrics.json")["lr"]
         )
     assert (tmp_path / "optimization_results.yaml").is_file()
-
-
-def search_app(sweep_dir: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        str(SEARCH_APP),
-        "-m",
-        "x=interval(-1,1)",
-        "hydra.launcher.max_parallel=2",
-        f"hydra.sweep.dir={sweep_dir}",
-        *overrides,
-    ]
 
 
 def test_a_foreign_app_is_pruned_and_its_slot_reused(tmp_path):

@@ -12,28 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, run, serving_postgres, started
+from tests.conftest import run, search_app, serving_postgres, started
 
 pytestmark = pytest.mark.slow
 
-SEARCH_APP = APPS / "search_app.py"
-
 
 def parent(sweep_dir: Path, storage: str, *overrides: str) -> list[str]:
-    """A sweep parent's command: a search of the search app, 2 warm slots, on
-    ``storage``'s study "shared"."""
-    return [
-        sys.executable,
-        str(SEARCH_APP),
-        "-m",
-        "x=interval(-1,1)",
-        "hydra.launcher.max_parallel=2",
+    """A sweep parent's command: a warm search of the search app on ``storage``'s
+    study "shared"."""
+    return search_app(
+        sweep_dir,
         "hydra.launcher.warm=true",
-        f"hydra.sweep.dir={sweep_dir}",
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=shared",
         *overrides,
-    ]
+    )
 
 
 def shared_study(storage: str):

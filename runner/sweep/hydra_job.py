@@ -44,6 +44,21 @@ def cancelled(idx: int, overrides: list[str], error: Exception, task_name: str) 
     return ret
 
 
+def _read_back(name: str) -> Any:
+    """A :class:`StoredReturn` config: read from its job's ``.hydra/NAME`` when asked
+    for (JobReturn's ``__init__`` sets it to None, which is all it may set)."""
+
+    def read(ret: StoredReturn) -> DictConfig:
+        loaded = OmegaConf.load(ret._dir / name)
+        assert isinstance(loaded, DictConfig)
+        return loaded
+
+    def settle(ret: StoredReturn, value: Any) -> None:
+        assert value is None, "a StoredReturn's configs are its job's files"
+
+    return property(read, settle)
+
+
 class StoredReturn(JobReturn):
     """A finished job's ``JobReturn`` that keeps its configs on disk, not in memory:
     ``cfg`` and ``hydra_cfg`` are read back from the job's ``.hydra/`` files (written
@@ -60,25 +75,8 @@ class StoredReturn(JobReturn):
             _return_value=ret._return_value,
         )
 
-    @property
-    def cfg(self) -> DictConfig:
-        loaded = OmegaConf.load(self._dir / "config.yaml")
-        assert isinstance(loaded, DictConfig)
-        return loaded
-
-    @cfg.setter
-    def cfg(self, value: Any) -> None:  # JobReturn's __init__ sets None
-        assert value is None, "a StoredReturn's configs are its job's files"
-
-    @property
-    def hydra_cfg(self) -> DictConfig:
-        loaded = OmegaConf.load(self._dir / "hydra.yaml")
-        assert isinstance(loaded, DictConfig)
-        return loaded
-
-    @hydra_cfg.setter
-    def hydra_cfg(self, value: Any) -> None:
-        assert value is None, "a StoredReturn's configs are its job's files"
+    cfg = _read_back("config.yaml")
+    hydra_cfg = _read_back("hydra.yaml")
 
 
 @dataclass
