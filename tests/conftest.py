@@ -176,13 +176,47 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _started(pid: int) -> str | None:
+    """A live (not zombie) process's start time, in clock ticks since boot; None once it
+    has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+class Followed:
+    """The processes of a runner parent's jobs, followed by pid from when they are first
+    seen. ``processes_of`` alone cannot tell when one has ended: a process that is
+    exiting has dropped its memory, so its environ reads empty, while it still holds its
+    files and locks until it is a zombie. The start time tells a reused pid apart."""
+
+    def __init__(self, parent_pid: int) -> None:
+        self.parent_pid = parent_pid
+        self.seen: dict[int, str | None] = {}
+        self.look()
+
+    def look(self) -> None:
+        for pid in processes_of(self.parent_pid):
+            self.seen.setdefault(pid, _started(pid))
+
+    def left(self) -> list[int]:
+        self.look()
+        return [pid for pid, started in self.seen.items() if started and _started(pid) == started]
+
+    def wait_gone(self, what: str, timeout: float = 30) -> None:
+        wait_until(lambda: not self.left(), timeout, what)
+
+
 def interrupt_and_expect_nothing_left(parent: subprocess.Popen, sig: int, entry_base: Path):
     """Send ``sig`` to a runner parent; then no agent or worker of it may be left, nor
     any entry dir of this test session."""
+    followed = Followed(parent.pid)
     parent.send_signal(sig)
     parent.wait(timeout=60)
     wait_until(
-        lambda: not processes_of(parent.pid) and not entry_dirs(entry_base),
+        lambda: not followed.left() and not entry_dirs(entry_base),
         30,
         f"the processes and entry dirs of parent {parent.pid} to go after {sig!r}",
     )

@@ -19,9 +19,9 @@ from tests.conftest import (
     FAST,
     PROBE_APP,
     REPO,
+    Followed,
     launch_status,
     probe_records,
-    processes_of,
     wait_until,
 )
 
@@ -139,12 +139,13 @@ def test_a_sweep_killed_while_holding_devices_frees_them_for_another(tmp_path):
         lambda: f"(pid {holder.proc.pid}," in waiter.log, 60, "b to say that a holds device 0"
     )
     assert launch_status(tmp_path / "b" / "0") is None  # b waits: it has not started
+    held = Followed(holder.proc.pid)
     holder.proc.send_signal(signal.SIGKILL)
     holder.proc.wait()
     waiter.finish()
     (record,) = probe_records(tmp_path / "b" / "0")
     assert record["cuda_visible_devices"] == "0"
-    wait_until(lambda: not processes_of(holder.proc.pid), 30, "a's agent and rank to end")
+    held.wait_gone("a's agent and rank to end")
     assert LeaseDir(None).try_take("0", "check") is not None  # nothing left holding it
 
 

@@ -21,6 +21,7 @@ from runner.trainer.train import CheckpointError, train
 from tests.conftest import (
     PROBE_APP,
     REPO,
+    Followed,
     entry_dirs,
     interrupt_and_expect_nothing_left,
     launch_status,
@@ -349,12 +350,11 @@ def test_workers_die_with_their_agent(tmp_path, entry_base):
     parent = gated_probe_sweep(sweep, gate, "sleep=600")
     try:
         wait_until(lambda: (gate / "started_0").exists(), 120, "the task to start")
-        pids = processes_of(parent.pid)
-        (agent,) = [pid for pid in pids if "runner.launch.agent" in cmdline(pid)]
-        workers = [pid for pid in pids if pid != agent]
-        assert len(workers) == 2
+        followed = Followed(parent.pid)
+        (agent,) = [pid for pid in followed.seen if "runner.launch.agent" in cmdline(pid)]
+        assert len(followed.seen) == 3  # the agent and two workers
         os.kill(agent, signal.SIGKILL)
-        wait_until(lambda: not set(workers) & set(processes_of(parent.pid)), 30, "the workers")
+        followed.wait_gone("the agent and its workers to end")
         assert parent.wait(timeout=60) != 0
     finally:
         parent.kill()
