@@ -67,6 +67,6 @@ class SearchSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from runner.sweep.search import run_search
+        from runner.sweep.search_run import run_search
 
         run_search(self, arguments)

@@ -6,13 +6,13 @@ Under ``hydra/launcher=torchrun`` (or ``torchrun_slurm``) the search is a
 moment a slot frees (and one ahead, composed while the others run), so no slot waits
 for a batch to end. While a trial runs, :meth:`Search.watch` feeds the new lines of its
 ``metrics.jsonl`` to ``trial.report``; a trial the pruner stops ends PRUNED and its slot
-and devices go to the next one. Under any other launcher it asks for trials in batches
-through ``Launcher.launch`` and says so once.
+and devices go to the next one. Under any other launcher
+:func:`~runner.sweep.search_run.run_batches` takes its trials in batches.
 
 The study lives in a database (SQLite in the sweep dir unless ``storage`` names one),
-so re-running the same command into the same sweep dir continues it: trials that were
-running when their sweep died (same host, parent gone) are marked failed and their
-parameters run again; ``n_trials`` counts the whole search.
+and every parent that shares it counts ``n_trials`` in it at ask time. A parent beats
+for the trials it runs; one whose beats stopped for the grace period is failed by a live
+parent, and its parameters run again, once.
 
 Optuna is imported here, only when a search runs; never torch.
 """
@@ -26,38 +26,28 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
-from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from runner.errors import SearchConfigError, invalid
 from runner.metrics import MetricsReader
-from runner.record import Outcome, read_record, record_lost
+from runner.record import Outcome, record_lost
 from runner.sweep.console import Best
-from runner.sweep.hydra_job import value_of
-from runner.sweep.options import SearchOptions, check_search_options
-from runner.sweep.points import stored_result
-from runner.sweep.space import Param, parse_space
+from runner.sweep.options import SearchOptions
+from runner.sweep.space import Param
 from runner.sweep.study import (
     JOB_DIR,
     OWNER,
     RERUN_OF,
     STATUS,
-    continue_study,
     counts,
-    note_study,
-    open_study,
     owner,
     rerun_of,
 )
-from runner.sweep.summary import write_summary
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "optimization_results.yaml"
 # How often the study's trials are read again for the shared count (seconds).
 STUDY_READ_S = 0.5
 # The status of a trial asked for beyond n_trials (another parent took the last).
@@ -66,27 +56,6 @@ OVER_BUDGET = "NOT RUN: n_trials reached"
 HEARTBEAT = "runner_heartbeat_s"
 # How often a running trial's metrics.jsonl is read (seconds).
 WATCH_INTERVAL_S = 0.2
-
-
-class SearchSweeperLike(Protocol):
-    """What :func:`run_search` needs of the Hydra sweeper plugin."""
-
-    params: dict[str, Any]
-    config: DictConfig
-    hydra_context: Any
-    launcher: Any
-
-
-def stored_end(job_dir: str, n: int) -> tuple[TrialState, list[float] | None] | None:
-    """How a trial ended whose parent died before telling the study, as its job dir
-    says: COMPLETE with the values its job stored, or PRUNED; else None (it runs
-    again)."""
-    record = read_record(Path(job_dir))
-    if record is not None and record.status is Outcome.PRUNED:
-        return TrialState.PRUNED, None
-    found, value = stored_result(Path(job_dir))
-    values = trial_values(value, n) if found else None
-    return (TrialState.COMPLETE, values) if values is not None else None
 
 
 def within(job_dir: str, sweep_dir: Path) -> Path | None:
@@ -396,193 +365,3 @@ class Search:
     def interrupt_all(self) -> None:
         for number in list(self.trials):
             self.tell(number, Outcome.INTERRUPTED, None, None)
-
-
-def check_space_applies(sweeper: SearchSweeperLike, space: list[Param], fixed: list[str]) -> None:
-    """Compose the config once with every searched key set: a key that is not in the
-    config fails here, before any trial starts."""
-    overrides = fixed + [p.override(p.example) for p in space]
-    try:
-        sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
-    except Exception as error:
-        names = ", ".join(p.prefix + p.name for p in space)
-        raise SearchConfigError(
-            f"the search space ({names}) is invalid for this config: {error}. Fix: search "
-            "keys the config has (see them with --cfg job), or add a new key with +key=..."
-        ) from None
-
-
-def check_enqueue(options: SearchOptions, space: list[Param]) -> None:
-    names = {p.name for p in space}
-    for point in options.enqueue:
-        unknown = sorted(set(point) - names)
-        if unknown:
-            raise SearchConfigError(
-                invalid(
-                    "hydra.sweeper.enqueue",
-                    options.enqueue,
-                    f"{unknown} {'is' if len(unknown) == 1 else 'are'} not searched (the "
-                    f"search space is {sorted(names)})",
-                    "enqueue values of searched keys only",
-                )
-            )
-
-
-def run_batches(launcher: Any, search: Search, size: int, why: str) -> None:
-    """Hydra's way: ask for ``size`` trials, launch them, wait for all, tell, repeat."""
-    log.warning("%s: trials run in batches of %d, each waiting for the slowest", why, size)
-    while not search.exhausted():
-        taken = search.take(size)
-        if not taken:
-            break
-        try:
-            returns: Sequence[JobReturn] = launcher.launch(
-                [overrides for _, overrides in taken], initial_job_idx=taken[0][0]
-            )
-        except BaseException:
-            search.interrupt_all()
-            raise
-        for (number, _), ret in zip(taken, returns, strict=False):
-            completed = ret.status == JobStatus.COMPLETED
-            # The job's output dir (its working dir only where Hydra changed into it).
-            job_dir = (
-                OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
-                if ret.hydra_cfg is not None
-                else None
-            )
-            search.tell(
-                number,
-                Outcome.COMPLETED if completed else Outcome.FAILED,
-                value_of(ret) if completed else None,
-                str(job_dir or ret.working_dir or "") or None,
-            )
-
-
-def write_results(search: Search, sweep_dir: Path) -> dict:
-    """optimization_results.yaml, as Hydra's Optuna sweeper writes it, plus the best
-    trial's number and job dir (every Pareto-optimal trial's with several directions)."""
-    study = search.study
-    results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
-    if len(search.directions) == 1:
-        try:
-            best = study.best_trial
-        except ValueError:
-            best = None
-        if best is not None:
-            results.update(
-                best_params=dict(best.params),
-                best_value=best.value,
-                best_trial=best.number,
-                best_job_dir=best.user_attrs.get(JOB_DIR),
-            )
-    else:
-        results["solutions"] = [
-            {
-                "params": dict(t.params),
-                "values": list(t.values),
-                "trial": t.number,
-                "job_dir": t.user_attrs.get(JOB_DIR),
-            }
-            for t in sorted(study.best_trials, key=lambda t: t.number)
-        ]
-    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
-    return results
-
-
-def report_results(results: dict, directions: list[str]) -> None:
-    if "best_trial" in results:
-        log.info(
-            "Best trial #%d: %.6g (%s)  %s",
-            results["best_trial"],
-            results["best_value"],
-            " ".join(f"{k}={v}" for k, v in results["best_params"].items()),
-            results["best_job_dir"],
-        )
-    for solution in results.get("solutions", []):
-        log.info(
-            "Pareto front: trial #%d %s (%s)  %s",
-            solution["trial"],
-            ", ".join(f"{d} {v:.6g}" for d, v in zip(directions, solution["values"], strict=True)),
-            " ".join(f"{k}={v}" for k, v in solution["params"].items()),
-            solution["job_dir"],
-        )
-
-
-def run_search(sweeper: SearchSweeperLike, arguments: list[str]) -> None:
-    """What the sweeper plugin's ``sweep`` does: every check first, then the search."""
-    options = check_search_options(sweeper.params)
-    space, fixed = parse_space(arguments, options.params)
-    # Unnamed, a study says which search it is, in optuna-dashboard too.
-    searched = ", ".join(sorted(p.name for p in space)) or "nothing"
-    default_name = f"{sweeper.config.hydra.job.name} over {searched}"
-    if not space:
-        raise SearchConfigError(
-            "hydra/sweeper=search has no search space: no override on the command line "
-            "is a sweep, and hydra.sweeper.params is empty. Fix: pass e.g. "
-            "'optim.lr=tag(log, interval(1e-4, 1e-1))' or 'model=choice(mlp,resmlp)'"
-        )
-    check_enqueue(options, space)
-    check_space_applies(sweeper, space, fixed)
-    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    study, storage = open_study(options, sweep_dir, space, default_name)
-    note_study(sweep_dir, study.study_name, options.storage)
-    n_values = len(options.directions())
-
-    def lost(job_dir: str) -> None:
-        if (own := within(job_dir, sweep_dir)) is not None:
-            record_lost(own)
-
-    told, again = continue_study(study, lambda job_dir: stored_end(job_dir, n_values), lost)
-    if not study.trials:
-        for point in options.enqueue:
-            study.enqueue_trial(dict(point))
-    search = Search(study, space, fixed, options, sweep_dir, storage)
-    if search.counted or again:
-        log.info(
-            "Continuing study %r: %d trial(s) of %d done earlier%s%s",
-            options.study_name,
-            search.counted,
-            options.n_trials,
-            f" ({told} whose job had completed as its sweep died)" if told else "",
-            f", {again} interrupted one(s) run again" if again else "",
-        )
-        if search.counted >= options.n_trials:
-            log.warning(
-                "The study has all its %d trial(s): none will run. To search further, "
-                "raise hydra.sweeper.n_trials (it counts every run's trials)",
-                options.n_trials,
-            )
-    launcher = sweeper.launcher
-    if options.n_jobs is not None:
-        slots = getattr(launcher, "params", None)
-        if isinstance(slots, dict) and not slots.get("max_parallel"):
-            slots["max_parallel"] = options.n_jobs
-            log.info(
-                "hydra.sweeper.n_jobs=%d (hydra-optuna-sweeper's key): trials at once, "
-                "taken as hydra.launcher.max_parallel",
-                options.n_jobs,
-            )
-    if options.asynchronous and callable(getattr(launcher, "launch_points", None)):
-        launcher.launch_points(search)
-    else:
-        params = sweeper.config.hydra.launcher
-        n_jobs = params.get("n_jobs")  # joblib's; -1 is every core
-        size = int(
-            params.get("max_parallel") or options.n_jobs or (n_jobs if n_jobs and n_jobs > 0 else 1)
-        )
-        why = (
-            "hydra.sweeper.asynchronous=false"
-            if callable(getattr(launcher, "launch_points", None))
-            else f"{type(launcher).__name__} cannot start a trial as a slot frees "
-            "(hydra/launcher=torchrun can); pruning is off"
-        )
-        run_batches(launcher, search, size, why)
-    results = write_results(search, sweep_dir)
-    report_results(results, search.directions)
-    write_summary(sweep_dir)  # again, now that the Pareto front is known
-    if search.tally["failed"] and not search.tally["done"] and not search.tally["pruned"]:
-        raise RuntimeError(
-            f"every trial of this search failed ({search.tally['failed']}); each one's "
-            f"error is in its launch.json and in {sweep_dir / 'summary.md'}"
-        )
