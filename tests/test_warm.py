@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from runner.launch import warm
+from runner.launch.procs import pid_alive
 from runner.sweep.console import compact
 from tests.conftest import (
     APPS,
@@ -239,3 +240,81 @@ def test_the_warm_process_imports_what_a_trial_imports():
     task names in RANK_IMPORTS (runner's trainer: its training module)."""
     proc = run([sys.executable, "-c", PRELOADED])
     assert proc.stdout.split() == ["torch._dynamo", "runner.trainer.train"]
+
+
+SLOW_SWEEPER = '''
+import os
+import time
+from pathlib import Path
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+
+
+class CheckingSweeper(Sweeper):
+    """Takes its time over its input (until the warm process has imported the task),
+    then refuses it."""
+
+    def __init__(self, **params):
+        pass
+
+    def setup(self, *, hydra_context, task_function, config):
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments):
+        deadline = time.monotonic() + 60
+        while not Path(os.environ["WARM_MARK"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise ValueError("this sweeper refuses its input")
+'''
+
+MARKING_APP = """
+import os
+from pathlib import Path
+
+import hydra
+
+if __name__ != "__main__":  # imported ahead by the warm process
+    Path(os.environ["WARM_MARK"]).write_text(str(os.getpid()))
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg):
+    return 0
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_the_warm_process_boots_at_set_up_and_goes_with_a_refused_sweep(tmp_path, entry_base):
+    """The warm process starts as the launcher is set up, so it imports torch and the
+    task while the sweeper checks its input and opens its study (the first point starts
+    that much sooner); a sweeper that then refuses its input leaves no process behind."""
+    (tmp_path / "hydra_plugins" / "checking_sweeper").mkdir(parents=True)
+    (tmp_path / "hydra_plugins" / "checking_sweeper" / "__init__.py").write_text(SLOW_SWEEPER)
+    (tmp_path / "app.py").write_text(MARKING_APP)
+    mark = tmp_path / "warm_pid"
+    proc = run(
+        [
+            sys.executable,
+            str(tmp_path / "app.py"),
+            "-m",
+            "hydra/launcher=torchrun",
+            WARM,
+            "hydra.sweeper._target_=hydra_plugins.checking_sweeper.CheckingSweeper",
+            "+x=1,2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        env={"WARM_MARK": str(mark), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"},
+        check=False,
+    )
+    assert proc.returncode != 0 and "this sweeper refuses its input" in proc.stderr
+    assert mark.exists(), "the warm process had not imported the task while the sweeper checked"
+    warm_pid = int(mark.read_text())
+    wait_until(lambda: not pid_alive(warm_pid), 30, "the warm process to end with its parent")
+    assert not entry_dirs(entry_base)

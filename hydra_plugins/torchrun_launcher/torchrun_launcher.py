@@ -70,8 +70,8 @@ class TorchrunLauncher(Launcher):
         self.config: DictConfig
         self.task_function: TaskFunction
         self.hydra_context: HydraContext
-        # Made at the first batch and kept for the next ones (a warm process lives in
-        # the jobs, the sweep's best in the console).
+        # Made at set-up and kept for every batch (a warm process lives in the jobs), and
+        # at the first batch and kept (the sweep's best lives in the console).
         self.jobs: JobFactory | None = None
         self.console: SweepConsole | None = None
 
@@ -86,6 +86,7 @@ class TorchrunLauncher(Launcher):
     ) -> None:
         from runner.sweep import compose
         from runner.sweep.options import check_sweep_dir
+        from runner.sweep.run import sweep_jobs
 
         self.job_factory().check(self.params)
         if config.hydra.mode is not None and config.hydra.mode.name == "MULTIRUN":
@@ -94,6 +95,7 @@ class TorchrunLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
         compose.install(hydra_context)  # the sweeper's check composes through it too
+        sweep_jobs(self)  # now: a warm process boots while the sweeper gets ready
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

@@ -166,8 +166,8 @@ class JobFactory(Protocol):
 
 class SweepLauncher(Protocol):
     """What the scheduler needs of the Hydra launcher plugin: its config and context,
-    its job factory and its console (made at the first batch, kept for the next ones,
-    so the sweep's best is the whole sweep's)."""
+    its job factory (made at set-up) and its console (made at the first batch), both
+    kept for the next batches, so the sweep's best is the whole sweep's."""
 
     config: DictConfig
     hydra_context: Any

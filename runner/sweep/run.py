@@ -17,7 +17,7 @@ from runner.launch import gates
 from runner.launch.entry import remove_stale_entry_dirs
 from runner.launch.procs import interruption
 from runner.sweep.console import SweepConsole
-from runner.sweep.points import PointSource, SweepLauncher
+from runner.sweep.points import JobFactory, PointSource, SweepLauncher
 from runner.sweep.scheduler import SweepScheduler
 from runner.sweep.summary import seed_key_of, sweep_maximises, write_summary
 from runner.tracking import swept_keys
@@ -33,17 +33,13 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     remove_stale_entry_dirs()
-    if launcher.jobs is None:  # after logging is set up: a warm start says if it cannot
-        if note := gates.release_note():  # once a sweep, cold or warm
-            log.warning(note)
-        launcher.jobs = launcher.job_factory()(launcher)
+    jobs = sweep_jobs(launcher)
     if launcher.console is None:
         try:
             varying = swept_keys(config)
         except Exception:  # a sweeper's params runner cannot read: every override shown
             varying = []
         launcher.console = SweepConsole(sweep_maximises(config), varying)
-    jobs = launcher.jobs
     scheduler = SweepScheduler(launcher, source, jobs, launcher.console)
     fixed = launcher.console.fixed(list(config.hydra.overrides.task))
     log.info(
@@ -74,6 +70,17 @@ def launch_sweep(launcher: SweepLauncher, source: PointSource) -> list[JobReturn
         # batches leave an up-to-date summary too.
         with contextlib.suppress(OSError):
             write_summary(Path(str(config.hydra.sweep.dir)), seed_key_of(config))
+
+
+def sweep_jobs(launcher: SweepLauncher) -> JobFactory:
+    """The launcher's job factory, made once a sweep and kept for every batch. The
+    launcher makes it as it is set up, so a warm process boots (imports torch and the
+    task) while the sweeper checks its input and opens its study."""
+    if launcher.jobs is None:  # logging is set up by now: a warm start says if it cannot
+        if note := gates.release_note():  # once a sweep, cold or warm
+            log.warning(note)
+        launcher.jobs = launcher.job_factory()(launcher)
+    return launcher.jobs
 
 
 def resume_command(config: DictConfig) -> str:
