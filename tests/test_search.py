@@ -155,6 +155,35 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     assert [r.status for r in rows.values()].count(Outcome.COMPLETED) == 3
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
+def test_a_trial_is_asked_ahead_only_by_a_parent_alone_on_its_study(
+    hydra_sweep_runner, tmp_path, shared
+):
+    """Alone, a parent asks for one trial ahead of its free slots (composed while the
+    others run). While another parent runs trials of the study, it asks only as a slot
+    frees: a trial held ahead here is one the other parent's free slot could run now
+    (at the end of a search, a whole round of the other parent's slots idle)."""
+    search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=1")
+    if shared:
+        study = search_study(tmp_path)
+        other = study.ask(fixed_distributions=study.trials[0].distributions)
+        other.set_user_attr(OWNER, "some-other-host:1")  # running there
+    FakeJobs.reset()
+    search(
+        hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5", "sleep=0.4"
+    )
+    mine = [
+        t
+        for t in search_study(tmp_path).trials
+        if t.number > 0 and t.user_attrs.get(OWNER) != "some-other-host:1"
+    ]
+    assert len(mine) == 4
+    first_end = min(read_json(tmp_path / str(t.number) / "launch.json")["end_time"] for t in mine)
+    third_asked = sorted(t.datetime_start.timestamp() for t in mine)[2]
+    # 0.4 s trials on 2 slots: the third is asked at once ahead, or as the first ends.
+    assert (third_asked > first_end - 0.1) is shared
+
+
 def test_a_trial_whose_job_was_pruned_as_its_sweep_died_is_told_pruned(
     hydra_sweep_runner, tmp_path
 ):

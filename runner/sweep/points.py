@@ -197,6 +197,11 @@ class PointSource(Protocol):
         """No point will come any more."""
         ...
 
+    def ahead(self) -> int:
+        """How many points to take beyond the free slots, composed ahead so that each
+        starts the moment a slot frees."""
+        ...
+
     def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
         """Point ``idx`` ended: ``value`` is its return value (COMPLETED) or error. A
         point stopped by the sweep, or that will never start, ended INTERRUPTED;
@@ -235,6 +240,9 @@ class Batch:
 
     def exhausted(self) -> bool:
         return not self.points
+
+    def ahead(self) -> int:
+        return 1  # a batch gives all it has at once
 
     def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
         pass

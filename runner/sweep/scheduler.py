@@ -234,9 +234,9 @@ class SweepScheduler:
     # ------------------------------------------------------------------ the loop
 
     def _take(self, pending: deque[Pending]) -> None:
-        """New points from the source: one for every free slot, and one more to compose
-        ahead, so it starts the moment a slot frees (a batch gives all of its own)."""
-        room = self.max_parallel - len(self.running) + 1 - len(pending)
+        """New points from the source: one for every free slot, and those it gives to
+        compose ahead, so they start the moment a slot frees (a batch gives all)."""
+        room = self.max_parallel - len(self.running) + self.source.ahead() - len(pending)
         if room > 0 and not self.source.exhausted():
             for idx, overrides in self.source.take(room):
                 self.taken[idx] = Pending(idx, overrides)

@@ -113,6 +113,7 @@ class Search:
         # The study as last read (every parent's trials): see _seen.
         self.seen: list[FrozenTrial] = []
         self.seen_at = float("-inf")
+        self.others_running = False  # trials of the study other parents run, as last read
         self.best = Best(self.directions[0] == "maximize")
         if len(self.directions) == 1:
             for t in self._seen(fresh=True):
@@ -128,7 +129,18 @@ class Search:
         if fresh or now - self.seen_at >= STUDY_READ_S:
             self.seen = self.study.get_trials(deepcopy=False)
             self.seen_at = now
+            self.others_running = any(
+                t.state == TrialState.RUNNING and t.user_attrs.get(OWNER, self.owner) != self.owner
+                for t in self.seen
+            )
         return self.seen
+
+    def ahead(self) -> int:
+        """One trial ahead of the free slots, composed while the others run; none while
+        another parent runs trials of the study: near its end, a trial held here for a
+        slot that frees later is one the other parent's free slot could run now."""
+        self._seen()
+        return 0 if self.others_running else 1
 
     @property
     def tally(self) -> dict[str, int]:
