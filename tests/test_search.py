@@ -160,9 +160,9 @@ def test_a_trial_is_asked_ahead_only_by_a_parent_alone_on_its_study(
     hydra_sweep_runner, tmp_path, shared
 ):
     """Alone, a parent asks for one trial ahead of its free slots (composed while the
-    others run). While another parent runs trials of the study, it asks only as a slot
-    frees: a trial held ahead here is one the other parent's free slot could run now
-    (at the end of a search, a whole round of the other parent's slots idle)."""
+    others run). In the last round of a search another parent runs too (no more trials
+    left than run now), it asks only as a slot frees: a trial held ahead here is one the
+    other parent's free slot could run now (its slots would idle a whole round)."""
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=1")
     if shared:
         study = search_study(tmp_path)

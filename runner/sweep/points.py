@@ -197,8 +197,8 @@ class PointSource(Protocol):
         """No point will come any more."""
         ...
 
-    def ahead(self) -> int:
-        """How many points to take beyond the free slots, composed ahead so that each
+    def ahead(self) -> bool:
+        """Whether to take a point more than the free slots, composed ahead so that it
         starts the moment a slot frees."""
         ...
 
@@ -241,8 +241,8 @@ class Batch:
     def exhausted(self) -> bool:
         return not self.points
 
-    def ahead(self) -> int:
-        return 1  # a batch gives all it has at once
+    def ahead(self) -> bool:
+        return True  # a batch gives all it has at once
 
     def ended(self, idx: int, outcome: Outcome, value: Any, job_dir: Path | None) -> None:
         pass

@@ -234,10 +234,13 @@ class SweepScheduler:
     # ------------------------------------------------------------------ the loop
 
     def _take(self, pending: deque[Pending]) -> None:
-        """New points from the source: one for every free slot, and those it gives to
-        compose ahead, so they start the moment a slot frees (a batch gives all)."""
-        room = self.max_parallel - len(self.running) + self.source.ahead() - len(pending)
-        if room > 0 and not self.source.exhausted():
+        """New points from the source: one for every free slot, then one more to compose
+        ahead, so it starts the moment a slot frees, where the source gives one ahead
+        (a batch gives all at once)."""
+        for ahead in (0, 1):
+            room = self.max_parallel - len(self.running) + ahead - len(pending)
+            if room <= 0 or self.source.exhausted() or (ahead and not self.source.ahead()):
+                continue
             for idx, overrides in self.source.take(room):
                 self.taken[idx] = Pending(idx, overrides)
                 self.order.append(idx)

@@ -113,7 +113,7 @@ class Search:
         # The study as last read (every parent's trials): see _seen.
         self.seen: list[FrozenTrial] = []
         self.seen_at = float("-inf")
-        self.others_running = False  # trials of the study other parents run, as last read
+        self.last_round = False  # see ahead
         self.best = Best(self.directions[0] == "maximize")
         if len(self.directions) == 1:
             for t in self._seen(fresh=True):
@@ -129,18 +129,18 @@ class Search:
         if fresh or now - self.seen_at >= STUDY_READ_S:
             self.seen = self.study.get_trials(deepcopy=False)
             self.seen_at = now
-            self.others_running = any(
-                t.state == TrialState.RUNNING and t.user_attrs.get(OWNER, self.owner) != self.owner
-                for t in self.seen
-            )
+            running = [t for t in self.seen if t.state == TrialState.RUNNING]
+            shared = any(t.user_attrs.get(OWNER, self.owner) != self.owner for t in running)
+            self.last_round = shared and self.size - self._used(self.seen) <= len(running)
         return self.seen
 
-    def ahead(self) -> int:
-        """One trial ahead of the free slots, composed while the others run; none while
-        another parent runs trials of the study: near its end, a trial held here for a
-        slot that frees later is one the other parent's free slot could run now."""
+    def ahead(self) -> bool:
+        """A trial ahead of the free slots, composed while the others run; none in the
+        last round of a search other parents run too (no more trials left than run
+        now): a trial held here for a slot that frees later is one another parent's
+        slot, free sooner, could run now."""
         self._seen()
-        return 0 if self.others_running else 1
+        return not self.last_round
 
     @property
     def tally(self) -> dict[str, int]:
