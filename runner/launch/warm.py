@@ -389,6 +389,13 @@ def serve(control: socket.socket, task: dict | None) -> int:
 
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # The kernel may hand SIGTERM to one of torch's threads, which leaves this thread
+    # in select until its timeout: a byte on this socket wakes it at once, and the
+    # handler then runs here.
+    woken, wake = socket.socketpair()
+    for end in (woken, wake):
+        end.setblocking(False)
+    signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False)
     try:
         try:
             _preload(task)
@@ -403,8 +410,11 @@ def serve(control: socket.socket, task: dict | None) -> int:
         buffer = b""
         while True:
             timeout = 0.02 if len(pidfds) < len(children) else 0.5
-            waitables: list[socket.socket | int] = [control, *pidfds.values()]
+            waitables: list[socket.socket | int] = [control, woken, *pidfds.values()]
             readable, _, _ = select.select(waitables, [], [], timeout)
+            if woken in readable:
+                with contextlib.suppress(BlockingIOError):
+                    woken.recv(64)
             if control in readable:
                 try:
                     requests, buffer = _receive(control, buffer)
