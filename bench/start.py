@@ -25,6 +25,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 from _common import BENCH, PY, REPO, markdown_table, publish, timed
 
 STAGES = ["worker", "task", "group", "optimizer", "first_step"]
+# The warm process's reference: a bare python importing what it preloads.
+PRELOADED = "torch, torch.distributed.run, torch._dynamo"
 TRAIN = [
     "data.n_samples=2000",
     "trainer.epochs=1",
@@ -94,6 +97,33 @@ def bare(tmp: Path, ranks: int, runs: int) -> dict[str, float]:
     return medians(found)
 
 
+def warm_process(runs: int) -> tuple[float, float, float]:
+    """Medians over ``runs``: seconds from starting a warm process to its being ready
+    (no task), and from asking it to end to its exit; and, the reference, seconds for
+    a bare python to import what it preloads (to the imports' end)."""
+    sys.path.insert(0, str(REPO))
+    from runner.launch.warm import WarmServer
+
+    ready, closed, bare_import = [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        server = WarmServer(None, str(REPO), sys.path)
+        server.wait_ready()
+        ready.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        server.close()
+        closed.append(time.perf_counter() - started)
+        started = time.time()
+        done = subprocess.run(
+            [PY, "-c", f"import time, {PRELOADED}; print(time.time())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        bare_import.append(float(done.stdout) - started)  # to its imports' end, not its exit
+    return statistics.median(ready), statistics.median(closed), statistics.median(bare_import)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--points", type=int, default=5, help="points a sweep (warm)")
@@ -128,6 +158,7 @@ def main() -> None:
                 "+steps=0",
                 f"hydra.launcher.warm={str(mode == 'warm').lower()}",
             )
+        ready, closed, bare_import = warm_process(args.points)
     rows = [
         [name, *(f"{found[s]:.3f}" if s in found else "" for s in STAGES)]
         for name, found in arms.items()
@@ -140,7 +171,9 @@ def main() -> None:
         f"Warm 2-rank trial of the trainer at its first step {warm2:.3f} s after its start "
         f"(target <= 0.4: {'met' if warm2 <= 0.4 else 'not met'}); cold {cold2:.3f} s, "
         f"{cold2 / bare2:.2f}x bare torchrun's {bare2:.3f} s (target <= 1: "
-        f"{'met' if cold2 <= bare2 else 'not met'})."
+        f"{'met' if cold2 <= bare2 else 'not met'}).\n\nThe warm process itself: ready "
+        f"{ready:.2f} s after it starts ({ready / bare_import:.2f}x a bare python importing "
+        f"torch, torchrun and torch._dynamo, {bare_import:.2f} s); closed in {closed:.3f} s."
     )
     publish(
         "Start latency",
