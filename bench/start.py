@@ -14,6 +14,10 @@ Reference, in the same run: bare ``torchrun --standalone`` running the same trai
 (each rank composes the config itself: ``torchrun -m runner``), from the moment the
 command starts to the first step.
 
+The warm process itself is timed too: from its start to its being ready, against a bare
+python's start to the end of importing the same modules; and its end, closed as a sweep
+closes it, and by a SIGTERM alone.
+
 Targets (issue #33): a warm 2-rank trial of the trainer at its first step <= 0.4 s
 from its start; cold no slower than bare torchrun to the same first step.
 """
@@ -33,8 +37,6 @@ from pathlib import Path
 from _common import BENCH, PY, REPO, markdown_table, publish, timed
 
 STAGES = ["worker", "task", "group", "optimizer", "first_step"]
-# The warm process's reference: a bare python importing what it preloads.
-PRELOADED = "torch, torch.distributed.run, torch._dynamo"
 TRAIN = [
     "data.n_samples=2000",
     "trainer.epochs=1",
@@ -97,31 +99,39 @@ def bare(tmp: Path, ranks: int, runs: int) -> dict[str, float]:
     return medians(found)
 
 
-def warm_process(runs: int) -> tuple[float, float, float]:
-    """Medians over ``runs``: seconds from starting a warm process to its being ready
-    (no task), and from asking it to end to its exit; and, the reference, seconds for
-    a bare python to import what it preloads (to the imports' end)."""
+def warm_process(runs: int) -> dict[str, float]:
+    """Medians over ``runs`` of a warm process (no task), in seconds: from its start to
+    its being ready; closed as a sweep closes it (socket, then SIGTERM); ended by a
+    SIGTERM alone (which the kernel may hand to one of torch's threads); and, the
+    reference, a bare python's start to the end of importing the same modules."""
     sys.path.insert(0, str(REPO))
-    from runner.launch.warm import WarmServer
+    from runner.launch.warm import PRELOADED, WarmServer
 
-    ready, closed, bare_import = [], [], []
+    found: dict[str, list[float]] = {"ready": [], "closed": [], "sigterm": [], "bare": []}
     for _ in range(runs):
-        started = time.perf_counter()
-        server = WarmServer(None, str(REPO), sys.path)
-        server.wait_ready()
-        ready.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        server.close()
-        closed.append(time.perf_counter() - started)
+        for how in ("closed", "sigterm"):
+            started = time.perf_counter()
+            server = WarmServer(None, str(REPO), sys.path)
+            server.wait_ready()
+            found["ready"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            if how == "closed":
+                server.close()
+            else:
+                server.proc.terminate()
+                server.proc.wait()
+                server.close()
+            found[how].append(time.perf_counter() - started)
         started = time.time()
         done = subprocess.run(
-            [PY, "-c", f"import time, {PRELOADED}; print(time.time())"],
+            [PY, "-c", f"import time, {', '.join(PRELOADED)}; print(time.time())"],
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=True,
         )
-        bare_import.append(float(done.stdout) - started)  # to its imports' end, not its exit
-    return statistics.median(ready), statistics.median(closed), statistics.median(bare_import)
+        found["bare"].append(float(done.stdout) - started)  # to its imports' end, not its exit
+    return {k: statistics.median(v) for k, v in found.items()}
 
 
 def main() -> None:
@@ -158,7 +168,7 @@ def main() -> None:
                 "+steps=0",
                 f"hydra.launcher.warm={str(mode == 'warm').lower()}",
             )
-        ready, closed, bare_import = warm_process(args.points)
+        warm = warm_process(args.points)
     rows = [
         [name, *(f"{found[s]:.3f}" if s in found else "" for s in STAGES)]
         for name, found in arms.items()
@@ -171,9 +181,11 @@ def main() -> None:
         f"Warm 2-rank trial of the trainer at its first step {warm2:.3f} s after its start "
         f"(target <= 0.4: {'met' if warm2 <= 0.4 else 'not met'}); cold {cold2:.3f} s, "
         f"{cold2 / bare2:.2f}x bare torchrun's {bare2:.3f} s (target <= 1: "
-        f"{'met' if cold2 <= bare2 else 'not met'}).\n\nThe warm process itself: ready "
-        f"{ready:.2f} s after it starts ({ready / bare_import:.2f}x a bare python importing "
-        f"torch, torchrun and torch._dynamo, {bare_import:.2f} s); closed in {closed:.3f} s."
+        f"{'met' if cold2 <= bare2 else 'not met'}).\n\nThe warm process itself (medians "
+        f"of {args.points * 2}): ready {warm['ready']:.2f} s after it starts "
+        f"({warm['ready'] / warm['bare']:.2f}x a bare python's start to the end of "
+        f"importing the same modules, {warm['bare']:.2f} s); closed as a sweep closes it "
+        f"in {warm['closed']:.3f} s; ended by a SIGTERM alone in {warm['sigterm']:.3f} s."
     )
     publish(
         "Start latency",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.launch.procs import stat_fields
+
 # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
 # ignored across exec: run from `.ci/run &`, every runner parent a test interrupts with
 # SIGINT (Ctrl-C) would ignore it and hang. The tests are about Ctrl-C, so they get it.
@@ -180,7 +182,7 @@ def _started(pid: int) -> str | None:
     """A live (not zombie) process's start time, in clock ticks since boot; None once it
     has ended."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(pid)
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else fields[19]

@@ -155,14 +155,18 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
     assert [r.status for r in rows.values()].count(Outcome.COMPLETED) == 3
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
-def test_a_trial_is_asked_ahead_only_by_a_parent_alone_on_its_study(
-    hydra_sweep_runner, tmp_path, shared
+@pytest.mark.parametrize(
+    ("shared", "n_trials", "ahead"),
+    [(False, 5, True), (True, 9, True), (True, 5, False)],
+    ids=["alone", "shared", "shared-last-round"],
+)
+def test_a_trial_is_asked_ahead_but_in_the_last_round_of_a_shared_study(
+    hydra_sweep_runner, tmp_path, shared, n_trials, ahead
 ):
-    """Alone, a parent asks for one trial ahead of its free slots (composed while the
-    others run). In the last round of a search another parent runs too (no more trials
-    left than run now), it asks only as a slot frees: a trial held ahead here is one the
-    other parent's free slot could run now (its slots would idle a whole round)."""
+    """A parent asks for one trial ahead of its free slots (composed while the others
+    run), but not in the last round of a search another parent runs too (no more trials
+    left than run now): a trial held ahead here is one the other parent's free slot
+    could run now (its slots would idle a whole round)."""
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=1")
     if shared:
         study = search_study(tmp_path)
@@ -170,18 +174,22 @@ def test_a_trial_is_asked_ahead_only_by_a_parent_alone_on_its_study(
         other.set_user_attr(OWNER, "some-other-host:1")  # running there
     FakeJobs.reset()
     search(
-        hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=5", "sleep=0.4"
+        hydra_sweep_runner,
+        tmp_path,
+        "value=interval(0,1)",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "sleep=0.4",
     )
     mine = [
         t
         for t in search_study(tmp_path).trials
         if t.number > 0 and t.user_attrs.get(OWNER) != "some-other-host:1"
     ]
-    assert len(mine) == 4
+    assert len(mine) == n_trials - 1
     first_end = min(read_json(tmp_path / str(t.number) / "launch.json")["end_time"] for t in mine)
     third_asked = sorted(t.datetime_start.timestamp() for t in mine)[2]
-    # 0.4 s trials on 2 slots: the third is asked at once ahead, or as the first ends.
-    assert (third_asked > first_end - 0.1) is shared
+    # 0.4 s trials on 2 slots: the third is asked at once, ahead, or as the first ends.
+    assert (third_asked < first_end - 0.1) is ahead
 
 
 def test_a_trial_whose_job_was_pruned_as_its_sweep_died_is_told_pruned(

@@ -21,6 +21,7 @@ from runner.sweep.study import JOB_DIR, OWNER, RERUN_OF
 from tests.conftest import (
     FAST,
     REPO,
+    Followed,
     processes_of,
     read_json,
     run,
@@ -113,9 +114,10 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
         return TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2
 
     wait_until(one_done_two_running, 120, "a completed trial while others run")
+    followed = Followed(parent.pid)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
-    wait_until(lambda: not processes_of(parent.pid), 30, "the killed sweep's agents to go")
+    followed.wait_gone("the killed sweep's agents to go")
     before = {t.number: t for t in search_study(tmp_path).trials}
     completed = [n for n, t in before.items() if t.state == TrialState.COMPLETE]
     # Trials whose job started (a trial the kill caught inside Optuna's ask, before

@@ -31,11 +31,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` from its state on (field 3 of proc(5); the start
+    time, field 22, is at index 19); FileNotFoundError once the process is reaped."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process: it exists and is not a zombie waiting to be
     reaped (a dead parent's pid stays in the table as a zombie until then)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = stat_fields(pid)[0]
     except FileNotFoundError:
         return False
     except (OSError, IndexError):  # no /proc here: ask the kernel

@@ -265,6 +265,23 @@ def check_cuda_untouched() -> None:
         )
 
 
+# What the warm process imports ahead, before the task's module (see _preload).
+PRELOADED = [
+    "torch",
+    "torch.distributed",
+    "torch.distributed.run",
+    "torch.distributed.elastic.multiprocessing",
+    "torch._dynamo",
+    "cloudpickle",
+    "omegaconf",
+    "hydra.conf",
+    "hydra.core.hydra_config",
+    "hydra.core.utils",
+    AGENT_MODULE,
+    "runner.launch.worker",
+]
+
+
 def _preload(task: dict | None) -> None:
     """Import torch, torchrun and runner's agent and worker, ``torch._dynamo`` (which an
     optimizer's first construction imports: ~1 s in every rank otherwise), then the
@@ -273,21 +290,7 @@ def _preload(task: dict | None) -> None:
     when they start: runner's trainer names its training module)."""
     import importlib
 
-    base = [
-        "torch",
-        "torch.distributed",
-        "torch.distributed.run",
-        "torch.distributed.elastic.multiprocessing",
-        "torch._dynamo",
-        "cloudpickle",
-        "omegaconf",
-        "hydra.conf",
-        "hydra.core.hydra_config",
-        "hydra.core.utils",
-        AGENT_MODULE,
-        "runner.launch.worker",
-    ]
-    for name in base:
+    for name in PRELOADED:
         importlib.import_module(name)
     from runner.launch.agent import install
     from runner.launch.codec import load_task
@@ -299,7 +302,9 @@ def _preload(task: dict | None) -> None:
             importlib.import_module(name)
 
 
-def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:
+def _fork_agent(request: dict, fds: list[int], own: list[socket.socket]) -> int:
+    """Fork an agent; ``own``: the warm process's sockets, which the agent lets go (its
+    signals must not wake the warm process)."""
     check_cuda_untouched()
     pid = os.fork()
     if pid:
@@ -307,7 +312,9 @@ def _fork_agent(request: dict, fds: list[int], control: socket.socket) -> int:
     code = 1
     try:
         os.setsid()
-        control.close()
+        signal.set_wakeup_fd(-1)
+        for end in own:
+            end.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         die_with_parent(signal.SIGTERM)
@@ -422,7 +429,7 @@ def serve(control: socket.socket, task: dict | None) -> int:
                     return 0  # the parent is gone
                 for request, fds in requests:
                     try:
-                        pid = _fork_agent(request, fds, control)
+                        pid = _fork_agent(request, fds, [control, woken, wake])
                         children.add(pid)
                         with contextlib.suppress(AttributeError, OSError):
                             pidfds[pid] = os.pidfd_open(pid)
@@ -452,19 +459,24 @@ def serve(control: socket.socket, task: dict | None) -> int:
 def main() -> NoReturn:
     die_with_parent(signal.SIGTERM)
     control = socket.socket(fileno=int(os.environ.pop(WARM_FD_ENV)))
+    code = 1
     try:
         task = json.loads(sys.stdin.read())
         sys.stdin.close()
         code = serve(control, task)
     except SystemExit as exit_:  # SIGTERM
         code = exit_.code if isinstance(exit_.code, int) else 1
-    # Its agents are stopped and it ran no task: skip the interpreter's teardown of
-    # torch, which takes ~0.5 s the sweep would wait for (and can abort, see
-    # runner.launch.worker.exit_now).
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    finally:
+        # A SIGTERM that comes now (the parent closes the socket, then terminates)
+        # must not raise past this: the interpreter would tear torch down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Its agents are stopped and it ran no task: skip the interpreter's teardown of
+        # torch, which takes ~0.5 s the sweep would wait for (and can abort, see
+        # runner.launch.worker.exit_now).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """One ``launch`` of the torchrun launcher: logging and the sweep dir set up, the
-sweep's jobs and console made (at its first batch, kept for the next ones), its points
-scheduled, its summary written. Nothing here imports torch."""
+sweep's console made (at its first batch, kept for the next ones, as its jobs are from
+the launcher's set-up), its points scheduled, its summary written. Nothing here imports
+torch."""
 
 from __future__ import annotations
 

@@ -113,7 +113,6 @@ class Search:
         # The study as last read (every parent's trials): see _seen.
         self.seen: list[FrozenTrial] = []
         self.seen_at = float("-inf")
-        self.last_round = False  # see ahead
         self.best = Best(self.directions[0] == "maximize")
         if len(self.directions) == 1:
             for t in self._seen(fresh=True):
@@ -129,9 +128,6 @@ class Search:
         if fresh or now - self.seen_at >= STUDY_READ_S:
             self.seen = self.study.get_trials(deepcopy=False)
             self.seen_at = now
-            running = [t for t in self.seen if t.state == TrialState.RUNNING]
-            shared = any(t.user_attrs.get(OWNER, self.owner) != self.owner for t in running)
-            self.last_round = shared and self.size - self._used(self.seen) <= len(running)
         return self.seen
 
     def ahead(self) -> bool:
@@ -139,8 +135,11 @@ class Search:
         last round of a search other parents run too (no more trials left than run
         now): a trial held here for a slot that frees later is one another parent's
         slot, free sooner, could run now."""
-        self._seen()
-        return not self.last_round
+        trials = self._seen()
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if all(t.user_attrs.get(OWNER, self.owner) == self.owner for t in running):
+            return True  # alone
+        return self.size - self._used(trials) > len(running)
 
     @property
     def tally(self) -> dict[str, int]:

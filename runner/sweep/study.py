@@ -1,5 +1,5 @@
 """The search's study: its sampler and pruner, the database it lives in, and the
-trials a dead sweep left running (:mod:`runner.sweep.search` runs the search)."""
+trials a dead sweep left running (:mod:`runner.sweep.search_run` runs the search)."""
 
 from __future__ import annotations
 
