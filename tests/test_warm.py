@@ -318,3 +318,27 @@ def test_the_warm_process_boots_at_set_up_and_goes_with_a_refused_sweep(tmp_path
     warm_pid = int(mark.read_text())
     wait_until(lambda: not pid_alive(warm_pid), 30, "the warm process to end with its parent")
     assert not entry_dirs(entry_base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_task_may_leave_its_ddp_group_to_runner(tmp_path, entry_base, warm):
+    """README: a task may return with its DDP model alive and its gloo group not
+    destroyed (after an all_gather_object, as a checkpoint save does); runner ends each
+    rank without tearing the group down, so no 2-rank point hangs or aborts at its exit
+    (pytorch/pytorch#56297)."""
+    run(
+        [
+            sys.executable,
+            str(PROBE_APP),
+            "-m",
+            f"hydra.launcher.warm={str(warm).lower()}",
+            "ddp=true",
+            "value=1,2,3,4,5,6",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    for num in range(6):
+        assert read_json(tmp_path / str(num) / "launch.json")["status"] == "COMPLETED"
+        assert [r["ddp_grad"] for r in probe_records(tmp_path / str(num))] == [2.0, 2.0]
+    assert not entry_dirs(entry_base)

@@ -140,6 +140,18 @@ def probe(cfg) -> float:
         record["peer_hosts"] = [None] * dist.get_world_size()
         dist.all_gather_object(record["peer_hosts"], os.environ.get("PROBE_HOST"))
         dist.destroy_process_group()
+    if cfg.ddp:  # a DDP step over the job's gloo group, which it leaves to runner to end
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        dist.init_process_group("gloo")
+        model = DistributedDataParallel(torch.nn.Linear(4, 1))
+        model(torch.ones(2, 4)).sum().backward()
+        record["ddp_grad"] = model.module.bias.grad.item()
+        peers: list = [None] * dist.get_world_size()
+        dist.all_gather_object(peers, rank)  # as a checkpoint save gathers
+        # no destroy_process_group, and the DDP model still alive: runner ends the rank
     if cfg.track:  # the documented call of any task under the launcher
         from runner.tracking import open_point_run
 
