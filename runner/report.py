@@ -10,12 +10,12 @@ from pathlib import Path
 
 from runner.errors import invalid
 from runner.sweep.plots import plot
+from runner.sweep.rows import collect
 from runner.sweep.summary import (
     SEED_KEY,
     SUMMARY_CSV,
     SUMMARY_GROUPS_CSV,
     SUMMARY_MD,
-    collect,
     console_table,
     write_summary,
 )

@@ -487,7 +487,7 @@ class MlflowCallback(Callback):
         for name in ("summary.md", "summary.csv"):
             if (sweep_dir / name).is_file():
                 client.log_artifact(kept["run_id"], str(sweep_dir / name))
-        from runner.sweep.summary import best_row, objective_name
+        from runner.sweep.rows import best_row, objective_name
 
         best = best_row(sweep_dir)
         if best is not None:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from runner.report import main
-from runner.sweep.summary import collect
+from runner.sweep.rows import collect
 from tests.conftest import (
     FAST,
     PROBE_APP,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.sweep.summary import collect
+from runner.sweep.rows import collect
 from tests.conftest import FAST, PROBE_APP, probe_records, read_json, run, runner_cli
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ from runner.errors import SearchConfigError
 from runner.metrics import MetricsReader, keep_epochs, read_metrics
 from runner.record import Outcome
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
+from runner.sweep.rows import collect
 from runner.sweep.space import parse_space
 from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
-from runner.sweep.summary import collect
 from tests.conftest import PROBE_APP, read_json, search_study
 from tests.fakes import FakeJobs, fake_sweep, spans
 

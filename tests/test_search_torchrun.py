@@ -170,7 +170,7 @@ def test_a_parent_killed_between_a_result_and_the_study_hearing_it(tmp_path):
     study its value and never runs it twice; an attempt the kill stopped says STOPPED
     (parent lost) and names its rerun; 6 trials in the study, one job dir each plus one
     per stopped attempt, and one COMPLETED summary row per trial."""
-    from runner.sweep.summary import collect
+    from runner.sweep.rows import collect
 
     command = search_app(tmp_path, "hydra.sweeper.n_trials=6", "hydra.launcher.warm=true")
     command += ["epochs=2", "epoch_s=0.3"]

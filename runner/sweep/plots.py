@@ -16,17 +16,8 @@ from pathlib import Path
 from runner.metrics import read_metrics
 from runner.record import Outcome
 from runner.sweep.console import compact_number, compact_override, short_label
-from runner.sweep.summary import (
-    SEED_KEY,
-    SKIP_METRICS,
-    Group,
-    Row,
-    better,
-    grouped,
-    objective_name,
-    rows_maximise,
-    swept,
-)
+from runner.sweep.rows import SKIP_METRICS, Row, better, objective_name, rows_maximise, swept
+from runner.sweep.summary import SEED_KEY, Group, grouped
 
 
 def _as_float(text: str) -> float | None:

@@ -19,8 +19,9 @@ from runner.launch.entry import remove_stale_entry_dirs
 from runner.launch.procs import interruption
 from runner.sweep.console import SweepConsole
 from runner.sweep.points import JobFactory, PointSource, SweepLauncher
+from runner.sweep.rows import sweep_maximises
 from runner.sweep.scheduler import SweepScheduler
-from runner.sweep.summary import seed_key_of, sweep_maximises, write_summary
+from runner.sweep.summary import seed_key_of, write_summary
 from runner.tracking import swept_keys
 
 log = logging.getLogger(__name__)

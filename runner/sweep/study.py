@@ -25,7 +25,7 @@ from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.space import Param, space_record
 
 if TYPE_CHECKING:
-    from runner.sweep.summary import Row
+    from runner.sweep.rows import Row
 
 # Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
 # saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir (from its start), the
@@ -284,7 +284,7 @@ def other_rows(sweep_dir: Path, own: Sequence[Row]) -> list[Row]:
     trial's job dir where this machine sees it (a shared filesystem), else from the
     study: its parameters, state and value."""
     from runner.record import read_record
-    from runner.sweep.summary import Row, read_row
+    from runner.sweep.rows import Row, read_row
 
     try:
         noted = json.loads((sweep_dir / STUDY_FILE).read_text())
