@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from runner.record import Outcome
+from runner.sweep.search_run import stored_end
 from runner.sweep.study import JOB_DIR, OWNER, RERUN_OF
 from tests.conftest import (
     FAST,
@@ -101,19 +102,28 @@ def test_a_foreign_app_is_pruned_and_its_slot_reused(tmp_path):
 
 def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_base):
     """A lost terminal: the sweep parent dies by SIGKILL mid-search (its agents with
-    it). The same command continues: completed trials are not rerun, the interrupted
-    ones are failed and their parameters run again, and n_trials counts the whole search."""
+    it). The same command continues: completed trials are not rerun (nor one whose job
+    ended as the kill came, before the study heard), the interrupted ones are failed
+    and their parameters run again, and n_trials counts the whole search."""
     command = search_app(tmp_path, "hydra.sweeper.n_trials=4", "epochs=6", "epoch_s=0.5")
     parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def one_done_two_running() -> bool:
+    def epochs_done(number: int) -> int:
+        metrics = tmp_path / str(number) / "metrics.jsonl"
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    def one_done_one_midway() -> bool:
+        """A completed trial, and a running one with at least 1.5 s of its 3 to go (so
+        the kill interrupts it, however slow the machine is to deliver it)."""
         try:
-            states = [t.state for t in search_study(tmp_path).trials]
+            trials = search_study(tmp_path).trials
         except Exception:
             return False
-        return TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2
+        return any(t.state == TrialState.COMPLETE for t in trials) and any(
+            t.state == TrialState.RUNNING and 1 <= epochs_done(t.number) <= 3 for t in trials
+        )
 
-    wait_until(one_done_two_running, 120, "a completed trial while others run")
+    wait_until(one_done_one_midway, 120, "a completed trial while another is midway")
     followed = Followed(parent.pid)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
@@ -130,6 +140,11 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
     assert orphans
     for orphan in orphans:  # recorded at its start, for a continued search to look in
         assert orphan.user_attrs.get(JOB_DIR) == str(tmp_path / str(orphan.number))
+    # An orphan whose job had ended before the kill reached its agent (the study had
+    # not heard yet) is told from its job dir; the others were interrupted.
+    ended = {t.number: stored_end(str(tmp_path / str(t.number)), 1) for t in orphans}
+    interrupted = [t for t in orphans if ended[t.number] is None]
+    assert interrupted
     started = time.time()
     run(command)
     trials = search_study(tmp_path).trials
@@ -137,9 +152,13 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
     for n in completed:  # kept, not rerun
         assert trials[n].state == TrialState.COMPLETE
         assert read_json(tmp_path / str(n) / "launch.json")["end_time"] < started
-    for orphan in orphans:
+    for n, end in ended.items():
+        if end is not None:  # told, not rerun
+            assert (trials[n].state, trials[n].values) == end
+            assert not [t for t in trials if t.user_attrs.get(RERUN_OF) == n]
+    for orphan in interrupted:
         assert trials[orphan.number].state == TrialState.FAIL
-        again = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
+        again = [t for t in trials if t.user_attrs.get(RERUN_OF) == orphan.number]
         assert len(again) == 1 and again[0].state == TrialState.COMPLETE
         assert again[0].params == orphan.params
 
