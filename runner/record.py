@@ -112,6 +112,12 @@ class JobRecord:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
+    def agent_started(self) -> int | None:
+        """procs.started of the agent (None in records written before it was kept)."""
+        value = self.run.get("agent_started")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def slurm_job_id(self) -> str | None:
         value = self.run.get("slurm_job_id")
         return str(value) if value else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from runner.launch.procs import started
 from runner.report import main
 from runner.sweep.rows import collect
 from tests.conftest import (
@@ -216,6 +218,22 @@ def test_report_on_an_interrupted_sweep(tmp_path, capsys, entry_base):
     statuses = {r.job: r.status for r in collect(tmp_path)}
     assert statuses == {0: "COMPLETED", 1: "NOT FINISHED"}
     assert "NOT FINISHED" in capsys.readouterr().out
+
+
+def test_a_point_whose_agent_pid_names_a_later_process_is_not_finished(tmp_path):
+    """launch.json names a running point's agent by pid and start time: a live process
+    that has the pid but started at another time is not its agent (the kernel reuses
+    pids), so its sweep was killed."""
+    me, born = os.getpid(), started(os.getpid())
+    assert born is not None
+    for job, agent_started in enumerate((born, born + 1)):
+        job_dir = tmp_path / str(job)
+        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        record = {"status": "RUNNING", "agent_pid": me, "agent_started": agent_started}
+        (job_dir / "launch.json").write_text(json.dumps(record))
+    statuses = {r.job: r.status for r in collect(tmp_path)}
+    assert statuses == {0: "RUNNING", 1: "NOT FINISHED"}
 
 
 def test_report_on_a_single_point_sweep(tmp_path, capsys):

@@ -15,12 +15,13 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from runner.errors import SearchConfigError
+from runner.launch.procs import started
 from runner.metrics import MetricsReader, keep_epochs, read_metrics
 from runner.record import Outcome
 from runner.sweep.options import PRUNERS, SAMPLERS, SearchOptions
 from runner.sweep.rows import collect
 from runner.sweep.space import parse_space
-from runner.sweep.study import JOB_DIR, OWNER, make_pruner, make_sampler
+from runner.sweep.study import JOB_DIR, OWNER, OWNER_STARTED, make_pruner, make_sampler
 from tests.conftest import PROBE_APP, read_json, search_study
 from tests.fakes import FakeJobs, fake_sweep, spans
 
@@ -119,21 +120,26 @@ def test_the_same_command_continues_the_search(hydra_sweep_runner, tmp_path):
     assert FakeJobs.events == [] and len(search_study(tmp_path).trials) == 5
 
 
-def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path):
+@pytest.mark.parametrize("gone", ["exited", "pid reused"])
+def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path, gone):
     """The orphan's job was running as its parent died: its launch.json says STOPPED
     (parent lost) and names the trial that ran it again; its summary row says so, and
-    the summary has one COMPLETED row per trial."""
+    the summary has one COMPLETED row per trial. A parent is gone when its pid is, or
+    when the process that has its pid now started at another time (pid 1 here)."""
     search(hydra_sweep_runner, tmp_path, "value=interval(0,1)", "hydra.sweeper.n_trials=2")
     study = search_study(tmp_path)
     space = study.trials[0].distributions
     orphan = study.ask(fixed_distributions=space)
-    orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{dead_pid()}")
+    pid, born = (dead_pid(), None) if gone == "exited" else (1, (started(1) or 0) + 1)
+    orphan.set_user_attr(OWNER, f"{socket.gethostname()}:{pid}")
+    orphan.set_user_attr(OWNER_STARTED, born)
     lost_dir = tmp_path / str(orphan.number)
     orphan.set_user_attr(JOB_DIR, str(lost_dir))  # as the trial's start recorded it
     (lost_dir / ".hydra").mkdir(parents=True)
     (lost_dir / ".hydra" / "overrides.yaml").write_text("- value=0.5\n")
+    agent = {"agent_pid": pid, "agent_started": born}
     (lost_dir / "launch.json").write_text(
-        json.dumps({"status": "RUNNING", "overrides": ["value=0.5"], "agent_pid": dead_pid()})
+        json.dumps({"status": "RUNNING", "overrides": ["value=0.5"], **agent})
     )
     elsewhere = study.ask(fixed_distributions=space)  # another machine's: left alone
     elsewhere.set_user_attr(OWNER, "some-other-host:1")

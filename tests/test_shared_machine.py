@@ -319,17 +319,22 @@ def test_sqlite_stores_and_code_dirs_are_refused_where_another_user_could_redire
 def test_stale_entry_dirs_of_other_users_and_links_are_left_alone(machine, entry_base):
     from runner.launch.entry import remove_stale_entry_dirs
 
+    from runner.launch.procs import started
+
     dead = 2**22 + 1  # above pid_max's default: no such process
     mine = entry_base / f"runner-{dead}-a"
     theirs = entry_base / f"runner-{dead}-b"
     link = entry_base / f"runner-{dead}-c"
-    for path in (mine, theirs):
+    # Named by pid and start time: pid 1 now is not the parent that started later.
+    reused = entry_base / f"runner-1-{(started(1) or 0) + 1}-d"
+    live = entry_base / f"runner-{os.getpid()}-{started(os.getpid())}-e"
+    for path in (mine, theirs, reused, live):
         path.mkdir()
         (path / "job.json").write_text("{}")
     os.chown(theirs, machine.uid, -1)
     link.symlink_to(machine.target.parent)
-    assert remove_stale_entry_dirs() == [mine]
-    assert theirs.is_dir() and link.is_symlink()
+    assert sorted(remove_stale_entry_dirs()) == [reused, mine]
+    assert theirs.is_dir() and link.is_symlink() and live.is_dir()
     machine.target_intact()
 
 

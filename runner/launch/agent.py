@@ -46,7 +46,8 @@ def _parent_gone() -> bool:
         return False
     if os.environ.get("RUNNER_WARM_AGENT") != "1":
         return os.getppid() != int(expected)
-    return not pid_alive(int(expected))
+    born = os.environ.get("RUNNER_PARENT_STARTED", "")
+    return not pid_alive(int(expected), int(born) if born.isdigit() else None)
 
 
 def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | None:

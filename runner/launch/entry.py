@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.launch.codec import task_reference
-from runner.launch.procs import import_path, pid_alive
+from runner.launch.procs import import_path, pid_alive, started
 
 # What every agent runs: ``python -m runner.launch.agent`` (torchrun, and runner's parts).
 AGENT_MODULE = "runner.launch.agent"
@@ -82,13 +82,14 @@ def remove_stale_entry_dirs() -> list[Path]:
     dirs: the temp dir is shared, so a link or another user's dir is left alone."""
     removed = []
     for path in entry_base().glob("runner-*-*"):
-        match = re.fullmatch(r"runner-(\d+)-.*", path.name)
+        # runner-PID-STARTED-random (procs.started: the pid may be a later process's)
+        match = re.fullmatch(r"runner-(\d+)-(?:(\d+)-)?.*", path.name)
         try:
             st = os.lstat(path)
         except OSError:
             continue
         mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-        if match and mine and not pid_alive(int(match.group(1))):
+        if match and mine and not pid_alive(int(match[1]), int(match[2] or 0) or None):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -111,7 +112,8 @@ def write_entry(
     task with no import path, task.pkl (all 0600). Returns the entry script's path.
     ``sys_path``: the import path the ranks get (default: this process's); ``keep_in``:
     a dir that keeps a copy of job.json and task.pkl (the job dir's RERUN_DIR)."""
-    entry_dir = Path(tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-", dir=entry_base()))
+    prefix = f"runner-{os.getpid()}-{started(os.getpid()) or 0}-"
+    entry_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=entry_base()))
     try:
         reference = task_reference(task_function)
         if reference is None:

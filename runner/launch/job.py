@@ -53,7 +53,7 @@ from runner.launch.entry import (
     write_entry,
 )
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import free_port, release_port
+from runner.launch.procs import free_port, release_port, started
 from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,7 @@ class TorchrunJob:
         self.port: int | None = None
         self.command: list[str] = []
         self.started_at: float | None = None
+        self.agent_started: int | None = None  # procs.started of the agent
         self.ended_at: float | None = None
         self.returncode: int | None = None
         self.timed_out = False
@@ -223,6 +224,7 @@ class TorchrunJob:
             env.update(launch.env)
             env.update(extra_env or {})
             env["RUNNER_PARENT_PID"] = str(os.getpid())
+            env["RUNNER_PARENT_STARTED"] = str(started(os.getpid()) or "")
             env["RUNNER_ENTRY_DIR"] = str(self.entry_file.parent)
             env["RUNNER_FAILURE_FILE"] = str(self.entry_file.parent / FAILURE_FILE)
             env["PYTHONUNBUFFERED"] = "1"
@@ -232,6 +234,7 @@ class TorchrunJob:
             self.started_at = time.time()
             log = None if self.console else self.agent_log
             self.proc = self.starter.start(args, env, self.cwd, log, listen)
+            self.agent_started = started(self.proc.pid)
         except BaseException:
             if listen is not None:
                 release_port(listen.getsockname()[1])
@@ -382,6 +385,7 @@ class TorchrunJob:
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
             "agent_pid": self.proc.pid if self.proc else None,
+            "agent_started": self.agent_started,  # with the pid, the agent and no other
             "warm": bool(self.starter.flags),
         }
 

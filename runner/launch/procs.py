@@ -1,8 +1,9 @@
 """Process helpers shared by the parent, the agent, the warm process and the ranks.
 
 Small and dependency-free (no torch, no Hydra): the parent-death signal, whether a
-pid is alive, atomic writes, SIGTERM as ``SystemExit``, loopback ports reserved for
-the lifetime of a job, and the import path handed to other processes.
+pid is alive (and still the process it was), atomic writes, SIGTERM as
+``SystemExit``, loopback ports reserved for the lifetime of a job, and the import path
+handed to other processes.
 """
 
 from __future__ import annotations
@@ -37,11 +38,23 @@ def stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process: it exists and is not a zombie waiting to be
-    reaped (a dead parent's pid stays in the table as a zombie until then)."""
+def started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, field 22 of
+    ``/proc/PID/stat``): with the pid, a name no later process can take. None once it
+    is gone, or where there is no ``/proc``."""
     try:
-        state = stat_fields(pid)[0]
+        return int(stat_fields(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, started_at: int | None = None) -> bool:
+    """Whether ``pid`` is a live process: it exists and is not a zombie waiting to be
+    reaped (a dead parent's pid stays in the table as a zombie until then). With
+    ``started_at`` (:func:`started` of it then), only if it is that same process, not a
+    later one the kernel gave its pid."""
+    try:
+        fields = stat_fields(pid)
     except FileNotFoundError:
         return False
     except (OSError, IndexError):  # no /proc here: ask the kernel
@@ -52,7 +65,9 @@ def pid_alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
-    return state not in ("Z", "X")
+    if started_at is not None and fields[19] != str(started_at):
+        return False  # the pid is another process's now
+    return fields[0] not in ("Z", "X")
 
 
 @contextlib.contextmanager

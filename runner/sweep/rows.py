@@ -158,7 +158,7 @@ def _agent_alive(record: JobRecord) -> bool:
     """Whether a point recorded as running still has its torchrun agent (a Slurm
     point's job is the cluster's to tell: taken as running)."""
     pid = record.agent_pid
-    return not pid or pid_alive(pid)
+    return not pid or pid_alive(pid, record.agent_started)
 
 
 def collect(sweep_dir: Path) -> list[Row]:

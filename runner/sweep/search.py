@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from runner.launch.procs import started
 from runner.metrics import MetricsReader
 from runner.record import Outcome, record_lost
 from runner.sweep.console import Best
@@ -39,6 +41,7 @@ from runner.sweep.space import Param
 from runner.sweep.study import (
     JOB_DIR,
     OWNER,
+    OWNER_STARTED,
     RERUN_OF,
     STATUS,
     counts,
@@ -100,6 +103,7 @@ class Search:
         self.what = f"up to {options.n_trials} trials"
         self.deadline = time.monotonic() + options.timeout if options.timeout else None
         self.owner = owner()
+        self.owner_started = started(os.getpid())
         self.trials: dict[int, Trial] = {}
         self.readers: dict[int, MetricsReader] = {}
         self.watched_at: dict[int, float] = {}
@@ -209,6 +213,7 @@ class Search:
                 self.study.tell(trial, state=TrialState.FAIL)
                 break
             trial.set_user_attr(OWNER, self.owner)
+            trial.set_user_attr(OWNER_STARTED, self.owner_started)
             if self.options.heartbeat_interval:
                 trial.set_user_attr(HEARTBEAT, self.options.heartbeat_interval)
             self.trials[trial.number] = trial

@@ -27,10 +27,12 @@ from runner.sweep.space import Param, space_record
 if TYPE_CHECKING:
     from runner.sweep.rows import Row
 
-# Trial user attributes: the sweep parent running it (host:pid), how it ended as runner
-# saw it (COMPLETED, FAILED, PRUNED, INTERRUPTED), its job dir (from its start), the
-# trial it runs again (RERUN_OF). Study: the space.
+# Trial user attributes: the sweep parent running it (host:pid, and its procs.started:
+# the pid alone may be a later process's), how it ended as runner saw it (COMPLETED,
+# FAILED, PRUNED, INTERRUPTED), its job dir (from its start), the trial it runs again
+# (RERUN_OF). Study: the space.
 OWNER = "runner_owner"
+OWNER_STARTED = "runner_owner_started"
 STATUS = "runner_status"
 JOB_DIR = "runner_job_dir"
 SPACE = "runner_space"
@@ -244,7 +246,8 @@ def continue_study(
     told = again = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
-        if who != host or not pid.isdigit() or pid_alive(int(pid)):
+        born = trial.user_attrs.get(OWNER_STARTED)
+        if who != host or not pid.isdigit() or pid_alive(int(pid), born):
             continue  # another machine's, or a live sweep's
         job_dir = trial.user_attrs.get(JOB_DIR)
         ended = stored(str(job_dir)) if job_dir else None
