@@ -318,7 +318,6 @@ def test_sqlite_stores_and_code_dirs_are_refused_where_another_user_could_redire
 
 def test_stale_entry_dirs_of_other_users_and_links_are_left_alone(machine, entry_base):
     from runner.launch.entry import remove_stale_entry_dirs
-
     from runner.launch.procs import started
 
     dead = 2**22 + 1  # above pid_max's default: no such process

@@ -448,7 +448,8 @@ def test_a_jobs_status_ends_its_run(tmp_path):
     SQLite store, the jobs' records written as the scheduler writes them)."""
     from omegaconf import OmegaConf
 
-    from runner.tracking import RUN_FILE, MlflowCallback
+    from runner.mlflow_store import RUN_FILE
+    from runner.tracking import MlflowCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     callback = MlflowCallback(tracking_uri=uri)
@@ -522,7 +523,7 @@ def test_a_continued_run_logs_the_epochs_the_store_missed_once(tmp_path):
     from omegaconf import open_dict
 
     import runner.trainer.config  # noqa: F401  (its schemas, before composing)
-    from runner.tracking import RUN_FILE
+    from runner.mlflow_store import RUN_FILE
     from runner.trainer.cli import CONF_DIR
     from runner.trainer.loggers import MlflowLogger
 
