@@ -85,14 +85,14 @@ def check_tracking_uri(tracking_uri: str, key: str = "logger.tracking_uri") -> N
             invalid(
                 key,
                 tracking_uri,
-                f"cannot be opened ({type(error).__name__}: {reason(error)})",
+                f"cannot be opened ({type(error).__name__}: {_reason(error)})",
                 f"{key}=sqlite:///ABSOLUTE/PATH/mlflow.db (an embedded store), or the URL "
                 "of a tracking server that is running",
             )
         ) from None
 
 
-def reason(error: Exception) -> str:
+def _reason(error: Exception) -> str:
     """An error's first line, short enough for a message of ours."""
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
@@ -133,7 +133,7 @@ def continued(path: Path, client: MlflowClient, tracking_uri: str) -> dict | Non
     except Exception as error:
         raise TrackingError(
             f"{path} keeps MLflow run {run_id}, which the store {tracking_uri} cannot give "
-            f"({reason(error)}). Fix: delete {path} to start a new run, or log to the store that "
+            f"({_reason(error)}). Fix: delete {path} to start a new run, or log to the store that "
             "has it"
         ) from None
     if status != "RUNNING":
@@ -146,14 +146,14 @@ def write_run_file(path: Path, data: dict) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock beside ``path`` (concurrent points opening one parent run)."""
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id_for(client: MlflowClient, name: str) -> str:
     """The experiment's id, made if new; with an SQLite store its artifacts go beside
     the database (not into ``./mlruns`` of whichever process made it)."""
     found = client.get_experiment_by_name(name)
@@ -188,14 +188,14 @@ def sweep_run(
     ``swept``, the keys the sweep varies, when the sweep's parent made it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_RUN_FILE
-    with locked(path):
+    with _locked(path):
         client = open_client(tracking_uri)
         kept = continued(path, client, tracking_uri)
         if kept is not None:
             return kept
         over = f" over {', '.join(swept)}" if swept else ""
         run = client.create_run(
-            experiment_id(client, experiment),
+            experiment_id_for(client, experiment),
             run_name=f"sweep{over} ({sweep_dir.name})"[:250],
             tags={"runner.sweep_dir": str(sweep_dir.resolve())},
         )

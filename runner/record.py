@@ -71,7 +71,8 @@ class Outcome(str, Enum):
 
 
 # The fields of launch.json that JobRecord names; every other one says how the job ran
-# (the Job's ``launch_record()``: its command, port, times, agent pid or Slurm job).
+# (the Job's ``launch_record()``: its command, port, times, agent pid and start time or
+# Slurm job).
 _NAMED = ("status", "overrides", "devices", "stopped_by", "error", "warning", "rerun_as")
 # Who stopped a job whose sweep parent died while it ran (found when a search continues).
 PARENT_LOST = "parent lost"
@@ -94,7 +95,7 @@ class JobRecord:
     # parameters again.
     rerun_as: int | None = None
     # How it ran, from its Job's ``launch_record()``: command, cwd, port, world size,
-    # start/end times, exit code, agent pid or Slurm job id, ...
+    # start/end times, exit code, agent pid and start time or Slurm job id, ...
     run: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

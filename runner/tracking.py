@@ -41,7 +41,7 @@ from runner.mlflow_store import (
     TrackingError,
     check_tracking_uri,
     continued,
-    experiment_id,
+    experiment_id_for,
     experiment_name,
     open_client,
     read_run_file,
@@ -151,7 +151,8 @@ def open_point_run(
     """From inside a Hydra task: the job's MLflow run, opened on global rank 0 (None on
     the other ranks), or continued if the job dir keeps one; nested under the sweep's
     parent run in a multirun. ``cfg``: logged flattened as params.
-    ``tracking_uri``: see :func:`store_uri`; ``experiment``: see :func:`experiment_name`."""
+    ``tracking_uri``: see :func:`runner.mlflow_store.store_uri`; ``experiment``: see
+    :func:`runner.mlflow_store.experiment_name`."""
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     experiment = experiment_name(experiment)
@@ -198,7 +199,7 @@ def open_point_run(
                 tags["runner.swept"] = " ".join(overrides)
             name = f"#{hydra_cfg.job.num} " + " ".join(overrides)
         created = client.create_run(
-            experiment_id(client, experiment), run_name=name[:250], tags=tags
+            experiment_id_for(client, experiment), run_name=name[:250], tags=tags
         )
         write_run_file(path, {"run_id": created.info.run_id, "tracking_uri": uri})
         run = PointRun(client, created.info.run_id, None)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.launch.procs import stat_fields
+from runner.launch.procs import pid_alive
+from runner.launch.procs import started as process_started
 
 # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
 # ignored across exec: run from `.ci/run &`, every runner parent a test interrupts with
@@ -178,14 +179,11 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _started(pid: int) -> str | None:
-    """A live (not zombie) process's start time, in clock ticks since boot; None once it
-    has ended."""
-    try:
-        fields = stat_fields(pid)
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+def _started(pid: int) -> int | None:
+    """A live (not zombie) process's start time (procs.started); None once it has
+    ended."""
+    born = process_started(pid)
+    return born if born is not None and pid_alive(pid, born) else None
 
 
 class Followed:
@@ -196,7 +194,7 @@ class Followed:
 
     def __init__(self, parent_pid: int) -> None:
         self.parent_pid = parent_pid
-        self.seen: dict[int, str | None] = {}
+        self.seen: dict[int, int | None] = {}
         self.look()
 
     def look(self) -> None:
@@ -205,7 +203,7 @@ class Followed:
 
     def left(self) -> list[int]:
         self.look()
-        return [pid for pid, started in self.seen.items() if started and _started(pid) == started]
+        return [pid for pid, born in self.seen.items() if born and pid_alive(pid, born)]
 
     def wait_gone(self, what: str, timeout: float = 30) -> None:
         wait_until(lambda: not self.left(), timeout, what)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -221,19 +222,22 @@ def test_report_on_an_interrupted_sweep(tmp_path, capsys, entry_base):
 
 
 def test_a_point_whose_agent_pid_names_a_later_process_is_not_finished(tmp_path):
-    """launch.json names a running point's agent by pid and start time: a live process
-    that has the pid but started at another time is not its agent (the kernel reuses
-    pids), so its sweep was killed."""
-    me, born = os.getpid(), started(os.getpid())
+    """launch.json names a running point's agent by host, pid and start time: a live
+    process that has the pid but started at another time is not its agent (the kernel
+    reuses pids), so its sweep was killed; another host's agent is that host's to tell
+    (a sweep dir on a shared filesystem), taken as running."""
+    me, born, host = os.getpid(), started(os.getpid()), socket.gethostname()
     assert born is not None
-    for job, agent_started in enumerate((born, born + 1)):
+    agents = [(host, born), (host, born + 1), ("other-host", born + 1)]
+    for job, (agent_host, agent_started) in enumerate(agents):
         job_dir = tmp_path / str(job)
         (job_dir / ".hydra").mkdir(parents=True)
         (job_dir / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
-        record = {"status": "RUNNING", "agent_pid": me, "agent_started": agent_started}
+        record = {"status": "RUNNING", "host": agent_host, "agent_pid": me}
+        record["agent_started"] = agent_started
         (job_dir / "launch.json").write_text(json.dumps(record))
     statuses = {r.job: r.status for r in collect(tmp_path)}
-    assert statuses == {0: "RUNNING", 1: "NOT FINISHED"}
+    assert statuses == {0: "RUNNING", 1: "NOT FINISHED", 2: "RUNNING"}
 
 
 def test_report_on_a_single_point_sweep(tmp_path, capsys):

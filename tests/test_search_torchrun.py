@@ -105,7 +105,7 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
     it). The same command continues: completed trials are not rerun (nor one whose job
     ended as the kill came, before the study heard), the interrupted ones are failed
     and their parameters run again, and n_trials counts the whole search."""
-    command = search_app(tmp_path, "hydra.sweeper.n_trials=4", "epochs=6", "epoch_s=0.5")
+    command = search_app(tmp_path, "hydra.sweeper.n_trials=4", "epochs=8", "epoch_s=0.5")
     parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def epochs_done(number: int) -> int:
@@ -113,7 +113,7 @@ def test_sigkill_of_the_sweep_then_the_same_command_continues(tmp_path, entry_ba
         return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
     def one_done_one_midway() -> bool:
-        """A completed trial, and a running one with at least 1.5 s of its 3 to go (so
+        """A completed trial, and a running one with at least 2.5 s of its 4 to go (so
         the kill interrupts it, however slow the machine is to deliver it)."""
         try:
             trials = search_study(tmp_path).trials

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -324,16 +325,19 @@ def test_stale_entry_dirs_of_other_users_and_links_are_left_alone(machine, entry
     mine = entry_base / f"runner-{dead}-a"
     theirs = entry_base / f"runner-{dead}-b"
     link = entry_base / f"runner-{dead}-c"
-    # Named by pid and start time: pid 1 now is not the parent that started later.
-    reused = entry_base / f"runner-1-{(started(1) or 0) + 1}-d"
-    live = entry_base / f"runner-{os.getpid()}-{started(os.getpid())}-e"
-    for path in (mine, theirs, reused, live):
+    # Named by pid, start time and host: pid 1 now is not the parent that started
+    # later; another machine's pid (a shared $RUNNER_TMPDIR) is not this one's to judge.
+    host = socket.gethostname().replace("-", "_")
+    reused = entry_base / f"runner-1-{(started(1) or 0) + 1}-{host}-d"
+    live = entry_base / f"runner-{os.getpid()}-{started(os.getpid())}-{host}-e"
+    elsewhere = entry_base / f"runner-{dead}-1234-other_host.lan-f"
+    for path in (mine, theirs, reused, live, elsewhere):
         path.mkdir()
         (path / "job.json").write_text("{}")
     os.chown(theirs, machine.uid, -1)
     link.symlink_to(machine.target.parent)
     assert sorted(remove_stale_entry_dirs()) == [reused, mine]
-    assert theirs.is_dir() and link.is_symlink() and live.is_dir()
+    assert theirs.is_dir() and link.is_symlink() and live.is_dir() and elsewhere.is_dir()
     machine.target_intact()
 
 

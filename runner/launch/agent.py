@@ -18,7 +18,8 @@ rendezvous backend:
 * Prompt ends: the agent wakes at once when a worker ends or hands back its value
   (:func:`runner.launch.gates.install_prompt`, where that is known to work; else it says so in its
   output and keeps torchrun's own sleeps).
-* ``RUNNER_PARENT_PID`` / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
+* ``RUNNER_PARENT_PID`` (and ``RUNNER_PARENT_STARTED``, its start time: a later
+  process may get the pid) / ``RUNNER_ENTRY_DIR``: the launch core asked the kernel to
   SIGTERM this agent when the parent dies (torchrun then stops its workers); if the
   parent is gone when the agent ends, the agent removes the job's entry dir itself.
 """
@@ -35,19 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from runner.launch import gates
-from runner.launch.procs import exit_on_signal, pid_alive
+from runner.launch.procs import exit_on_signal, parent_gone
 
 
 def _parent_gone() -> bool:
     """The runner parent that launched this job has exited. A cold agent is its child;
-    a warm agent is a child of the warm process, so it asks about the parent's pid."""
+    a warm agent is a child of the warm process, so it asks about the parent's pid and
+    start time."""
     expected = os.environ.get("RUNNER_PARENT_PID")
     if expected is None:
         return False
     if os.environ.get("RUNNER_WARM_AGENT") != "1":
         return os.getppid() != int(expected)
-    born = os.environ.get("RUNNER_PARENT_STARTED", "")
-    return not pid_alive(int(expected), int(born) if born.isdigit() else None)
+    return parent_gone()
 
 
 def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | None:

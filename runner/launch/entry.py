@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -69,6 +70,10 @@ if __name__ == "__main__":
 """
 
 
+# This machine, as entry dir names carry it (no "-": it parts the name).
+_HOST = re.sub(r"[^\w.]", "_", socket.gethostname())
+
+
 def entry_base() -> Path:
     """Where entry dirs are made: ``$RUNNER_TMPDIR`` or the system temp dir."""
     base = Path(os.environ.get("RUNNER_TMPDIR") or tempfile.gettempdir())
@@ -82,14 +87,17 @@ def remove_stale_entry_dirs() -> list[Path]:
     dirs: the temp dir is shared, so a link or another user's dir is left alone."""
     removed = []
     for path in entry_base().glob("runner-*-*"):
-        # runner-PID-STARTED-random (procs.started: the pid may be a later process's)
-        match = re.fullmatch(r"runner-(\d+)-(?:(\d+)-)?.*", path.name)
+        # runner-PID-STARTED-HOST-random (procs.started: the pid may be a later process's;
+        # the host: $RUNNER_TMPDIR may be shared, and another machine's pid means nothing
+        # here). Older names lack the start time and host.
+        match = re.fullmatch(r"runner-(\d+)-(?:(\d+)-(?:([\w.]+)-)?)?[^-]*", path.name)
         try:
             st = os.lstat(path)
         except OSError:
             continue
         mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-        if match and mine and not pid_alive(int(match[1]), int(match[2] or 0) or None):
+        here = match is not None and match[3] in (None, _HOST)
+        if match and mine and here and not pid_alive(int(match[1]), int(match[2] or 0) or None):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -112,7 +120,7 @@ def write_entry(
     task with no import path, task.pkl (all 0600). Returns the entry script's path.
     ``sys_path``: the import path the ranks get (default: this process's); ``keep_in``:
     a dir that keeps a copy of job.json and task.pkl (the job dir's RERUN_DIR)."""
-    prefix = f"runner-{os.getpid()}-{started(os.getpid()) or 0}-"
+    prefix = f"runner-{os.getpid()}-{started(os.getpid()) or 0}-{_HOST}-"
     entry_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=entry_base()))
     try:
         reference = task_reference(task_function)

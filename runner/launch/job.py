@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,7 +54,7 @@ from runner.launch.entry import (
     write_entry,
 )
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import free_port, release_port, started
+from runner.launch.procs import free_port, parent_env, release_port, started
 from runner.launch.starters import AgentProcess, AgentStarter, SubprocessStarter
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,10 @@ class Job(Protocol):
     def cleanup(self) -> None: ...
 
 
-def run_times(started: float | None, ended: float | None) -> dict[str, float | None]:
+def run_times(start: float | None, end: float | None) -> dict[str, float | None]:
     """The start, end and duration fields of a job's ``launch.json``."""
-    duration = round(ended - started, 3) if started and ended else None
-    return {"start_time": started, "end_time": ended, "duration_s": duration}
+    duration = round(end - start, 3) if start and end else None
+    return {"start_time": start, "end_time": end, "duration_s": duration}
 
 
 def log_tail(path: Path | None, lines: int = 20) -> str:
@@ -223,8 +224,7 @@ class TorchrunJob:
             env = dict(os.environ)
             env.update(launch.env)
             env.update(extra_env or {})
-            env["RUNNER_PARENT_PID"] = str(os.getpid())
-            env["RUNNER_PARENT_STARTED"] = str(started(os.getpid()) or "")
+            env.update(parent_env())
             env["RUNNER_ENTRY_DIR"] = str(self.entry_file.parent)
             env["RUNNER_FAILURE_FILE"] = str(self.entry_file.parent / FAILURE_FILE)
             env["PYTHONUNBUFFERED"] = "1"
@@ -384,6 +384,7 @@ class TorchrunJob:
             **run_times(self.started_at, self.ended_at),
             "exit_code": self.returncode,
             "timed_out": self.timed_out,
+            "host": socket.gethostname(),  # where agent_pid means something
             "agent_pid": self.proc.pid if self.proc else None,
             "agent_started": self.agent_started,  # with the pid, the agent and no other
             "warm": bool(self.starter.flags),

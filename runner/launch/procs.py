@@ -41,11 +41,28 @@ def stat_fields(pid: int) -> list[str]:
 def started(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks after boot, field 22 of
     ``/proc/PID/stat``): with the pid, a name no later process can take. None once it
-    is gone, or where there is no ``/proc``."""
+    is reaped (a zombie still has one), or where there is no ``/proc``."""
     try:
         return int(stat_fields(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def parent_env() -> dict[str, str]:
+    """What a process this one starts is told of it (``RUNNER_PARENT_PID`` and
+    ``RUNNER_PARENT_STARTED``), to know when it is gone: see :func:`parent_gone`."""
+    return {
+        "RUNNER_PARENT_PID": str(os.getpid()),
+        "RUNNER_PARENT_STARTED": str(started(os.getpid()) or ""),
+    }
+
+
+def parent_gone() -> bool:
+    """The process that set :func:`parent_env` for this one has exited (False when
+    none did)."""
+    pid = os.environ.get("RUNNER_PARENT_PID", "")
+    born = os.environ.get("RUNNER_PARENT_STARTED", "")
+    return pid.isdigit() and not pid_alive(int(pid), int(born) if born.isdigit() else None)
 
 
 def pid_alive(pid: int, started_at: int | None = None) -> bool:
@@ -65,7 +82,7 @@ def pid_alive(pid: int, started_at: int | None = None) -> bool:
         except PermissionError:
             return True
         return True
-    if started_at is not None and fields[19] != str(started_at):
+    if started_at is not None and int(fields[19]) != started_at:
         return False  # the pid is another process's now
     return fields[0] not in ("Z", "X")
 

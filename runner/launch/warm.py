@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runner.launch.entry import AGENT_MODULE, agent_command
-from runner.launch.procs import die_with_parent, exit_on_signal
+from runner.launch.procs import die_with_parent, exit_on_signal, parent_env
 
 WARM_FD_ENV = "RUNNER_WARM_FD"
 # torchrun's own options for an agent whose workers are forked, running the entry file
@@ -107,7 +107,7 @@ class WarmServer:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env[WARM_FD_ENV] = str(child_end.fileno())
-        env["RUNNER_PARENT_PID"] = str(os.getpid())  # what tests look for, as for agents
+        env.update(parent_env())  # what tests look for, as for agents
         env["PYTHONPATH"] = os.pathsep.join(
             [*sys_path, *filter(None, [os.environ.get("PYTHONPATH")])]
         )

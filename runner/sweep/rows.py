@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,12 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def _agent_alive(record: JobRecord) -> bool:
     """Whether a point recorded as running still has its torchrun agent (a Slurm
-    point's job is the cluster's to tell: taken as running)."""
-    pid = record.agent_pid
-    return not pid or pid_alive(pid, record.agent_started)
+    point's job is the cluster's to tell, and another machine's agent that machine's:
+    taken as running)."""
+    pid, host = record.agent_pid, record.run.get("host")
+    if not pid or (host and host != socket.gethostname()):
+        return True
+    return pid_alive(pid, record.agent_started)
 
 
 def collect(sweep_dir: Path) -> list[Row]:

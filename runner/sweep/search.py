@@ -213,7 +213,8 @@ class Search:
                 self.study.tell(trial, state=TrialState.FAIL)
                 break
             trial.set_user_attr(OWNER, self.owner)
-            trial.set_user_attr(OWNER_STARTED, self.owner_started)
+            if self.owner_started is not None:
+                trial.set_user_attr(OWNER_STARTED, self.owner_started)
             if self.options.heartbeat_interval:
                 trial.set_user_attr(HEARTBEAT, self.options.heartbeat_interval)
             self.trials[trial.number] = trial

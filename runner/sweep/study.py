@@ -247,6 +247,7 @@ def continue_study(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
         born = trial.user_attrs.get(OWNER_STARTED)
+        born = born if type(born) is int else None  # else written before it was kept
         if who != host or not pid.isdigit() or pid_alive(int(pid), born):
             continue  # another machine's, or a live sweep's
         job_dir = trial.user_attrs.get(JOB_DIR)
