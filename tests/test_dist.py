@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf, open_dict
 from runner.launch.app import launch
 from runner.launch.job import LaunchError
 from runner.launch.options import LaunchConfig
-from runner.launch.procs import free_port, release_port
+from runner.launch.procs import free_port, release_port, started
 from tests.conftest import (
     APPS,
     REPO,
@@ -317,7 +318,9 @@ def test_single_node_rendezvous_listens_on_loopback_only(tmp_path):
     try:
         # Entry dir and files are private to this user, and not at a fixed shared path.
         assert job.entry_dir.stat().st_mode & 0o777 == 0o700
-        assert job.entry_dir.name.startswith(f"runner-{os.getpid()}-")
+        # Named by its parent's pid, start time and host (what the stale-dir sweep reads).
+        host = socket.gethostname().replace("-", "_")
+        assert job.entry_dir.name.startswith(f"runner-{os.getpid()}-{started(os.getpid())}-{host}-")
         for path in job.entry_dir.iterdir():
             assert path.stat().st_mode & 0o777 == 0o600, path
         seen: list[str] = []

@@ -214,6 +214,11 @@ def test_report_on_an_interrupted_sweep(tmp_path, capsys, entry_base):
         stderr=subprocess.DEVNULL,
     )
     wait_until(lambda: launch_status(tmp_path / "0") == "COMPLETED", 120, "point 0 to complete")
+    wait_until(lambda: launch_status(tmp_path / "1") == "RUNNING", 120, "point 1 to start")
+    # Its agent is named by host, pid and start time (what the report judges it by).
+    record = read_json(tmp_path / "1" / "launch.json")
+    assert record["host"] == socket.gethostname()
+    assert record["agent_started"] == started(record["agent_pid"]) is not None
     interrupt_and_expect_nothing_left(parent, signal.SIGKILL, entry_base)
     assert main([str(tmp_path), "--no-plots"]) == 0
     statuses = {r.job: r.status for r in collect(tmp_path)}

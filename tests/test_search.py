@@ -5,6 +5,7 @@ a real SQLite study. tests/test_search_real.py runs the same rules with torchrun
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -151,6 +152,9 @@ def test_trials_of_a_dead_sweep_run_again(hydra_sweep_runner, tmp_path, gone):
     rerun = [t for t in trials if t.user_attrs.get("runner_rerun_of") == orphan.number]
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
     assert rerun[0].params == orphan.params
+    # Its parent (this process: the search ran in it) by host, pid and start time.
+    me = (f"{socket.gethostname()}:{os.getpid()}", started(os.getpid()))
+    assert (rerun[0].user_attrs[OWNER], rerun[0].user_attrs[OWNER_STARTED]) == me
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     record = read_json(lost_dir / "launch.json")
     assert record["status"] == "STOPPED" and record["stopped_by"] == "parent lost"

@@ -43,12 +43,10 @@ def _parent_gone() -> bool:
     """The runner parent that launched this job has exited. A cold agent is its child;
     a warm agent is a child of the warm process, so it asks about the parent's pid and
     start time."""
+    if os.environ.get("RUNNER_WARM_AGENT") == "1":
+        return parent_gone()
     expected = os.environ.get("RUNNER_PARENT_PID")
-    if expected is None:
-        return False
-    if os.environ.get("RUNNER_WARM_AGENT") != "1":
-        return os.getppid() != int(expected)
-    return parent_gone()
+    return expected is not None and os.getppid() != int(expected)
 
 
 def _rank_log(error_file: str, log_dir: Path | None, local_rank: int) -> str | None:
